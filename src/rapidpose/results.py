@@ -18,6 +18,7 @@ class Poses:
     keypoint_scores: np.ndarray  # (N, K) float32
     skeleton: Skeleton = field(default=COCO)
     track_ids: np.ndarray | None = None  # (N,) int64, set by trackers
+    heatmaps: np.ndarray | None = None  # (N, K, h, w) float32, kept only when asked for
 
     def __post_init__(self):
         self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
@@ -52,6 +53,7 @@ class Poses:
             keypoints=self.keypoints[index],
             keypoint_scores=self.keypoint_scores[index],
             track_ids=None if self.track_ids is None else self.track_ids[index],
+            heatmaps=None if self.heatmaps is None else self.heatmaps[index],
         )
 
     def person_scores(self, keypoint_threshold: float = 0.2) -> np.ndarray:

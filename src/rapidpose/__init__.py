@@ -1,0 +1,24 @@
+"""rapidpose: fast, exact 2D human pose estimation with ViTPose."""
+from .errors import CheckpointError, DownloadError, InputError, MissingDependencyError, RapidPoseError
+from .results import Poses
+from .skeletons import COCO, Skeleton, get_skeleton
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # torch-backed pieces load lazily so `import rapidpose` needs only the lean core
+    if name == "PoseEstimator":
+        from .pipeline import PoseEstimator
+        return PoseEstimator
+    if name == "load_model":
+        from .model.weights import load_model
+        return load_model
+    if name == "load_detector":
+        from .detect import load_detector
+        return load_detector
+    raise AttributeError(f"module 'rapidpose' has no attribute '{name}'")
+
+
+__all__ = ["PoseEstimator", "Poses", "load_model", "load_detector", "Skeleton", "COCO", "get_skeleton",
+           "RapidPoseError", "InputError", "CheckpointError", "DownloadError", "MissingDependencyError"]

@@ -1,0 +1,118 @@
+"""Sources and sinks: reading images (any depth, channels or format) and writing results."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import InputError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm"}
+
+
+def as_rgb(image, name: str = "image") -> np.ndarray:
+    """Any image array -> RGB uint8 (H, W, 3): gray, alpha, 16-bit and float images are converted."""
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"{name} is a {type(image).__name__}, not a numpy image array (H, W, 3)")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)) or image.size == 0:
+        raise InputError(f"{name} has shape {image.shape}: expected (H, W), (H, W, 3) or (H, W, 4)")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype.kind == "f":
+        image = np.clip(np.nan_to_num(image) * (255.0 if image.max(initial=0) <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise InputError(f"{name} has dtype {image.dtype}: expected uint8, uint16 or float")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.shape[2] == 4:
+        image = image[:, :, :3]
+    return np.ascontiguousarray(image)
+
+
+def _jpeg_truncated(data: bytes) -> bool:
+    return data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00\r\n ")[-2:] == b"\xff\xd9"
+
+
+def read_image(path) -> tuple[np.ndarray, str | None]:
+    """An RGB uint8 image from a file, and a warning when only part of it could be decoded."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"'{path}' does not exist")
+    if path.is_dir():
+        raise InputError(f"'{path}' is a folder, not an image")
+    data = path.read_bytes()
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if image is None:
+        raise InputError(f"'{path}' could not be decoded as an image (empty, corrupt or not an image file)")
+    if image.ndim == 3:  # OpenCV decodes BGR(A); convert once here
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    warning = f"'{path}' is truncated: only the part that could be decoded was used" if _jpeg_truncated(data) else None
+    return as_rgb(image, f"'{path}'"), warning
+
+
+def expand_paths(paths) -> list[Path]:
+    """Files as given (whatever their type) and the images inside folders, sorted."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
+        else:
+            out.append(p)  # a missing or non-image file is reported when it is read
+    return out
+
+
+def coco_image_id(path, fallback: int) -> int:
+    """COCO file names are their ids (000000000785.jpg -> 785); other names get their position."""
+    digits = re.fullmatch(r"\d+", Path(path).stem)
+    return int(digits.group()) if digits else fallback
+
+
+def load_boxes(path) -> dict[str, np.ndarray]:
+    """Boxes per image from our JSON output shape or a COCO detections / annotations file.
+
+    Keys are image paths or names (and COCO image ids as strings); values (N, 5): x1, y1, x2, y2, score.
+    """
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"boxes file '{path}' does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"boxes file '{path}' is not valid JSON: {exc}") from None
+    boxes: dict[str, list] = {}
+    if isinstance(doc, dict) and "annotations" in doc:  # COCO annotations: ground-truth boxes
+        names = {str(im["id"]): im.get("file_name") for im in doc.get("images", [])}
+        for ann in doc["annotations"]:
+            if ann.get("category_id", 1) != 1 or ann.get("iscrowd", 0):
+                continue
+            x, y, w, h = ann["bbox"]
+            for key in {str(ann["image_id"]), names.get(str(ann["image_id"]))} - {None}:
+                boxes.setdefault(key, []).append([x, y, x + w, y + h, 1.0])
+    elif isinstance(doc, list) and (not doc or "image_id" in doc[0]):  # COCO detections
+        for det in doc:
+            if det.get("category_id", 1) != 1:
+                continue
+            x, y, w, h = det["bbox"]
+            boxes.setdefault(str(det["image_id"]), []).append([x, y, x + w, y + h, det.get("score", 1.0)])
+    else:  # our own output: {"images": [{"image": ..., "people": [{"box": ..., "box_score": ...}]}]}
+        entries = doc.get("images", []) if isinstance(doc, dict) else doc
+        try:
+            for entry in entries:
+                rows = [list(p["box"]) + [p.get("box_score", 1.0)] for p in entry.get("people", [])]
+                boxes[str(entry["image"])] = rows
+                boxes.setdefault(Path(entry["image"]).name, rows)
+        except (KeyError, TypeError, AttributeError):
+            raise InputError(f"boxes file '{path}' is neither rapidpose JSON ({{'images': [{{'image', "
+                             f"'people': [{{'box'}}]}}]}}) nor COCO detections") from None
+    return {k: np.asarray(v, np.float32).reshape(-1, 5) for k, v in boxes.items()}
+
+
+def boxes_for(table: dict[str, np.ndarray], path: Path, image_id: int) -> np.ndarray:
+    for key in (str(path), path.name, str(image_id)):
+        if key in table:
+            return table[key]
+    return np.zeros((0, 5), np.float32)

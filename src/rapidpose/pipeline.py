@@ -1,0 +1,119 @@
+"""PoseEstimator: detect -> crop -> one network batch for all people of all images -> decode."""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from .decode import decode_heatmaps, flip_back
+from .errors import InputError, RapidPoseError
+from .geometry import boxes_to_center_scale, clean_boxes, normalize_crops, udp_matrices, warp_crops
+from .io import as_rgb
+from .results import Poses
+
+log = logging.getLogger("rapidpose")
+
+
+class PoseEstimator:
+    """Top-down ViTPose: `est(image)` for one RGB image, `est.predict(images, boxes)` for many.
+
+    model: a hub name ('vitpose-b'), a checkpoint path, or a loaded ViTPose module.
+    detector: None (boxes given, or the whole image), a detector name/path, or a callable
+    image -> (boxes, scores).
+    """
+
+    def __init__(self, model="vitpose-b", detector=None, device: str = "cpu", flip_test: bool = False,
+                 detector_threshold: float = 0.3, batch_size: int = 64, dataset_index: int = 0):
+        from .model.weights import load_model
+        from .runtime import TorchRuntime
+
+        network = model if hasattr(model, "cfg") else load_model(model, "cpu", dataset_index)
+        self.runtime = TorchRuntime(network, device, batch_size)
+        self.skeleton = network.skeleton
+        self.input_size = network.cfg.input_size
+        self.flip_test = flip_test
+        self._flip_index = self.skeleton.flip_index()
+        if flip_test and not self.skeleton.flip_pairs:
+            log.warning("flip test asked for, but keypoint set '%s' has no left/right pairs: "
+                        "only the mirror image is averaged", self.skeleton.name)
+        self.detector = self._make_detector(detector, device, detector_threshold)
+
+    @staticmethod
+    def _make_detector(detector, device, threshold):
+        if detector is None or (isinstance(detector, str) and detector.lower() == "none"):
+            return None
+        if callable(detector):
+            return detector
+        from .detect import load_detector
+
+        return load_detector(detector, device=device.split(":")[0] if device != "auto" else "cpu",
+                             threshold=threshold)
+
+    def __call__(self, image: np.ndarray, boxes=None) -> Poses:
+        return self.predict([image], None if boxes is None else [boxes])[0]
+
+    def predict(self, images: Sequence[np.ndarray], boxes: Sequence | None = None,
+                return_heatmaps: bool = False) -> list[Poses]:
+        """Poses for each image. boxes: per image an (N, 4) xyxy array (or (N, 5) with scores).
+
+        Without boxes the detector finds people; with neither, the whole image is one person.
+        A bad image or box is reported (logged) and skipped: its Poses is empty, the rest go on.
+        """
+        if boxes is not None and len(boxes) != len(images):
+            raise InputError(f"got {len(images)} images but {len(boxes)} box arrays: give one (N, 4) array per image")
+        rgb, per_image_boxes, per_image_scores = [], [], []
+        for i, image in enumerate(images):
+            try:
+                img = as_rgb(image, f"image {i}")
+                b, s = self._boxes_for(img, None if boxes is None else boxes[i], i)
+            except RapidPoseError as exc:
+                log.warning("skipped: %s", exc)
+                img, b, s = None, np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+            rgb.append(img)
+            per_image_boxes.append(b)
+            per_image_scores.append(s)
+
+        counts = [len(b) for b in per_image_boxes]
+        all_boxes = np.concatenate(per_image_boxes) if per_image_boxes else np.zeros((0, 4), np.float32)
+        center, scale = boxes_to_center_scale(all_boxes, self.input_size)
+        matrices = udp_matrices(center, scale, self.input_size)
+        crops = [warp_crops(img, m, self.input_size) for img, m in
+                 zip(rgb, np.split(matrices, np.cumsum(counts)[:-1])) if len(m)]
+        crops = np.concatenate(crops) if crops else np.zeros((0, self.input_size[1], self.input_size[0], 3), np.uint8)
+        heatmaps = self._heatmaps(normalize_crops(crops))
+        keypoints, scores = decode_heatmaps(heatmaps, center, scale)
+
+        results, start = [], 0
+        for n, b, s in zip(counts, per_image_boxes, per_image_scores):
+            stop = start + n
+            results.append(Poses(b, s, keypoints[start:stop], scores[start:stop], self.skeleton,
+                                 heatmaps=heatmaps[start:stop] if return_heatmaps else None))
+            start = stop
+        return results
+
+    def _heatmaps(self, x: np.ndarray) -> np.ndarray:
+        if not self.flip_test:
+            return self.runtime(x)
+        both = self.runtime(np.concatenate([x, x[..., ::-1]]))  # originals and mirrors in one batch
+        n = len(x)
+        return (both[:n] + flip_back(both[n:], self._flip_index)) * 0.5
+
+    def _boxes_for(self, image: np.ndarray, given, index: int) -> tuple[np.ndarray, np.ndarray]:
+        h, w = image.shape[:2]
+        if given is None and self.detector is not None:
+            boxes, scores = self.detector(image)
+        elif given is None:
+            boxes, scores = np.array([[0, 0, w, h]], np.float32), np.ones(1, np.float32)
+        else:
+            given = np.asarray(given, np.float32)
+            given = given.reshape(-1, given.shape[-1] if given.ndim == 2 else 4)
+            boxes = given[:, :4] if given.size else np.zeros((0, 4), np.float32)
+            scores = given[:, 4] if given.ndim == 2 and given.shape[1] > 4 else np.ones(len(given), np.float32)
+        boxes, ok = clean_boxes(boxes)
+        inside = (boxes[:, 2] > 0) & (boxes[:, 3] > 0) & (boxes[:, 0] < w) & (boxes[:, 1] < h)
+        for j in np.flatnonzero(~(ok & inside)):
+            why = "is empty or not finite" if not ok[j] else "lies outside the image"
+            log.warning("image %d: box %d %s %s: skipped", index, j, boxes[j].tolist(), why)
+        keep = ok & inside
+        return boxes[keep], np.asarray(scores, np.float32)[keep]

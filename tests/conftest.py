@@ -1,0 +1,62 @@
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
+RTMDET = ASSETS / "detectors" / "rtmdet-nano-person.onnx"
+YOLOX = ASSETS / "detectors" / "yolox-nano.onnx"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path_factory):
+    """No test may reach a network or the user's cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("RAPIDPOSE_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def randomize_(module, seed=0):
+    """Random weights with realistic spread for any torch module (BN statistics included)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.dim() > 1 or "pos" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p[0].numel() if p.dim() > 1 else p.shape[-1]))
+            elif name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+        for name, b in module.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=gen))
+            elif name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
+    return module.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A 2-block ViTPose-S with random weights in the official .pth layout (fast pipeline tests)."""
+    import torch
+
+    from rapidpose.model.vitpose import ViTPose, ViTPoseConfig
+
+    model = randomize_(ViTPose(ViTPoseConfig(dim=384, depth=2, heads=12)), seed=1)
+    path = tmp_path_factory.mktemp("ckpt") / "vitpose-tiny.pth"
+    torch.save({"meta": {"note": "random weights"}, "state_dict": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def coco_mmpose():
+    import json
+
+    return json.loads((ASSETS / "images" / "coco-mmpose" / "test_coco.json").read_text())
+
+
+def gaussian_heatmap(h, w, x, y, sigma=2.0):
+    ys, xs = np.mgrid[0:h, 0:w]
+    return np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma ** 2)).astype(np.float32)
