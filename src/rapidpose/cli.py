@@ -66,10 +66,7 @@ def run_predict(args) -> int:
     for index, path in enumerate(_progress(paths, "predict")):
         entry = {"image": str(path)}
         try:
-            image, warning = read_image(path)
-            if warning:
-                log.warning("%s", warning)
-                entry["warning"] = warning
+            image = read_image(path)
             image_id = coco_image_id(path, index)
             boxes = None
             if box_table is not None:

@@ -60,8 +60,12 @@ def dark_udp(coords: np.ndarray, heatmaps: np.ndarray, kernel: int = BLUR_KERNEL
     with np.errstate(divide="ignore", invalid="ignore"):
         step_x = (d * dx - dxy * dy) / det
         step_y = (a * dy - dxy * dx) / det
-    step = np.stack([step_x, step_y], axis=-1).reshape(n, k, 2)
-    step = np.where(np.isfinite(step), step, 0.0)
+    step = np.stack([step_x, step_y], axis=-1)
+    # A Newton step only means something at a maximum (negative definite Hessian). Where the log map
+    # is flat or saddle-shaped (a degenerate heatmap), the official step can jump thousands of
+    # pixels; there the integer peak is kept. At every real peak the result is the official one.
+    concave = (a < 0) & (det > 0) & np.isfinite(step).all(axis=-1)
+    step = np.where(concave[:, None], step, 0.0).reshape(n, k, 2)
     return (coords - step).astype(np.float32)
 
 

@@ -38,8 +38,8 @@ def _jpeg_truncated(data: bytes) -> bool:
     return data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00\r\n ")[-2:] == b"\xff\xd9"
 
 
-def read_image(path) -> tuple[np.ndarray, str | None]:
-    """An RGB uint8 image from a file, and a warning when only part of it could be decoded."""
+def read_image(path) -> np.ndarray:
+    """An RGB uint8 image from a file, whatever its depth and channels."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"'{path}' does not exist")
@@ -47,12 +47,14 @@ def read_image(path) -> tuple[np.ndarray, str | None]:
         raise InputError(f"'{path}' is a folder, not an image")
     data = path.read_bytes()
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if image is None and _jpeg_truncated(data):
+        raise InputError(f"'{path}' is a truncated JPEG (the file ends early) and could not be decoded: "
+                         f"copy or export it again")
     if image is None:
         raise InputError(f"'{path}' could not be decoded as an image (empty, corrupt or not an image file)")
     if image.ndim == 3:  # OpenCV decodes BGR(A); convert once here
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    warning = f"'{path}' is truncated: only the part that could be decoded was used" if _jpeg_truncated(data) else None
-    return as_rgb(image, f"'{path}'"), warning
+    return as_rgb(image, f"'{path}'")
 
 
 def expand_paths(paths) -> list[Path]:

@@ -1,0 +1,157 @@
+"""PoseEstimator: one network batch for all people of all images, flip test, bad input skipped."""
+import logging
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from conftest import ASSETS, RTMDET
+from rapidpose import PoseEstimator, Poses, load_model
+
+IMAGE = ASSETS / "images" / "coco-mmpose" / "000000000785.jpg"
+
+
+def rgb(path=IMAGE):
+    return cv2.imread(str(path))[:, :, ::-1].copy()
+
+
+@pytest.fixture(scope="module")
+def estimator(tiny_checkpoint):
+    return PoseEstimator(tiny_checkpoint)
+
+
+def count_forward_calls(est, monkeypatch):
+    calls = []
+    model = est.runtime.model
+    original = model.forward
+
+    def spy(x, dataset_index=None):
+        calls.append(len(x))
+        return original(x, dataset_index)
+
+    monkeypatch.setattr(model, "forward", spy)
+    return calls
+
+
+def test_all_people_of_all_images_share_one_batch(estimator, monkeypatch):
+    calls = count_forward_calls(estimator, monkeypatch)
+    images = [rgb(), rgb()[:300, :400]]
+    boxes = [np.array([[280, 44, 499, 391], [10, 10, 200, 300], [300, 100, 360, 250]]),
+             np.array([[5, 5, 100, 200], [150, 20, 390, 290]])]
+    results = estimator.predict(images, boxes)
+    assert calls == [5]
+    assert [len(r) for r in results] == [3, 2]
+    for res, b in zip(results, boxes):
+        assert res.keypoints.shape == (len(b), 17, 2) and res.keypoint_scores.shape == (len(b), 17)
+        assert np.allclose(res.boxes, b)
+        # keypoints land inside the padded crop region of their box
+        w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        side = np.maximum(w, h) * 1.25
+        cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+        assert (np.abs(res.keypoints[..., 0] - cx[:, None]) <= side[:, None]).all()
+        assert (np.abs(res.keypoints[..., 1] - cy[:, None]) <= side[:, None]).all()
+    # the same person alone gives the same keypoints as in the batch
+    single = estimator(images[0], boxes[0][:1])
+    assert np.allclose(single.keypoints, results[0].keypoints[:1], atol=1e-3)
+
+
+def test_flip_test_runs_mirrors_in_the_same_batch(tiny_checkpoint, monkeypatch):
+    est = PoseEstimator(tiny_checkpoint, flip_test=True)
+    calls = count_forward_calls(est, monkeypatch)
+    boxes = np.array([[280, 44, 499, 391], [10, 10, 200, 300]])
+    flipped = est(rgb(), boxes)
+    assert calls == [4]
+    plain = PoseEstimator(tiny_checkpoint)(rgb(), boxes)
+    assert not np.allclose(flipped.keypoint_scores, plain.keypoint_scores)
+
+
+def test_flip_test_is_exact_for_a_mirror_symmetric_input(tiny_checkpoint):
+    """Flip test averages h(x) and flip_back(h(mirror x)): on a mirror-symmetric crop with a
+    symmetric network output the two halves agree, so the result equals the plain one."""
+    est = PoseEstimator(tiny_checkpoint, flip_test=True)
+    x = np.random.default_rng(0).normal(size=(1, 3, 256, 192)).astype(np.float32)
+    x = (x + x[..., ::-1]) / 2
+    plain = est.runtime(x)
+    both = est._heatmaps(x)
+    # channels without a partner (the nose) see only the mirror: heatmap equals its own mirror average
+    assert np.allclose(both[:, 0], (plain[:, 0] + plain[:, 0, :, ::-1]) / 2, atol=1e-5)
+
+
+def test_no_boxes_means_detector_or_whole_image(tiny_checkpoint):
+    whole = PoseEstimator(tiny_checkpoint)(rgb())
+    assert len(whole) == 1 and np.allclose(whole.boxes, [[0, 0, 640, 425]])
+    detected = PoseEstimator(tiny_checkpoint, detector=RTMDET)(rgb())
+    assert len(detected) >= 1 and (detected.box_scores >= 0.3).all()
+
+
+def test_bad_boxes_and_images_are_skipped_not_fatal(estimator, caplog):
+    caplog.set_level(logging.WARNING, "rapidpose")
+    boxes = [np.array([[0, 0, 0, 10, 1], [np.nan, 0, 5, 5, 1], [2000, 2000, 2100, 2100, 1], [-50, -50, 100, 200, 0.7]]),
+             np.array([[0, 0, 10, 10]])]
+    results = estimator.predict([rgb(), "not an image"], boxes)
+    assert len(results[0]) == 1 and results[0].box_scores[0] == pytest.approx(0.7)
+    assert len(results[1]) == 0
+    text = caplog.text
+    assert "box 0" in text and "box 1" in text and "outside the image" in text and "image 1" in text
+
+
+@pytest.mark.parametrize("image", [
+    np.full((40, 30), 128, np.uint8),  # grayscale
+    np.full((40, 30, 4), 128, np.uint8),  # RGBA
+    np.full((40, 30, 3), 40000, np.uint16),  # 16 bit
+    np.full((1, 1, 3), 9, np.uint8),  # 1x1
+], ids=["gray", "rgba", "16bit", "1x1"])
+def test_any_image_kind_works(estimator, image):
+    poses = estimator(image)
+    assert len(poses) == 1 and np.isfinite(poses.keypoints).all()
+
+
+def test_box_count_mismatch_is_a_clear_error(estimator):
+    from rapidpose import InputError
+
+    with pytest.raises(InputError, match="2 images but 1 box"):
+        estimator.predict([rgb(), rgb()], [np.zeros((0, 4))])
+
+
+def test_poses_converters_and_indexing():
+    from rapidpose.skeletons import COCO
+
+    kps = np.arange(2 * 17 * 2, dtype=np.float32).reshape(2, 17, 2)
+    scores = np.full((2, 17), 0.1, np.float32)
+    scores[0, :4] = 0.8
+    poses = Poses(np.array([[0, 0, 10, 20], [5, 5, 15, 25]]), [0.9, 0.5], kps, scores, COCO)
+    assert len(poses[poses.box_scores > 0.6]) == 1 and len(poses[1]) == 1
+    person = poses.to_list()[0]
+    assert person["box"] == [0, 0, 10, 20] and len(person["keypoints"]) == 17
+    assert person["keypoints"][1] == [2.0, 3.0, 0.8]
+    coco = poses.to_coco(image_id=785)
+    assert coco[0]["bbox"] == [0, 0, 10, 20] and len(coco[0]["keypoints"]) == 51
+    assert coco[0]["score"] == pytest.approx(0.9 * 0.8)  # box score x mean of scores above 0.2
+    assert coco[1]["score"] == 0.0
+    assert len(Poses.empty()) == 0 and Poses.empty().to_coco(1) == []
+
+
+def test_dataset_index_picks_expert_and_keypoint_set(tmp_path):
+    from conftest import randomize_
+    from rapidpose.model.vitpose import ViTPose, ViTPoseConfig
+
+    cfg = ViTPoseConfig(dim=384, depth=1, heads=12, num_experts=6, part_features=96,
+                        associate_keypoints=(14, 16, 17, 17, 133))
+    torch.save(randomize_(ViTPose(cfg)).state_dict(), tmp_path / "plus.pth")
+    est = PoseEstimator(load_model(tmp_path / "plus.pth", dataset_index=2), flip_test=True)
+    poses = est(rgb(), np.array([[280, 44, 499, 391]]))
+    assert poses.skeleton.name == "mpii" and poses.keypoints.shape == (1, 16, 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_gives_the_cpu_result(tiny_checkpoint):
+    boxes = np.array([[280, 44, 499, 391], [10, 10, 200, 300]])
+    cpu = PoseEstimator(tiny_checkpoint, flip_test=True)(rgb(), boxes)
+    gpu = PoseEstimator(tiny_checkpoint, device="cuda", flip_test=True, detector=RTMDET)
+    assert gpu.runtime.device == "cuda"
+    got = gpu(rgb(), boxes)
+    assert np.allclose(got.keypoint_scores, cpu.keypoint_scores, atol=1e-3)
+    assert np.abs(got.keypoints - cpu.keypoints).max() < 0.5
+    assert len(gpu(rgb())) >= 1  # the detector runs on the GPU machine too
