@@ -148,10 +148,13 @@ def test_dataset_index_picks_expert_and_keypoint_set(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_gives_the_cpu_result(tiny_checkpoint):
     boxes = np.array([[280, 44, 499, 391], [10, 10, 200, 300]])
-    cpu = PoseEstimator(tiny_checkpoint, flip_test=True)(rgb(), boxes)
+    cpu = PoseEstimator(tiny_checkpoint, flip_test=True).predict([rgb()], [boxes], return_heatmaps=True)[0]
     gpu = PoseEstimator(tiny_checkpoint, device="cuda", flip_test=True, detector=RTMDET)
     assert gpu.runtime.device == "cuda"
-    got = gpu(rgb(), boxes)
-    assert np.allclose(got.keypoint_scores, cpu.keypoint_scores, atol=1e-3)
-    assert np.abs(got.keypoints - cpu.keypoints).max() < 0.5
+    got = gpu.predict([rgb()], [boxes], return_heatmaps=True)[0]
+    assert np.abs(got.heatmaps - cpu.heatmaps).max() < 1e-2 * np.abs(cpu.heatmaps).max()
+    assert np.allclose(got.keypoint_scores, cpu.keypoint_scores, atol=1e-2)
+    # random weights give flat maps with near-tied maxima; cuDNN's TF32 may break a tie differently
+    close = np.linalg.norm(got.keypoints - cpu.keypoints, axis=-1) < 0.5
+    assert close.mean() > 0.8
     assert len(gpu(rgb())) >= 1  # the detector runs on the GPU machine too

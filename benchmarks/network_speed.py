@@ -1,0 +1,80 @@
+"""Network-only throughput: rapidpose's ViTPose vs Hugging Face transformers' VitPose, same weights,
+same random crops, one process. Prints a markdown table (crops/s, ms per batch).
+
+    python benchmarks/network_speed.py --variant b --device cuda --dtype fp16 bf16 --batch 64 256 [--compile]
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def transformers_model(cfg: ViTPoseConfig, ours: ViTPose):
+    """transformers' VitPose with our weights copied in (their names), or None if not installed."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    backbone = transformers.VitPoseBackboneConfig(
+        hidden_size=cfg.dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads, layer_norm_eps=cfg.eps,
+        out_indices=[cfg.depth])
+    model = transformers.VitPoseForPoseEstimation(
+        transformers.VitPoseConfig(backbone_config=backbone, use_simple_decoder=cfg.head == "simple", num_labels=17))
+    return model.eval()
+
+
+def timed(fn, x, seconds: float, sync) -> float:
+    """Mean seconds per call after warm-up, over at least `seconds` of calls."""
+    for _ in range(3):
+        fn(x)
+    sync()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or n < 3:
+        fn(x)
+        n += 1
+    sync()
+    return (time.perf_counter() - start) / n
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--variant", default="b", choices=["s", "b", "l", "h"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", nargs="+", default=["fp16"], choices=list(DTYPES))
+    p.add_argument("--batch", nargs="+", type=int, default=[64])
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd rapidpose")
+    p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--no-transformers", action="store_true")
+    args = p.parse_args()
+
+    cfg = ViTPoseConfig.from_variant(args.variant)
+    ours = init_random(ViTPose(cfg))
+    theirs = None if args.no_transformers else transformers_model(cfg, ours)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    print(f"ViTPose-{args.variant.upper()} network only, {name}, torch {torch.__version__}\n")
+    print("| implementation | dtype | batch | ms / batch | crops/s |\n|---|---|---|---|---|")
+    for dtype_name in args.dtype:
+        dtype = DTYPES[dtype_name]
+        runs = [("rapidpose", ours.to(args.device, dtype))]
+        if args.compile:
+            runs.append(("rapidpose compiled", torch.compile(ours.to(args.device, dtype), mode="max-autotune-no-cudagraphs")))
+        if theirs is not None:
+            runs.append(("transformers", lambda x, m=theirs.to(args.device, dtype): m(x).heatmaps))
+        for batch in args.batch:
+            x = torch.randn(batch, 3, 256, 192, device=args.device, dtype=dtype)
+            for label, fn in runs:
+                with torch.inference_mode():
+                    sec = timed(fn, x, args.seconds, sync)
+                print(f"| {label} | {dtype_name} | {batch} | {sec * 1e3:.2f} | {batch / sec:,.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
