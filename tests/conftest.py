@@ -1,4 +1,3 @@
-import math
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +17,9 @@ def _offline(monkeypatch, tmp_path_factory):
 
 def randomize_(module, seed=0):
     """Random weights with realistic spread for any torch module (BN statistics included)."""
-    import torch
+    from rapidpose.model.vitpose import init_random
 
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.dim() > 1 or "pos" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p[0].numel() if p.dim() > 1 else p.shape[-1]))
-            elif name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
-        for name, b in module.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(0.1 * torch.randn(b.shape, generator=gen))
-            elif name.endswith("running_var"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
-    return module.eval()
+    return init_random(module, seed)
 
 
 @pytest.fixture(scope="session")

@@ -199,12 +199,13 @@ class ViTPose(nn.Module):
         return self.keypoint_head(features)
 
 
-def init_random(model: ViTPose, seed: int = 0) -> ViTPose:
-    """Random weights with realistic spread (for tests and benchmarks only; never a result)."""
+def init_random(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights with realistic spread, BN statistics included, for any ViTPose implementation
+    (tests and benchmarks only; never a result)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() > 1 or "pos_embed" in name:
+            if p.dim() > 1 or "pos" in name:  # matrices and position embeddings
                 fan_in = p[0].numel() if p.dim() > 1 else p.shape[-1]
                 p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
             elif name.endswith("weight"):  # norms
