@@ -11,6 +11,7 @@ from .errors import InputError, RapidPoseError
 from .geometry import boxes_to_center_scale, clean_boxes, normalize_crops, udp_matrices, warp_crops
 from .io import as_rgb
 from .results import Poses
+from .timing import no_timer
 
 log = logging.getLogger("rapidpose")
 
@@ -24,20 +25,23 @@ class PoseEstimator:
     """
 
     def __init__(self, model="vitpose-b", detector=None, device: str = "cpu", flip_test: bool = False,
-                 detector_threshold: float = 0.3, batch_size: int = 64, dataset_index: int = 0):
-        from .model.weights import load_model
-        from .runtime import TorchRuntime
+                 detector_threshold: float = 0.3, batch_size: int = 64, dataset_index: int = 0,
+                 backend: str = "auto", precision: str = "auto", compile: bool = False):
+        from .runtime import make_runtime
 
-        network = model if hasattr(model, "cfg") else load_model(model, "cpu", dataset_index)
-        self.runtime = TorchRuntime(network, device, batch_size)
-        self.skeleton = network.skeleton
-        self.input_size = network.cfg.input_size
+        self.runtime = make_runtime(model, backend=backend, device=device, precision=precision,
+                                    batch_size=batch_size, dataset_index=dataset_index, compile=compile)
+        self.skeleton = self.runtime.skeleton
+        self.input_size = self.runtime.input_size
+        # crops and heatmaps stay on the GPU when the backend can take tensors there
+        self.on_gpu = getattr(self.runtime, "device", "cpu").startswith("cuda") and hasattr(self.runtime, "run")
         self.flip_test = flip_test
         self._flip_index = self.skeleton.flip_index()
         if flip_test and not self.skeleton.flip_pairs:
             log.warning("flip test asked for, but keypoint set '%s' has no left/right pairs: "
                         "only the mirror image is averaged", self.skeleton.name)
         self.detector = self._make_detector(detector, device, detector_threshold)
+        self.timer = no_timer  # benchmarks attach a timing.StageTimer
 
     @staticmethod
     def _make_detector(detector, device, threshold):
@@ -66,7 +70,8 @@ class PoseEstimator:
         for i, image in enumerate(images):
             try:
                 img = as_rgb(image, f"image {i}")
-                b, s = self._boxes_for(img, None if boxes is None else boxes[i], i)
+                with self.timer("detect"):
+                    b, s = self._boxes_for(img, None if boxes is None else boxes[i], i)
             except RapidPoseError as exc:
                 log.warning("skipped: %s", exc)
                 img, b, s = None, np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
@@ -78,11 +83,19 @@ class PoseEstimator:
         all_boxes = np.concatenate(per_image_boxes) if per_image_boxes else np.zeros((0, 4), np.float32)
         center, scale = boxes_to_center_scale(all_boxes, self.input_size)
         matrices = udp_matrices(center, scale, self.input_size)
-        crops = [warp_crops(img, m, self.input_size) for img, m in
-                 zip(rgb, np.split(matrices, np.cumsum(counts)[:-1])) if len(m)]
-        crops = np.concatenate(crops) if crops else np.zeros((0, self.input_size[1], self.input_size[0], 3), np.uint8)
-        heatmaps = self._heatmaps(normalize_crops(crops))
-        keypoints, scores = decode_heatmaps(heatmaps, center, scale)
+        per_image_matrices = np.split(matrices, np.cumsum(counts)[:-1])
+        if self.on_gpu:
+            keypoints, scores, heatmaps = self._run_on_gpu(rgb, per_image_matrices, center, scale, return_heatmaps)
+        else:
+            with self.timer("crop"):
+                crops = [warp_crops(img, m, self.input_size) for img, m in zip(rgb, per_image_matrices) if len(m)]
+                crops = (np.concatenate(crops) if crops
+                         else np.zeros((0, self.input_size[1], self.input_size[0], 3), np.uint8))
+                x = normalize_crops(crops)
+            with self.timer("network"):
+                heatmaps = self._heatmaps(x)
+            with self.timer("decode"):
+                keypoints, scores = decode_heatmaps(heatmaps, center, scale)
 
         results, start = [], 0
         for n, b, s in zip(counts, per_image_boxes, per_image_scores):
@@ -98,6 +111,29 @@ class PoseEstimator:
         both = self.runtime(np.concatenate([x, x[..., ::-1]]))  # originals and mirrors in one batch
         n = len(x)
         return (both[:n] + flip_back(both[n:], self._flip_index)) * 0.5
+
+    def _run_on_gpu(self, images, per_image_matrices, center, scale, keep_heatmaps: bool):
+        """Each image goes to the GPU once; crops and heatmaps stay there until the keypoints."""
+        import torch
+
+        from .gpu_ops import decode_heatmaps_torch, flip_back_torch, warp_crops_torch
+
+        device = self.runtime.device
+        with self.timer("crop"):
+            crops = [warp_crops_torch(torch.from_numpy(img).to(device, non_blocking=True), m, self.input_size)
+                     for img, m in zip(images, per_image_matrices) if len(m)]
+            x = torch.cat(crops) if crops else torch.zeros(0, 3, *self.input_size[::-1], device=device)
+        with self.timer("network"):
+            if self.flip_test:
+                both = self.runtime.run(torch.cat([x, x.flip(-1)]))
+                n = len(x)
+                heatmaps = (both[:n] + flip_back_torch(both[n:], self._flip_index)) * 0.5
+            else:
+                heatmaps = self.runtime.run(x)
+        with self.timer("decode"):
+            keypoints, scores = decode_heatmaps_torch(heatmaps, center, scale)
+            return (keypoints.cpu().numpy(), scores.cpu().numpy(),
+                    heatmaps.cpu().numpy() if keep_heatmaps else None)
 
     def _boxes_for(self, image: np.ndarray, given, index: int) -> tuple[np.ndarray, np.ndarray]:
         h, w = image.shape[:2]

@@ -1,9 +1,17 @@
-"""The PyTorch backend: runs a ViTPose module on batches of crops."""
+"""The PyTorch backend: fp32/fp16/bf16, optional torch.compile, CUDA graphs per batch size.
+
+`run(tensor) -> tensor` keeps everything on the device (the GPU pipeline); `__call__(numpy)`
+is the same for numpy crops.
+"""
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import InputError, require
+from ..skeletons import skeleton_for
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 def resolve_device(device: str) -> str:
@@ -13,29 +21,107 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device '{device}' was asked for but this torch build sees no CUDA GPU: "
                          f"use --device cpu, or install a CUDA build of torch")
+    if not device.startswith(("cpu", "cuda")):
+        raise InputError(f"unknown device '{device}': use cpu, cuda, cuda:N or auto")
     return device
 
 
+def cpu_has_bf16() -> bool:
+    torch = require("torch", "torch")
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision '{precision}': use one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+class _CudaGraph:
+    """One captured forward pass at a fixed batch size; smaller batches are padded into it."""
+
+    def __init__(self, model, batch: int, dtype, device, pool):
+        torch = require("torch", "torch")
+        self.x = torch.zeros(batch, 3, *model.cfg.input_size[::-1], dtype=dtype, device=device)
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up outside the graph (cuDNN/cuBLAS choose their kernels)
+                model(self.x)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            self.y = model(self.x)
+
+    def __call__(self, x):
+        self.x[: len(x)].copy_(x)
+        self.graph.replay()
+        return self.y[: len(x)]
+
+
 class TorchRuntime:
-    def __init__(self, model, device: str = "cpu", batch_size: int = 64):
-        self.torch = require("torch", "torch")
+    def __init__(self, model, device: str = "cpu", batch_size: int = 64, precision: str = "auto",
+                 compile: bool = False, cuda_graphs: bool | None = None):
+        torch = self.torch = require("torch", "torch")
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
+        self.precision = resolve_precision(precision, self.device)
         self.batch_size = batch_size
-        self.dtype = next(model.parameters()).dtype
+        self.cfg = model.cfg
+        self.input_size = model.cfg.input_size
+        self.num_keypoints = model.num_keypoints_of(model.dataset_index)
+        self.skeleton = getattr(model, "skeleton", None) or skeleton_for(self.num_keypoints)
+        on_gpu = self.device.startswith("cuda")
+        if self.precision == "fp16" and not on_gpu:
+            raise InputError("fp16 runs on GPUs only: on the CPU use bf16 or fp32")
+        # GPUs run the whole model in half precision; CPUs keep fp32 weights under bf16 autocast,
+        # which is faster there and keeps LayerNorm and softmax in fp32.
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
+        self.autocast = self.precision == "bf16" and not on_gpu
+        weights_dtype = self.dtype if on_gpu else torch.float32
+        self.model = model.to(self.device, weights_dtype).eval()
+        self.input_dtype = weights_dtype
+        self.forward = torch.compile(self.model, dynamic=False) if compile else self.model
+        self.cuda_graphs = on_gpu if cuda_graphs is None else (cuda_graphs and on_gpu)
+        self._graphs: dict[int, _CudaGraph] = {}
+        self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
-    @property
-    def num_keypoints(self) -> int:
-        return self.model.num_keypoints_of(self.model.dataset_index)
+    def _graph_for(self, n: int) -> _CudaGraph | None:
+        bucket = next((b for b in GRAPH_BATCHES if b >= n), None)
+        if bucket is None:
+            return None
+        if bucket not in self._graphs:
+            self._graphs[bucket] = _CudaGraph(self.forward, bucket, self.input_dtype, self.device, self._pool)
+        return self._graphs[bucket]
 
-    def __call__(self, crops: np.ndarray) -> np.ndarray:
+    def _forward(self, x):
+        if self.cuda_graphs:
+            graph = self._graph_for(len(x))
+            if graph is not None:
+                return graph(x)
+        if self.autocast:
+            with self.torch.autocast("cpu", dtype=self.torch.bfloat16):
+                return self.forward(x)
+        return self.forward(x)
+
+    def run(self, crops):
+        """(N, 3, H, W) tensor (any float dtype, any device) -> (N, K, h, w) float32 tensor on the device."""
         torch = self.torch
-        out = []
+        outs = []
         with torch.inference_mode():
             for start in range(0, len(crops), self.batch_size):
-                x = torch.from_numpy(crops[start:start + self.batch_size]).to(self.device, self.dtype)
-                out.append(self.model(x).float().cpu().numpy())
-        if not out:
-            h, w = self.model.cfg.heatmap_size[::-1]
-            return np.zeros((0, self.num_keypoints, h, w), np.float32)
-        return np.concatenate(out)
+                x = crops[start:start + self.batch_size].to(self.device, self.input_dtype, non_blocking=True)
+                outs.append(self._forward(x).float())
+            if not outs:
+                w, h = self.cfg.heatmap_size
+                return torch.zeros(0, self.num_keypoints, h, w, device=self.device)
+            return torch.cat(outs) if len(outs) > 1 else outs[0].clone()
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        return self.run(self.torch.from_numpy(np.ascontiguousarray(crops))).cpu().numpy()
