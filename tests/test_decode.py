@@ -95,6 +95,15 @@ def test_invalid_keypoints_keep_non_positive_score():
     assert np.isfinite(keypoints).all()
 
 
+def test_many_people_at_once():
+    """More maps than OpenCV filters in one call (128 channels): 20 people x 17 keypoints."""
+    rng = np.random.default_rng(3)
+    truth = np.stack([rng.uniform(6, 41, (20, 17)), rng.uniform(6, 57, (20, 17))], axis=-1)
+    heatmaps = np.stack([[gaussian_heatmap(64, 48, x, y) for x, y in person] for person in truth])
+    refined = dark_udp(argmax_heatmaps(heatmaps)[0], heatmaps)
+    assert np.abs(refined - truth).max() < 0.005
+
+
 def test_empty_batch():
     keypoints, scores = decode_heatmaps(np.zeros((0, 17, 64, 48)), np.zeros((0, 2)), np.zeros((0, 2)))
     assert keypoints.shape == (0, 17, 2) and scores.shape == (0, 17)

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from .errors import RapidPoseError
 
@@ -23,37 +22,79 @@ def _predict_parser(sub) -> None:
     p.add_argument("--detector", default="rtmdet-nano",
                    help="rtmdet-nano, yolox-nano, an .onnx path, or 'none' (whole image, or --boxes)")
     p.add_argument("--boxes", help="person boxes: rapidpose JSON, COCO detections or COCO annotations")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (GPU when there is one)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"],
+                   help="inference backend (auto: the fastest for the device); .onnx/.xml models pick their own")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="auto: fp16 on GPU, bf16 on CPUs that have it, else fp32 (fp32 is the exact reference)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (slow start, faster run)")
     p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop")
     p.add_argument("--threshold", type=float, default=0.3, help="minimum person box score (default 0.3)")
     p.add_argument("--keypoint-threshold", type=float, default=0.3, help="minimum keypoint score to draw")
     p.add_argument("--dataset-index", type=int, default=0, help="ViTPose++ expert: 0 COCO, 1 AIC, 2 MPII, ...")
     p.add_argument("--batch-size", type=int, default=64, help="crops per network batch")
+    p.add_argument("--images-per-batch", type=int, default=16, help="images whose people share a network batch")
     p.add_argument("--json", help="write all results to this JSON file")
     p.add_argument("--coco", help="write COCO keypoint results to this JSON file")
     p.add_argument("--draw", help="write drawn images into this folder")
     p.add_argument("--heatmaps", action="store_true", help="with --draw, also write heatmap overlays")
 
 
-def _progress(items, desc):
-    if not sys.stderr.isatty():
-        return items
+def _progress(total: int, desc: str):
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, unit="img")
+    return tqdm(total=total, desc=desc, unit="img", disable=not sys.stderr.isatty())
+
+
+def _read_ahead(paths, workers: int = 4, window: int = 32):
+    """(path, image or error) in order, images decoded on threads while the network runs."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .io import read_image
+
+    def read(path):
+        try:
+            return read_image(path)
+        except RapidPoseError as exc:
+            return exc
+
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque()
+        it = iter(paths)
+        for path in it:
+            pending.append((path, pool.submit(read, path)))
+            if len(pending) >= window:
+                break
+        while pending:
+            path, future = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(read, nxt)))
+            yield path, future.result()
+
+
+def _chunks(items, size: int):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def run_predict(args) -> int:
-    from . import draw
-    from .geometry import boxes_to_center_scale
-    from .io import boxes_for, coco_image_id, expand_paths, load_boxes, read_image
+    from .io import expand_paths, load_boxes
     from .pipeline import PoseEstimator
 
     box_table = load_boxes(args.boxes) if args.boxes else None
     detector = "none" if box_table is not None else args.detector
     est = PoseEstimator(args.model, detector=detector, device=args.device, flip_test=args.flip,
                         detector_threshold=args.threshold, batch_size=args.batch_size,
-                        dataset_index=args.dataset_index)
+                        dataset_index=args.dataset_index, backend=args.backend, precision=args.precision,
+                        compile=args.compile)
     paths = expand_paths(args.paths)
     if not paths:
         log.error("no images found in %s", " ".join(args.paths))
@@ -62,42 +103,69 @@ def run_predict(args) -> int:
     if draw_dir:
         draw_dir.mkdir(parents=True, exist_ok=True)
 
-    entries, coco, failed = [], [], 0
-    for index, path in enumerate(_progress(paths, "predict")):
-        entry = {"image": str(path)}
-        try:
-            image = read_image(path)
-            image_id = coco_image_id(path, index)
-            boxes = None
-            if box_table is not None:
-                given = boxes_for(box_table, path, image_id)
-                boxes = given[given[:, 4] >= args.threshold]
-            poses = est.predict([image], None if boxes is None else [boxes], return_heatmaps=args.heatmaps)[0]
-        except RapidPoseError as exc:
-            log.error("%s", exc)
-            failed += 1
-            entries.append({**entry, "error": str(exc), "people": []})
-            continue
-        h, w = image.shape[:2]
-        entries.append({**entry, "width": w, "height": h, "people": poses.to_list()})
-        coco.extend(poses.to_coco(image_id))
-        if draw_dir:
-            drawn = draw.draw_poses(image, poses, keypoint_threshold=args.keypoint_threshold)
-            cv2.imwrite(str(draw_dir / f"{path.stem}.jpg"), drawn[:, :, ::-1])
-            if args.heatmaps and len(poses):
-                overlay = draw.draw_heatmaps(image, poses.heatmaps, *boxes_to_center_scale(poses.boxes, est.input_size))
-                cv2.imwrite(str(draw_dir / f"{path.stem}_heatmaps.jpg"), overlay[:, :, ::-1])
+    entries, coco, failed, found = [], [], 0, 0
+    with _progress(len(paths), "predict") as bar:
+        for chunk in _chunks(enumerate(_read_ahead(paths)), max(args.images_per_batch, 1)):
+            good = []
+            for index, (path, image) in chunk:
+                if isinstance(image, RapidPoseError):
+                    log.error("%s", image)
+                    failed += 1
+                    entries.append((index, {"image": str(path), "error": str(image), "people": []}))
+                else:
+                    good.append((index, path, image))
+            results = _predict_chunk(est, good, box_table, args)
+            for (index, path, image), poses in zip(good, results):
+                h, w = image.shape[:2]
+                entries.append((index, {"image": str(path), "width": w, "height": h, "people": poses.to_list()}))
+                coco.extend(poses.to_coco(_image_id(path, index)))
+                found += len(poses)
+                if draw_dir:
+                    _draw(image, poses, draw_dir / path.stem, args, est.input_size)
+            bar.update(len(chunk))
+            bar.set_postfix(people=found)
 
+    entries = [entry for _, entry in sorted(entries, key=lambda pair: pair[0])]
     if args.json:
         doc = {"model": str(args.model), **est.skeleton.to_dict(), "images": entries}
         doc["keypoint_names"] = doc.pop("keypoints")
         Path(args.json).write_text(json.dumps(doc))
     if args.coco:
         Path(args.coco).write_text(json.dumps(coco))
-    people = sum(len(e["people"]) for e in entries)
-    print(f"{len(paths) - failed} of {len(paths)} images processed, {people} people"
+    print(f"{len(paths) - failed} of {len(paths)} images processed, {found} people"
           + (f"; {failed} failed (see messages above)" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
+
+
+def _image_id(path, index):
+    from .io import coco_image_id
+
+    return coco_image_id(path, index)
+
+
+def _predict_chunk(est, good, box_table, args):
+    from .io import boxes_for
+
+    if not good:
+        return []
+    boxes = None
+    if box_table is not None:
+        boxes = []
+        for index, path, _ in good:
+            given = boxes_for(box_table, path, _image_id(path, index))
+            boxes.append(given[given[:, 4] >= args.threshold])
+    return est.predict([image for _, _, image in good], boxes, return_heatmaps=args.heatmaps)
+
+
+def _draw(image, poses, stem: Path, args, input_size) -> None:
+    from . import draw
+    from .geometry import boxes_to_center_scale
+
+    drawn = draw.draw_poses(image, poses, keypoint_threshold=args.keypoint_threshold)
+    cv2.imwrite(f"{stem}.jpg", drawn[:, :, ::-1])
+    if args.heatmaps and len(poses):
+        overlay = draw.draw_heatmaps(image, poses.heatmaps, *boxes_to_center_scale(poses.boxes, input_size))
+        cv2.imwrite(f"{stem}_heatmaps.jpg", overlay[:, :, ::-1])
 
 
 def main(argv=None) -> int:
@@ -105,10 +173,15 @@ def main(argv=None) -> int:
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
     sub = parser.add_subparsers(dest="command", required=True)
     _predict_parser(sub)
+    from .bench import add_bench_parser, run_bench
+    from .export import add_export_parser, run_export
+
+    add_bench_parser(sub)
+    add_export_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
     try:
-        return {"predict": run_predict}[args.command](args)
+        return {"predict": run_predict, "bench": run_bench, "export": run_export}[args.command](args)
     except RapidPoseError as exc:  # a whole-run problem (model, detector, boxes file): one clear line
         log.error("%s", exc)
         return 2

@@ -16,6 +16,19 @@ from .timing import no_timer
 log = logging.getLogger("rapidpose")
 
 
+def _decode_on_cpu(heatmaps, center, scale):
+    """The torch decoder when torch is there (5-10x faster on CPU: it blurs only around each peak),
+    else the numpy one; both give the official result (tests/test_gpu_ops.py)."""
+    try:
+        import torch
+
+        from .gpu_ops import decode_heatmaps_torch
+    except ImportError:
+        return decode_heatmaps(heatmaps, center, scale)
+    keypoints, scores = decode_heatmaps_torch(torch.from_numpy(heatmaps), center, scale)
+    return keypoints.numpy(), scores.numpy()
+
+
 class PoseEstimator:
     """Top-down ViTPose: `est(image)` for one RGB image, `est.predict(images, boxes)` for many.
 
@@ -95,7 +108,7 @@ class PoseEstimator:
             with self.timer("network"):
                 heatmaps = self._heatmaps(x)
             with self.timer("decode"):
-                keypoints, scores = decode_heatmaps(heatmaps, center, scale)
+                keypoints, scores = _decode_on_cpu(heatmaps, center, scale)
 
         results, start = [], 0
         for n, b, s in zip(counts, per_image_boxes, per_image_scores):

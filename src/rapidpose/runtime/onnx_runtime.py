@@ -1,0 +1,145 @@
+"""The onnxruntime backend: runs an ONNX file from `rapidpose export` on batches of crops."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CheckpointError, InputError, require
+
+log = logging.getLogger("rapidpose")
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyperthread siblings counted once)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return max(os.cpu_count() or 1, 1)
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add((topology / "physical_package_id").read_text().strip()
+                      + ":" + (topology / "core_id").read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(len(cores), 1)
+
+
+def check_crops(crops, input_size: tuple[int, int]) -> np.ndarray:
+    """Crops as a C-contiguous float32 (N, 3, H, W) array, or an InputError that says what is wrong."""
+    crops = np.asarray(crops)
+    w, h = input_size
+    if crops.ndim != 4 or crops.shape[1:] != (3, h, w):
+        raise InputError(f"crops must be normalised images of shape (N, 3, {h}, {w}), got {crops.shape}")
+    return np.ascontiguousarray(crops, dtype=np.float32)
+
+
+def skeleton_from(meta: dict, num_keypoints: int):
+    """The keypoint set named in an exported file's metadata, else the usual one of that size."""
+    from ..skeletons import SKELETONS, skeleton_for
+
+    name = meta.get("skeleton")
+    if name in SKELETONS and SKELETONS[name].num_keypoints == num_keypoints:
+        return SKELETONS[name]
+    return skeleton_for(num_keypoints)
+
+
+class OnnxRuntime:
+    """Normalised crops (N, 3, H, W) float32 -> heatmaps (N, K, H/4, W/4) float32 with onnxruntime.
+
+    `device`: "cpu", or "cuda"/"cuda:N" for the CUDAExecutionProvider (falls back to the CPU, with a
+    warning, when this onnxruntime build has none). `threads`: intra-op threads on the CPU (default:
+    the physical cores). Crops run in batches of up to `batch_size`.
+    """
+
+    def __init__(self, path, device: str = "cpu", threads: int | None = None, batch_size: int = 64):
+        ort = require("onnxruntime", "onnxruntime")
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise CheckpointError(f"ONNX model '{self.path}' does not exist: write one with "
+                                  f"`rapidpose export --format onnx`")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size = batch_size
+
+        providers: list = ["CPUExecutionProvider"]
+        self.device = "cpu"
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                device_id = int(device.split(":", 1)[1]) if ":" in device else 0
+                providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
+                self.device = device
+            else:
+                log.warning("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu); "
+                            "running '%s' on the CPU", self.path.name)
+        elif device not in ("cpu", "auto"):
+            raise InputError(f"unknown device '{device}' for onnxruntime: use cpu, cuda or cuda:N")
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = int(threads) if threads else physical_cores()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as exc:
+            raise CheckpointError(f"'{self.path}' is not a usable ONNX model ({type(exc).__name__}: "
+                                  f"{str(exc)[:200]}); export it again with `rapidpose export`") from None
+
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4 or len(outputs[0].shape) != 4:
+            raise CheckpointError(f"'{self.path}' is not a pose network: expected one (N, 3, H, W) input and "
+                                  f"(N, K, h, w) heatmaps, got inputs {[i.shape for i in inputs]} and outputs "
+                                  f"{[o.shape for o in outputs]}")
+        self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        from ..export import parse_metadata
+
+        self.metadata = parse_metadata(dict(self.session.get_modelmeta().custom_metadata_map))
+        in_shape, out_shape = inputs[0].shape, outputs[0].shape
+        size = self.metadata.get("input_size")
+        if not (isinstance(size, tuple) and len(size) == 2):
+            if not all(isinstance(d, int) for d in in_shape[2:]):
+                raise CheckpointError(f"'{self.path}' has no fixed input size ({in_shape}) and no rapidpose metadata")
+            size = (in_shape[3], in_shape[2])
+        self._input_size = (int(size[0]), int(size[1]))
+        k = out_shape[1] if isinstance(out_shape[1], int) else self.metadata.get("num_keypoints")
+        if not isinstance(k, int):
+            raise CheckpointError(f"'{self.path}' does not say how many keypoints it predicts")
+        self._num_keypoints = k
+        self._heatmap_size = tuple(d if isinstance(d, int) else s // 4
+                                   for d, s in zip(out_shape[2:], self._input_size[::-1]))  # (h, w)
+        self.skeleton = skeleton_from(self.metadata, k)
+        fixed = in_shape[0] if isinstance(in_shape[0], int) else None
+        if fixed is not None:  # an export with a fixed batch takes exactly that many crops per run
+            self.batch_size = fixed
+        self._fixed_batch = fixed
+
+    @property
+    def num_keypoints(self) -> int:
+        return self._num_keypoints
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """Crop size the network takes, as (width, height)."""
+        return self._input_size
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        crops = check_crops(crops, self._input_size)
+        n = len(crops)
+        if n == 0:
+            return np.zeros((0, self._num_keypoints, *self._heatmap_size), np.float32)
+        out = []
+        for start in range(0, n, self.batch_size):
+            batch = crops[start:start + self.batch_size]
+            m = len(batch)
+            if self._fixed_batch is not None and m < self._fixed_batch:  # pad the last, partial batch
+                batch = np.concatenate([batch, np.zeros((self._fixed_batch - m, *batch.shape[1:]), np.float32)])
+            out.append(self.session.run([self.output_name], {self.input_name: batch})[0][:m])
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def __repr__(self) -> str:
+        return (f"OnnxRuntime('{self.path}', device='{self.device}', {self._num_keypoints} keypoints, "
+                f"skeleton '{self.skeleton.name}')")

@@ -1,0 +1,75 @@
+"""Backends: precisions agree with the fp32 reference; CUDA graphs equal eager; clear errors."""
+import numpy as np
+import pytest
+import torch
+
+from rapidpose import InputError
+from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random
+from rapidpose.runtime import TorchRuntime, make_runtime
+from rapidpose.runtime.torch_runtime import cpu_has_bf16, resolve_precision
+from rapidpose.skeletons import COCO
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = init_random(ViTPose(ViTPoseConfig(dim=384, depth=2, heads=12)), seed=2)
+    m.skeleton = COCO
+    return m
+
+
+def crops(n, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, 3, 256, 192)).astype(np.float32)
+
+
+def cosine(a, b):
+    return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_fp32_is_the_module_itself(model):
+    x = crops(3)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    got = TorchRuntime(model, precision="fp32", batch_size=2)(x)  # two batches, concatenated
+    assert np.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16")
+def test_cpu_bf16_autocast_agrees_with_fp32(model):
+    x = crops(4)
+    ref = TorchRuntime(model, precision="fp32")(x)
+    got = TorchRuntime(model, precision="bf16")(x)
+    assert got.dtype == np.float32 and cosine(got, ref) > 0.999
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_precision_and_device_errors(model):
+    assert resolve_precision("auto", "cuda") == "fp16"
+    assert resolve_precision("auto", "cpu") in ("bf16", "fp32")
+    with pytest.raises(InputError, match="fp16 runs on GPUs only"):
+        TorchRuntime(model, precision="fp16")
+    with pytest.raises(InputError, match="unknown precision 'int3'"):
+        TorchRuntime(model, precision="int3")
+    with pytest.raises(InputError, match="unknown backend 'tensorflow'"):
+        make_runtime(model, backend="tensorflow")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="sees no CUDA GPU"):
+            TorchRuntime(model, device="cuda")
+    with pytest.raises(InputError, match="unknown device 'tpu'"):
+        TorchRuntime(model, device="tpu")
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_cuda_graphs_equal_eager_and_precisions_agree(model, precision):
+    ref = TorchRuntime(model, precision="fp32", cuda_graphs=False)(crops(5))  # the fp32 CPU reference
+    graphed = TorchRuntime(model, device="cuda", precision=precision, cuda_graphs=True)
+    eager = TorchRuntime(model, device="cuda", precision=precision, cuda_graphs=False)
+    for n in (1, 3, 5):
+        x = crops(n, seed=n)
+        a, b = graphed(x), eager(x)
+        assert np.allclose(a, b, atol=1e-2 * np.abs(b).max()), (n, np.abs(a - b).max())
+    assert sorted(graphed._graphs) == [1, 4, 8]
+    assert cosine(graphed(crops(5)), ref) > 0.995
