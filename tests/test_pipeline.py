@@ -18,7 +18,7 @@ def rgb(path=IMAGE):
 
 @pytest.fixture(scope="module")
 def estimator(tiny_checkpoint):
-    return PoseEstimator(tiny_checkpoint)
+    return PoseEstimator(tiny_checkpoint, backend="torch")
 
 
 def count_forward_calls(est, monkeypatch):
@@ -57,19 +57,19 @@ def test_all_people_of_all_images_share_one_batch(estimator, monkeypatch):
 
 
 def test_flip_test_runs_mirrors_in_the_same_batch(tiny_checkpoint, monkeypatch):
-    est = PoseEstimator(tiny_checkpoint, flip_test=True)
+    est = PoseEstimator(tiny_checkpoint, backend="torch", flip_test=True)
     calls = count_forward_calls(est, monkeypatch)
     boxes = np.array([[280, 44, 499, 391], [10, 10, 200, 300]])
     flipped = est(rgb(), boxes)
     assert calls == [4]
-    plain = PoseEstimator(tiny_checkpoint)(rgb(), boxes)
+    plain = PoseEstimator(tiny_checkpoint, backend="torch")(rgb(), boxes)
     assert not np.allclose(flipped.keypoint_scores, plain.keypoint_scores)
 
 
 def test_flip_test_is_exact_for_a_mirror_symmetric_input(tiny_checkpoint):
     """Flip test averages h(x) and flip_back(h(mirror x)): on a mirror-symmetric crop with a
     symmetric network output the two halves agree, so the result equals the plain one."""
-    est = PoseEstimator(tiny_checkpoint, flip_test=True)
+    est = PoseEstimator(tiny_checkpoint, backend="torch", flip_test=True)
     x = np.random.default_rng(0).normal(size=(1, 3, 256, 192)).astype(np.float32)
     x = (x + x[..., ::-1]) / 2
     plain = est.runtime(x)
@@ -79,9 +79,9 @@ def test_flip_test_is_exact_for_a_mirror_symmetric_input(tiny_checkpoint):
 
 
 def test_no_boxes_means_detector_or_whole_image(tiny_checkpoint):
-    whole = PoseEstimator(tiny_checkpoint)(rgb())
+    whole = PoseEstimator(tiny_checkpoint, backend="torch")(rgb())
     assert len(whole) == 1 and np.allclose(whole.boxes, [[0, 0, 640, 425]])
-    detected = PoseEstimator(tiny_checkpoint, detector=RTMDET)(rgb())
+    detected = PoseEstimator(tiny_checkpoint, backend="torch", detector=RTMDET)(rgb())
     assert len(detected) >= 1 and (detected.box_scores >= 0.3).all()
 
 
@@ -144,11 +144,24 @@ def test_dataset_index_picks_expert_and_keypoint_set(tmp_path):
     assert poses.skeleton.name == "mpii" and poses.keypoints.shape == (1, 16, 2)
 
 
+def test_automatic_cpu_backend_gives_the_torch_result(tiny_checkpoint):
+    """auto on a CPU: OpenVINO when installed (bf16 where the CPU has it), else torch."""
+    boxes = np.array([[280, 44, 499, 391], [10, 10, 200, 300]])
+    ref = PoseEstimator(tiny_checkpoint, backend="torch", precision="fp32").predict([rgb()], [boxes], True)[0]
+    auto = PoseEstimator(tiny_checkpoint)
+    got = auto.predict([rgb()], [boxes], True)[0]
+    cos = (got.heatmaps * ref.heatmaps).sum() / np.linalg.norm(got.heatmaps) / np.linalg.norm(ref.heatmaps)
+    assert cos > 0.999  # (keypoints are not compared: random weights give flat maps whose ties bf16 may flip)
+    backend = {"OpenVinoRuntime": "openvino", "TorchRuntime": "torch"}[type(auto.runtime).__name__]
+    exact = PoseEstimator(tiny_checkpoint, backend=backend, precision="fp32")  # fp32: the reference
+    assert np.allclose(exact.predict([rgb()], [boxes], True)[0].heatmaps, ref.heatmaps, atol=1e-4)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_gives_the_cpu_result(tiny_checkpoint):
     boxes = np.array([[280, 44, 499, 391], [10, 10, 200, 300]])
-    cpu = PoseEstimator(tiny_checkpoint, flip_test=True).predict([rgb()], [boxes], return_heatmaps=True)[0]
+    cpu = PoseEstimator(tiny_checkpoint, backend="torch", flip_test=True).predict([rgb()], [boxes], return_heatmaps=True)[0]
     gpu = PoseEstimator(tiny_checkpoint, device="cuda", flip_test=True, detector=RTMDET)
     assert gpu.runtime.device == "cuda"
     got = gpu.predict([rgb()], [boxes], return_heatmaps=True)[0]

@@ -206,7 +206,8 @@ def export_onnx(model, path, *, opset: int = 17, dynamic_batch: bool = True, che
     `dynamic_batch` is False, in which case it is fixed to `batch_size`. A ViTPose++ model is
     exported for `dataset_index` (default: ``model.dataset_index``). The metadata listed in this
     module's docstring goes into ``metadata_props``. A model in fp16/bf16 or on a GPU is exported
-    from an fp32 CPU copy; the caller's module is left as it was.
+    from an fp32 CPU copy; the caller's module is left as it was. Weights over protobuf's 2 GB
+    (ViTPose-H) go to one ``<name>.onnx.data`` file beside the .onnx; keep the two together.
 
     `exporter`: ``"torchscript"`` (torch.onnx's ``dynamo=False`` exporter; faster graph for
     onnxruntime, see the module docstring) or ``"dynamo"`` (torch.export; needs onnxscript).
@@ -234,7 +235,11 @@ def export_onnx(model, path, *, opset: int = 17, dynamic_batch: bool = True, che
         def forward(self, crops):
             return self.net(crops, index)
 
-    with _fp32_cpu_eval(model) as net:
+    with _fp32_cpu_eval(model) as net, \
+            tempfile.TemporaryDirectory(dir=path.parent, prefix=".rapidpose-export-") as tmp:
+        # Export into a private folder: a model over 2 GB (ViTPose-H) comes out as one file per
+        # weight, which are gathered into a single <name>.onnx.data beside the output below.
+        raw = Path(tmp) / "model.onnx"
         example_batch = 2 if dynamic_batch else batch_size
         example = torch.from_numpy(_random_crops(example_batch, net.cfg.input_size, seed=0))
         wrapped = _Fixed(net).eval()
@@ -242,7 +247,7 @@ def export_onnx(model, path, *, opset: int = 17, dynamic_batch: bool = True, che
             with _quiet_exporters(), torch.inference_mode(False), torch.no_grad():
                 if exporter == "torchscript":
                     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-                    torch.onnx.export(wrapped, (example,), str(path), dynamo=False, opset_version=opset,
+                    torch.onnx.export(wrapped, (example,), str(raw), dynamo=False, opset_version=opset,
                                       input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                       dynamic_axes=axes, do_constant_folding=True)
                 else:
@@ -251,21 +256,29 @@ def export_onnx(model, path, *, opset: int = 17, dynamic_batch: bool = True, che
                     program = torch.onnx.export(wrapped, (example,), dynamo=True, opset_version=opset,
                                                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                                 dynamic_shapes=shapes, optimize=True, verbose=False)
-                    program.save(str(path))
+                    program.save(str(raw))
         except RapidPoseError:
             raise
         except Exception as exc:
             raise ExportError(f"torch could not export the model to ONNX ({type(exc).__name__}: "
                               f"{str(exc)[:300]})") from exc
 
-        proto = onnx.load(str(path), load_external_data=False)  # large models keep their weights beside it
+        proto = onnx.load(str(raw))  # weights included, wherever the exporter put them
         del proto.metadata_props[:]
         for key, value in _encode(meta).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         proto.doc_string = (f"rapidpose ViTPose-{meta['variant'].upper()} ({meta['skeleton']}, "
                             f"{meta['num_keypoints']} keypoints): normalised crops -> heatmaps")
-        onnx.save(proto, str(path))
+        size = sum(t.ByteSize() for t in proto.graph.initializer)
+        if size > 1_800_000_000:  # protobuf stops at 2 GB
+            data = path.with_name(path.name + ".data")
+            data.unlink(missing_ok=True)
+            onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data.name, size_threshold=1024)
+        else:
+            onnx.save_model(proto, str(path))
+        del proto
 
         if check:
             batches = (2, 3) if dynamic_batch else (batch_size,)
@@ -457,7 +470,9 @@ def run_export(args) -> int:
         extra = f" (+ {written.with_suffix('.bin').name})"
     meta = read_metadata(written)
     checked = "checked against torch" if args.check else "not checked"
-    print(f"wrote {written}{extra}: ViTPose-{meta['variant'].upper()}, {meta['skeleton']} "
+    name = "ViTPose" + ("++" if meta.get("num_experts", 1) > 1 else "")
+    name += f"-{meta['variant'].upper()}" if meta["variant"] != "custom" else " (custom size)"
+    print(f"wrote {written}{extra}: {name}, {meta['skeleton']} "
           f"({meta['num_keypoints']} keypoints), dataset index {meta['dataset_index']}, {checked}",
           file=sys.stderr)
     return 0

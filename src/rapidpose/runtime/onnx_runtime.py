@@ -51,9 +51,10 @@ def skeleton_from(meta: dict, num_keypoints: int):
 class OnnxRuntime:
     """Normalised crops (N, 3, H, W) float32 -> heatmaps (N, K, H/4, W/4) float32 with onnxruntime.
 
-    `device`: "cpu", or "cuda"/"cuda:N" for the CUDAExecutionProvider (falls back to the CPU, with a
-    warning, when this onnxruntime build has none). `threads`: intra-op threads on the CPU (default:
-    the physical cores). Crops run in batches of up to `batch_size`.
+    `device`: "cpu", "cuda"/"cuda:N" for the CUDAExecutionProvider (falls back to the CPU, with a
+    warning, when this onnxruntime build has none), or "auto" (CUDA where there is one).
+    `threads`: intra-op threads on the CPU (default: the physical cores). Crops run in batches of
+    up to `batch_size` (exactly the exported batch, padded, for a fixed-batch export).
     """
 
     def __init__(self, path, device: str = "cpu", threads: int | None = None, batch_size: int = 64):
@@ -68,16 +69,19 @@ class OnnxRuntime:
 
         providers: list = ["CPUExecutionProvider"]
         self.device = "cpu"
+        has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+        if device == "auto":
+            device = "cuda" if has_cuda else "cpu"
         if device.startswith("cuda"):
-            if "CUDAExecutionProvider" in ort.get_available_providers():
+            if has_cuda:
                 device_id = int(device.split(":", 1)[1]) if ":" in device else 0
                 providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
                 self.device = device
             else:
                 log.warning("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu); "
                             "running '%s' on the CPU", self.path.name)
-        elif device not in ("cpu", "auto"):
-            raise InputError(f"unknown device '{device}' for onnxruntime: use cpu, cuda or cuda:N")
+        elif device != "cpu":
+            raise InputError(f"unknown device '{device}' for onnxruntime: use cpu, cuda, cuda:N or auto")
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
