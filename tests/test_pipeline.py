@@ -18,7 +18,7 @@ def rgb(path=IMAGE):
 
 @pytest.fixture(scope="module")
 def estimator(tiny_checkpoint):
-    return PoseEstimator(tiny_checkpoint, backend="torch")
+    return PoseEstimator(tiny_checkpoint, backend="torch", precision="fp32")
 
 
 def count_forward_calls(est, monkeypatch):
@@ -57,19 +57,19 @@ def test_all_people_of_all_images_share_one_batch(estimator, monkeypatch):
 
 
 def test_flip_test_runs_mirrors_in_the_same_batch(tiny_checkpoint, monkeypatch):
-    est = PoseEstimator(tiny_checkpoint, backend="torch", flip_test=True)
+    est = PoseEstimator(tiny_checkpoint, backend="torch", precision="fp32", flip_test=True)
     calls = count_forward_calls(est, monkeypatch)
     boxes = np.array([[280, 44, 499, 391], [10, 10, 200, 300]])
     flipped = est(rgb(), boxes)
     assert calls == [4]
-    plain = PoseEstimator(tiny_checkpoint, backend="torch")(rgb(), boxes)
+    plain = PoseEstimator(tiny_checkpoint, backend="torch", precision="fp32")(rgb(), boxes)
     assert not np.allclose(flipped.keypoint_scores, plain.keypoint_scores)
 
 
 def test_flip_test_is_exact_for_a_mirror_symmetric_input(tiny_checkpoint):
     """Flip test averages h(x) and flip_back(h(mirror x)): on a mirror-symmetric crop with a
     symmetric network output the two halves agree, so the result equals the plain one."""
-    est = PoseEstimator(tiny_checkpoint, backend="torch", flip_test=True)
+    est = PoseEstimator(tiny_checkpoint, backend="torch", precision="fp32", flip_test=True)
     x = np.random.default_rng(0).normal(size=(1, 3, 256, 192)).astype(np.float32)
     x = (x + x[..., ::-1]) / 2
     plain = est.runtime(x)
@@ -79,7 +79,7 @@ def test_flip_test_is_exact_for_a_mirror_symmetric_input(tiny_checkpoint):
 
 
 def test_no_boxes_means_detector_or_whole_image(tiny_checkpoint):
-    whole = PoseEstimator(tiny_checkpoint, backend="torch")(rgb())
+    whole = PoseEstimator(tiny_checkpoint, backend="torch", precision="fp32")(rgb())
     assert len(whole) == 1 and np.allclose(whole.boxes, [[0, 0, 640, 425]])
     detected = PoseEstimator(tiny_checkpoint, backend="torch", detector=RTMDET)(rgb())
     assert len(detected) >= 1 and (detected.box_scores >= 0.3).all()
@@ -161,7 +161,7 @@ def test_automatic_cpu_backend_gives_the_torch_result(tiny_checkpoint):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_gives_the_cpu_result(tiny_checkpoint):
     boxes = np.array([[280, 44, 499, 391], [10, 10, 200, 300]])
-    cpu = PoseEstimator(tiny_checkpoint, backend="torch", flip_test=True).predict([rgb()], [boxes], return_heatmaps=True)[0]
+    cpu = PoseEstimator(tiny_checkpoint, backend="torch", precision="fp32", flip_test=True).predict([rgb()], [boxes], return_heatmaps=True)[0]
     gpu = PoseEstimator(tiny_checkpoint, device="cuda", flip_test=True, detector=RTMDET)
     assert gpu.runtime.device == "cuda"
     got = gpu.predict([rgb()], [boxes], return_heatmaps=True)[0]
