@@ -69,7 +69,7 @@ def main():
             graphed = TorchRuntime(ours, args.device, batch_size=max(args.batch), precision=dtype_name, cuda_graphs=True)
             runs.append(("rapidpose runtime (CUDA graphs)", graphed.run))
         if args.compile:
-            runs.append(("rapidpose compiled", torch.compile(ours.to(args.device, dtype), mode="max-autotune-no-cudagraphs")))
+            runs.append(("rapidpose compiled", torch.compile(ours.to(args.device, dtype))))
         if theirs is not None:
             runs.append(("transformers", lambda x, m=theirs.to(args.device, dtype): m(x).heatmaps))
         for batch in args.batch:
