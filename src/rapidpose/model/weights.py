@@ -213,7 +213,7 @@ def load_model(name_or_path="vitpose-b", device: str = "cpu", dataset_index: int
 
     The module gets `.skeleton` (its keypoint set) and `.source` (where it came from).
     """
-    torch = require("torch", "torch")
+    require("torch", "torch")  # a clear message when the torch extra is missing
     path, dataset = resolve(name_or_path)
     raw, hf_config = read_checkpoint(path)
     state = to_official(raw, str(path))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, InputError, require
+from .exported import ExportedRuntime, skeleton_from
 
 log = logging.getLogger("rapidpose")
 
@@ -29,26 +30,7 @@ def physical_cores() -> int:
     return max(len(cores), 1)
 
 
-def check_crops(crops, input_size: tuple[int, int]) -> np.ndarray:
-    """Crops as a C-contiguous float32 (N, 3, H, W) array, or an InputError that says what is wrong."""
-    crops = np.asarray(crops)
-    w, h = input_size
-    if crops.ndim != 4 or crops.shape[1:] != (3, h, w):
-        raise InputError(f"crops must be normalised images of shape (N, 3, {h}, {w}), got {crops.shape}")
-    return np.ascontiguousarray(crops, dtype=np.float32)
-
-
-def skeleton_from(meta: dict, num_keypoints: int):
-    """The keypoint set named in an exported file's metadata, else the usual one of that size."""
-    from ..skeletons import SKELETONS, skeleton_for
-
-    name = meta.get("skeleton")
-    if name in SKELETONS and SKELETONS[name].num_keypoints == num_keypoints:
-        return SKELETONS[name]
-    return skeleton_for(num_keypoints)
-
-
-class OnnxRuntime:
+class OnnxRuntime(ExportedRuntime):
     """Normalised crops (N, 3, H, W) float32 -> heatmaps (N, K, H/4, W/4) float32 with onnxruntime.
 
     `device`: "cpu", "cuda"/"cuda:N" for the CUDAExecutionProvider (falls back to the CPU, with a
@@ -121,28 +103,8 @@ class OnnxRuntime:
             self.batch_size = fixed
         self._fixed_batch = fixed
 
-    @property
-    def num_keypoints(self) -> int:
-        return self._num_keypoints
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        """Crop size the network takes, as (width, height)."""
-        return self._input_size
-
-    def __call__(self, crops: np.ndarray) -> np.ndarray:
-        crops = check_crops(crops, self._input_size)
-        n = len(crops)
-        if n == 0:
-            return np.zeros((0, self._num_keypoints, *self._heatmap_size), np.float32)
-        out = []
-        for start in range(0, n, self.batch_size):
-            batch = crops[start:start + self.batch_size]
-            m = len(batch)
-            if self._fixed_batch is not None and m < self._fixed_batch:  # pad the last, partial batch
-                batch = np.concatenate([batch, np.zeros((self._fixed_batch - m, *batch.shape[1:]), np.float32)])
-            out.append(self.session.run([self.output_name], {self.input_name: batch})[0][:m])
-        return out[0] if len(out) == 1 else np.concatenate(out)
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
 
     def __repr__(self) -> str:
         return (f"OnnxRuntime('{self.path}', device='{self.device}', {self._num_keypoints} keypoints, "

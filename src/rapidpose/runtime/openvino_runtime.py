@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, InputError, require
-from .onnx_runtime import check_crops, skeleton_from
+from .exported import ExportedRuntime, skeleton_from
 
 PRECISIONS = ("auto", "fp32", "bf16")
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -29,7 +29,7 @@ def cpu_supports_bf16(core=None) -> bool:
         return False
 
 
-class OpenVinoRuntime:
+class OpenVinoRuntime(ExportedRuntime):
     """Normalised crops (N, 3, H, W) float32 -> heatmaps (N, K, H/4, W/4) float32 with OpenVINO.
 
     `path`: an OpenVINO IR .xml (with its .bin beside it) or an ONNX file. `device`: an OpenVINO
@@ -115,30 +115,9 @@ class OpenVinoRuntime:
         if self._fixed_batch is not None:
             self.batch_size = self._fixed_batch
 
-    @property
-    def num_keypoints(self) -> int:
-        return self._num_keypoints
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        """Crop size the network takes, as (width, height)."""
-        return self._input_size
-
-    def __call__(self, crops: np.ndarray) -> np.ndarray:
-        crops = check_crops(crops, self._input_size)
-        n = len(crops)
-        if n == 0:
-            return np.zeros((0, self._num_keypoints, *self._heatmap_size), np.float32)
-        out = []
-        for start in range(0, n, self.batch_size):
-            batch = crops[start:start + self.batch_size]
-            m = len(batch)
-            if self._fixed_batch is not None and m < self._fixed_batch:
-                batch = np.concatenate([batch, np.zeros((self._fixed_batch - m, *batch.shape[1:]), np.float32)])
-            result = self.request.infer({0: batch})[0]
-            # the request reuses its output buffer: copy before the next batch overwrites it
-            out.append(np.array(result[:m], dtype=np.float32, copy=True))
-        return out[0] if len(out) == 1 else np.concatenate(out)
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        # the request reuses its output buffer: copy before the next batch overwrites it
+        return np.array(self.request.infer({0: batch})[0], dtype=np.float32, copy=True)
 
     def __repr__(self) -> str:
         return (f"OpenVinoRuntime('{self.path}', device='{self.device}', precision='{self.precision}', "
