@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 
 from .errors import RapidPoseError
+from .io import coco_image_id
 
 log = logging.getLogger("rapidpose")
 
@@ -118,7 +119,7 @@ def run_predict(args) -> int:
             for (index, path, image), poses in zip(good, results):
                 h, w = image.shape[:2]
                 entries.append((index, {"image": str(path), "width": w, "height": h, "people": poses.to_list()}))
-                coco.extend(poses.to_coco(_image_id(path, index)))
+                coco.extend(poses.to_coco(coco_image_id(path, index)))
                 found += len(poses)
                 if draw_dir:
                     _draw(image, poses, draw_dir / path.stem, args, est.input_size)
@@ -137,12 +138,6 @@ def run_predict(args) -> int:
     return 1 if failed else 0
 
 
-def _image_id(path, index):
-    from .io import coco_image_id
-
-    return coco_image_id(path, index)
-
-
 def _predict_chunk(est, good, box_table, args):
     from .io import boxes_for
 
@@ -152,7 +147,7 @@ def _predict_chunk(est, good, box_table, args):
     if box_table is not None:
         boxes = []
         for index, path, _ in good:
-            given = boxes_for(box_table, path, _image_id(path, index))
+            given = boxes_for(box_table, path, coco_image_id(path, index))
             boxes.append(given[given[:, 4] >= args.threshold])
     return est.predict([image for _, _, image in good], boxes, return_heatmaps=args.heatmaps)
 

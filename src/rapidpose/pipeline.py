@@ -130,14 +130,17 @@ class PoseEstimator:
         """Each image goes to the GPU once; crops and heatmaps stay there until the keypoints."""
         import torch
 
-        from .gpu_ops import decode_heatmaps_torch, flip_back_torch, warp_crops_torch
+        from .gpu_ops import decode_heatmaps_torch, flip_back_torch, warp_crops_batch
 
         device = self.runtime.device
         with self.timer("crop"):
             used = [(img, m) for img, m in zip(images, per_image_matrices) if len(m)]
-            uploaded = self._upload([img for img, _ in used], device)
-            crops = [warp_crops_torch(img, m, self.input_size) for img, (_, m) in zip(uploaded, used)]
-            x = torch.cat(crops) if crops else torch.zeros(0, 3, *self.input_size[::-1], device=device)
+            if used:
+                uploaded = self._upload([img for img, _ in used], device)
+                x = warp_crops_batch(uploaded, np.concatenate([m for _, m in used]), [len(m) for _, m in used],
+                                     self.input_size)
+            else:
+                x = torch.zeros(0, 3, *self.input_size[::-1], device=device)
         with self.timer("network"):
             if self.flip_test:
                 both = self.runtime.run(torch.cat([x, x.flip(-1)]))

@@ -121,7 +121,10 @@ class TorchRuntime:
             if not outs:
                 w, h = self.cfg.heatmap_size
                 return torch.zeros(0, self.num_keypoints, h, w, device=self.device)
-            return torch.cat(outs) if len(outs) > 1 else outs[0].clone()
+            if len(outs) > 1:
+                return torch.cat(outs)
+            # a CUDA graph hands back its own output buffer, which its next replay overwrites
+            return outs[0].clone() if self.cuda_graphs else outs[0]
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         return self.run(self.torch.from_numpy(np.ascontiguousarray(crops))).cpu().numpy()
