@@ -51,6 +51,8 @@ def main():
     p.add_argument("--dtype", nargs="+", default=["fp16"], choices=list(DTYPES))
     p.add_argument("--batch", nargs="+", type=int, default=[64])
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd rapidpose")
+    p.add_argument("--compile-mode", default="default", choices=["default", "max-autotune-no-cudagraphs", "max-autotune"],
+                   help="torch.compile mode (max-autotune tries Triton GEMM templates with fused epilogues)")
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--no-transformers", action="store_true")
     args = p.parse_args()
@@ -69,7 +71,8 @@ def main():
             graphed = TorchRuntime(ours, args.device, batch_size=max(args.batch), precision=dtype_name, cuda_graphs=True)
             runs.append(("rapidpose runtime (CUDA graphs)", graphed.run))
         if args.compile:
-            runs.append(("rapidpose compiled", torch.compile(ours.to(args.device, dtype))))
+            runs.append((f"rapidpose compiled ({args.compile_mode})",
+                         torch.compile(ours.to(args.device, dtype), mode=args.compile_mode)))
         if theirs is not None:
             runs.append(("transformers", lambda x, m=theirs.to(args.device, dtype): m(x).heatmaps))
         for batch in args.batch:

@@ -9,10 +9,11 @@ keypoints. The numbers are those of the numpy/cv2 versions in geometry.py and de
   bilinear) the rounded crops are equal except at about 1 value in 10^4, off by 1 (a tie at .5
   falling the other way); older cv2 (1/32 px fixed-point bilinear) differs from exact bilinear by
   up to a few levels at a few percent of the values.
-- decode_heatmaps_torch is argmax + DARK-UDP + the UDP inverse, written out like decode.py. The blur
-  is only needed at the 3x3 neighbourhood of each peak, so it is computed there, as the separable
-  11-tap Gaussian over reflect-101 indices, with element-wise products and sums in float32 (no conv
-  or matmul, so TF32 settings cannot touch it); the Newton step is in float64 (float32 on MPS).
+- decode_heatmaps_torch is argmax + DARK-UDP + the UDP inverse of decode.py. The blur is only
+  needed at the 3x3 neighbourhood of each peak, so it is computed there, on the device, as the
+  separable 11-tap Gaussian over reflect-101 indices, with element-wise products and sums in float32
+  (no conv or matmul, so TF32 settings cannot touch it); the Newton step and the UDP inverse are
+  decode.py's own, in float64 on the host.
 
 Everything is batched over people and keypoints; there is no Python loop over either.
 """
@@ -25,11 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .decode import BLUR_KERNEL
-from .geometry import INPUT_SIZE, MEAN, PIXEL_STD, STD
+from .decode import BLUR_KERNEL, keypoints_from_peaks, log_of_blurred
+from .geometry import INPUT_SIZE, MEAN, STD
 
-__all__ = ["gaussian_kernel_1d", "warp_crops_torch", "warp_crops_batch", "decode_heatmaps_torch",
-           "flip_back_torch"]
+__all__ = ["gaussian_kernel_1d", "warp_crops_torch", "warp_crops_batch", "warp_crops_with", "crop_regions",
+           "sampling_inverses", "PinnedUploader", "decode_heatmaps_torch", "flip_back_torch"]
 
 
 def _float64(device: torch.device) -> torch.dtype:
@@ -47,17 +48,74 @@ def _as_tensor(x, device, dtype) -> torch.Tensor:
 # Crops
 
 
-def _inverse_affine(m: torch.Tensor) -> torch.Tensor:
-    """(N, 2, 3) forward affines -> their inverses, with the formula cv2.warpAffine uses (in float64)."""
+def inverse_affines(m: np.ndarray) -> np.ndarray:
+    """(N, 2, 3) forward affines -> their inverses, with the formula cv2.warpAffine uses (float64)."""
+    m = np.asarray(m, np.float64).reshape(-1, 2, 3)
     a, b, c = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
     d, e, f = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
     det = a * e - b * d
-    inv_det = torch.where(det != 0, 1.0 / torch.where(det != 0, det, torch.ones_like(det)),
-                          torch.zeros_like(det))
+    with np.errstate(divide="ignore"):
+        inv_det = np.where(det != 0, 1.0 / np.where(det != 0, det, 1.0), 0.0)
     a11, a12, a21, a22 = e * inv_det, -b * inv_det, -d * inv_det, a * inv_det
-    b1 = -a11 * c - a12 * f
-    b2 = -a21 * c - a22 * f
-    return torch.stack([torch.stack([a11, a12, b1], -1), torch.stack([a21, a22, b2], -1)], 1)
+    return np.stack([np.stack([a11, a12, -a11 * c - a12 * f], -1),
+                     np.stack([a21, a22, -a21 * c - a22 * f], -1)], 1)
+
+
+def _sampled_size(hw) -> np.ndarray:
+    """The size grid_sample sees: _image_to_nchw pads a 1-pixel side to 2."""
+    return np.maximum(np.asarray(hw, np.float64), 2.0)
+
+
+def sampling_inverses(matrices, image_hw: np.ndarray) -> np.ndarray:
+    """(N, 2, 3) float64: crop pixel (u, v, 1) -> grid_sample's normalised image point, per crop.
+
+    With align_corners=True, -1 and +1 are the centres of the first and last image pixels, so the
+    normalisation x -> x * 2 / (w - 1) - 1 is folded into the inverse affine. image_hw: (N, 2)
+    height and width of the image each crop is taken from.
+    """
+    inv = inverse_affines(matrices)
+    hw = _sampled_size(image_hw).reshape(-1, 2)
+    inv[:, 0] *= (2.0 / (hw[:, 1] - 1))[:, None]
+    inv[:, 1] *= (2.0 / (hw[:, 0] - 1))[:, None]
+    inv[:, :, 2] -= 1.0
+    return inv
+
+
+def sampled_region(matrices: np.ndarray, output_size, image_hw) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the image pixels that bilinear crops through these affines read, clipped
+    to the image (empty when they read none). Only this part of an image needs to go to the GPU."""
+    w_out, h_out = output_size
+    corners = np.array([[0, 0, 1], [w_out - 1, 0, 1], [0, h_out - 1, 1], [w_out - 1, h_out - 1, 1]], np.float64)
+    points = inverse_affines(matrices) @ corners.T  # (N, 2, 4): affine maps send the crop to a parallelogram
+    h, w = image_hw
+    x0, y0 = np.floor(points.min(axis=(0, 2))).astype(np.int64)
+    x1, y1 = np.floor(points.max(axis=(0, 2))).astype(np.int64) + 2  # bilinear reads the next pixel too
+    x0, x1 = int(np.clip(x0, 0, w)), int(np.clip(x1, 0, w))
+    y0, y1 = int(np.clip(y0, 0, h)), int(np.clip(y1, 0, h))
+    return x0, y0, max(x1, x0), max(y1, y0)
+
+
+def crop_regions(images: Sequence[np.ndarray], matrices: np.ndarray, counts: Sequence[int], output_size=INPUT_SIZE):
+    """Per image, the view of the part its crops read, and the matrices moved to that part's origin.
+
+    Warping the regions with the moved matrices gives the crops of the whole images (up to float32
+    rounding of the sampling points), from a fraction of the bytes: one small person in a 1080p
+    frame reads a few percent of it. An image whose crops read no pixel becomes one black pixel.
+    """
+    views, moved, start = [], np.array(matrices, np.float64).reshape(-1, 2, 3), 0
+    for image, count in zip(images, counts):
+        m = moved[start:start + count]
+        start += count
+        if not count:
+            views.append(image[:0, :0])
+            continue
+        x0, y0, x1, y1 = sampled_region(m, output_size, image.shape[:2])
+        if x1 == x0 or y1 == y0:
+            views.append(np.zeros((1, 1) + image.shape[2:], image.dtype))
+            continue
+        views.append(image[y0:y1, x0:x1])
+        m[:, :, 2] += m[:, :, :2] @ np.array([x0, y0], np.float64)  # region pixel p = image pixel p + (x0, y0)
+    return views, moved
 
 
 @functools.lru_cache(maxsize=16)
@@ -65,25 +123,16 @@ def _crop_pixels(w_out: int, h_out: int, device: torch.device, dtype: torch.dtyp
     return (torch.arange(w_out, device=device, dtype=dtype), torch.arange(h_out, device=device, dtype=dtype))
 
 
-def _sampling_grid(matrices, image_hw, output_size, device) -> torch.Tensor:
-    """grid_sample grid (1, N*H_out, W_out, 2): crop pixel (u, v) -> image point M^-1 (u, v), normalised.
+def _sampling_grid(inverse: torch.Tensor, output_size) -> torch.Tensor:
+    """(N, H_out, W_out, 2) float32 grid_sample points of crops from their sampling_inverses.
 
-    With align_corners=True, -1 and +1 are the centres of the first and last image pixels, so the
-    normalisation x -> x * 2 / (w - 1) - 1 is folded into the inverse affine; the grid is then one
-    float64 broadcast sum per coordinate, rounded once to float32.
+    One float64 broadcast sum per coordinate, rounded once to float32.
     """
-    dtype = _float64(device)
-    m = _as_tensor(matrices, device, dtype).reshape(-1, 2, 3)
-    inv = _inverse_affine(m)  # (N, 2, 3)
-    h, w = image_hw
-    inv[:, 0] *= 2.0 / (w - 1)
-    inv[:, 1] *= 2.0 / (h - 1)
-    inv[:, :, 2] -= 1.0
     w_out, h_out = output_size
-    u, v = _crop_pixels(w_out, h_out, device, dtype)
-    along_u = inv[:, None, None, :, 0] * u.view(1, 1, w_out, 1)  # (N, 1, W_out, 2)
-    along_v = inv[:, None, None, :, 1] * v.view(1, h_out, 1, 1) + inv[:, None, None, :, 2]  # (N, H_out, 1, 2)
-    return (along_u + along_v).to(torch.float32).view(1, -1, w_out, 2)
+    u, v = _crop_pixels(w_out, h_out, inverse.device, inverse.dtype)
+    along_u = inverse[:, None, None, :, 0] * u.view(1, 1, w_out, 1)  # (N, 1, W_out, 2)
+    along_v = inverse[:, None, None, :, 1] * v.view(1, h_out, 1, 1) + inverse[:, None, None, :, 2]  # (N, H_out, 1, 2)
+    return (along_u + along_v).to(torch.float32)
 
 
 def _image_to_nchw(image) -> torch.Tensor:
@@ -96,7 +145,7 @@ def _image_to_nchw(image) -> torch.Tensor:
         image = torch.from_numpy(np.ascontiguousarray(image))
     if image.ndim != 3:
         raise ValueError(f"image must be (H, W, C); got shape {tuple(image.shape)}")
-    x = image.permute(2, 0, 1).unsqueeze(0).to(torch.float32).contiguous()
+    x = image.permute(2, 0, 1).unsqueeze(0).to(torch.float32)
     h, w = x.shape[-2:]
     if h == 1 or w == 1:
         x = F.pad(x, (0, int(w == 1), 0, int(h == 1)))
@@ -115,68 +164,114 @@ def _normalize_(x: torch.Tensor, mean, std) -> torch.Tensor:
     return x.mul_(float(np.float32(1 / 255.0))).sub_(mean).div_(std)
 
 
-def _warp_raw(image_nchw: torch.Tensor, matrices, output_size, round_like_cv2: bool) -> torch.Tensor:
-    """(1, C, H, W) float image -> (C, N, H_out, W_out) bilinear crops in 0..255 (rounded if asked).
+@torch.no_grad()
+def warp_crops_with(images: Sequence, inverse: torch.Tensor, counts: Sequence[int], output_size=INPUT_SIZE,
+                    mean=MEAN, std=STD, round_like_cv2: bool = True, dtype=torch.float32) -> torch.Tensor:
+    """Crops (sum(counts), 3, H, W) of images already on the device, from their sampling_inverses
+    (a tensor there): one grid for all crops, one grid_sample per image, one normalisation.
 
-    Channel-major, as grid_sample writes it; the caller transposes once, after normalising.
+    round_like_cv2 rounds the sampled values to integers before normalising, like the uint8 crop of
+    geometry.warp_crops + normalize_crops. With mean=None the crops stay in 0..255.
     """
-    c = image_nchw.shape[1]
     w_out, h_out = output_size
-    grid = _sampling_grid(matrices, image_nchw.shape[-2:], output_size, image_nchw.device)
-    out = F.grid_sample(image_nchw, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    out = out.view(c, -1, h_out, w_out)
+    grid = _sampling_grid(inverse, output_size)
+    parts, start = [], 0
+    for image, count in zip(images, counts):
+        if count:
+            x = _image_to_nchw(image)
+            part = F.grid_sample(x, grid[start:start + count].view(1, -1, w_out, 2), mode="bilinear",
+                                 padding_mode="zeros", align_corners=True)
+            parts.append(part.view(x.shape[1], count, h_out, w_out))  # channel-major, as grid_sample writes
+        start += count
+    if not parts:
+        return torch.zeros((0, 3, h_out, w_out), dtype=dtype, device=inverse.device)
+    raw = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     if round_like_cv2:
-        out = out.round_().clamp_(0, 255)  # cv2 writes a uint8 crop (values exactly at .5 are rare)
-    return out
-
-
-def _finish(raw: torch.Tensor, mean, std) -> torch.Tensor:
+        raw = raw.round_().clamp_(0, 255)  # cv2 writes a uint8 crop (values exactly at .5 are rare)
     if mean is not None:
         raw = _normalize_(raw, mean, std)
-    return raw.transpose(0, 1).contiguous()
+    return raw.transpose(0, 1).to(dtype, memory_format=torch.contiguous_format)
 
 
-@torch.no_grad()
-def warp_crops_torch(image, matrices, output_size=INPUT_SIZE, mean=MEAN, std=STD,
-                     round_like_cv2: bool = True) -> torch.Tensor:
-    """Network input (N, 3, H, W) float32 from one RGB uint8 image (H, W, 3) on any torch device.
-
-    matrices: (N, 2, 3) image -> crop affines (as geometry.udp_matrices gives), numpy or tensor.
-    Crop pixel (u, v) takes the bilinear sample of image point M^-1 (u, v) (pixel-index coordinates,
-    outside the image is 0), as cv2.warpAffine does. round_like_cv2 rounds the sampled values to
-    integers before normalising, like the uint8 crop of geometry.warp_crops + normalize_crops.
-    With mean=None the crops are returned in 0..255, not normalised.
-    """
-    image = _image_to_nchw(image)
-    if len(matrices) == 0:
-        return image.new_zeros((0, image.shape[1], output_size[1], output_size[0]))
-    return _finish(_warp_raw(image, matrices, output_size, round_like_cv2), mean, std)
-
-
-@torch.no_grad()
-def warp_crops_batch(images: Sequence, matrices, counts: Sequence[int], output_size=INPUT_SIZE,
-                     mean=MEAN, std=STD, round_like_cv2: bool = True) -> torch.Tensor:
-    """All crops of several images in one tensor (sum(counts), 3, H, W).
-
-    matrices holds the crops of images[0] first (counts[0] of them), then those of images[1], ...
-    Images may differ in size; there is one grid_sample per image with any crops (padding the
-    images to one batch measured slower on CPU, and shifts the normalised coordinates).
-    """
+def _check_counts(images, matrices, counts) -> list[int]:
     counts = [int(c) for c in counts]
     if len(counts) != len(images):
         raise ValueError(f"{len(images)} images but {len(counts)} counts")
     if sum(counts) != len(matrices):
         raise ValueError(f"counts add up to {sum(counts)} but there are {len(matrices)} matrices")
-    parts, start = [], 0
-    for image, count in zip(images, counts):
-        if count:
-            parts.append(_warp_raw(_image_to_nchw(image), matrices[start:start + count], output_size,
-                                   round_like_cv2))
-        start += count
-    if not parts:
-        device = images[0].device if images and isinstance(images[0], torch.Tensor) else "cpu"
-        return torch.zeros((0, 3, output_size[1], output_size[0]), dtype=torch.float32, device=device)
-    return _finish(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1), mean, std)
+    return counts
+
+
+@torch.no_grad()
+def warp_crops_batch(images: Sequence, matrices, counts: Sequence[int], output_size=INPUT_SIZE,
+                     mean=MEAN, std=STD, round_like_cv2: bool = True, dtype=torch.float32) -> torch.Tensor:
+    """All crops of several RGB uint8 images (H, W, 3) in one tensor (sum(counts), 3, H, W).
+
+    matrices: (N, 2, 3) image -> crop affines (as geometry.udp_matrices gives), the crops of
+    images[0] first (counts[0] of them), then those of images[1], ... Crop pixel (u, v) takes the
+    bilinear sample of image point M^-1 (u, v) (pixel-index coordinates, outside the image is 0),
+    as cv2.warpAffine does. Images may differ in size and live on any torch device.
+    """
+    counts = _check_counts(images, matrices, counts)
+    if isinstance(matrices, torch.Tensor):
+        matrices = matrices.detach().cpu().numpy()
+    sizes = np.repeat(np.array([tuple(img.shape[:2]) for img in images], np.float64).reshape(-1, 2), counts, axis=0)
+    device = images[0].device if images and isinstance(images[0], torch.Tensor) else torch.device("cpu")
+    inverse = torch.from_numpy(sampling_inverses(matrices, sizes)).to(device, _float64(device))
+    return warp_crops_with(images, inverse, counts, output_size, mean, std, round_like_cv2, dtype)
+
+
+@torch.no_grad()
+def warp_crops_torch(image, matrices, output_size=INPUT_SIZE, mean=MEAN, std=STD,
+                     round_like_cv2: bool = True) -> torch.Tensor:
+    """Network input (N, 3, H, W) float32 from one RGB uint8 image (H, W, 3): warp_crops_batch of one image."""
+    if not isinstance(image, torch.Tensor):
+        image = torch.from_numpy(np.ascontiguousarray(image))
+    return warp_crops_batch([image], matrices, [len(matrices)], output_size, mean, std, round_like_cv2)
+
+
+class PinnedUploader:
+    """Copies numpy arrays to a GPU through reused pinned host buffers, without waiting for the copy.
+
+    Pageable copies run at a fraction of the bus's speed and block; with two buffers in turn, the
+    host fills one while the other's copy (and the GPU work queued after it) is still running.
+    On a CPU device the arrays only become contiguous tensors (which lets tests run this path).
+    """
+
+    ALIGN = 64
+
+    def __init__(self, device, buffers: int = 2):
+        self.device = torch.device(device)
+        self._buffers: list = [None] * buffers
+        self._done: list = [None] * buffers
+        self._turn = 0
+
+    def __call__(self, arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        if self.device.type != "cuda":
+            return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+        offsets, total = [], 0
+        for a in arrays:
+            offsets.append(total)
+            total += -(-a.nbytes // self.ALIGN) * self.ALIGN
+        slot = self._turn
+        self._turn = (slot + 1) % len(self._buffers)
+        if self._done[slot] is not None:
+            self._done[slot].synchronize()  # its previous copy has left the buffer
+        if self._buffers[slot] is None or self._buffers[slot].numel() < total:
+            self._buffers[slot] = torch.empty(max(total, 1 << 20), dtype=torch.uint8, pin_memory=True)
+        staging = self._buffers[slot].numpy()
+        for a, start in zip(arrays, offsets):
+            # copyto walks strided views (an image's region) straight into the pinned buffer
+            np.copyto(staging[start:start + a.nbytes].view(a.dtype).reshape(a.shape), a)
+        on_device = self._buffers[slot][:total].to(self.device, non_blocking=True)
+        self._done[slot] = torch.cuda.Event()
+        self._done[slot].record(torch.cuda.current_stream(self.device))
+        return [on_device[start:start + a.nbytes].view(_torch_dtype(a.dtype)).view(a.shape)
+                for a, start in zip(arrays, offsets)]
+
+
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, dtype)).dtype
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,59 +340,30 @@ def _blurred_neighbourhood(maps: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
     return (rows * kernel[:, None]).sum(2)  # vertical pass: (B, 3, 3), [dy, dx]
 
 
-def _dark_udp(heatmaps: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor, ksize: int) -> torch.Tensor:
-    """Newton step of DARK-UDP at the integer peaks; (N*K, 2) float64 step, 0 where not concave."""
-    n, k, h, w = heatmaps.shape
-    blurred = _blurred_neighbourhood(heatmaps.reshape(n * k, h, w), ix, iy, ksize)
-    p = torch.log(blurred.clamp(0.001, 50)).to(_float64(heatmaps.device))  # log in float32, as decode.py
-    i = p[:, 1, 1]
-    xm, xp, ym, yp = p[:, 1, 0], p[:, 1, 2], p[:, 0, 1], p[:, 2, 1]
-    dx = 0.5 * (xp - xm)
-    dy = 0.5 * (yp - ym)
-    dxx = xp - 2 * i + xm
-    dyy = yp - 2 * i + ym
-    dxy = 0.5 * (p[:, 2, 2] - xp - yp + 2 * i - xm - ym + p[:, 0, 0])
-    eps = float(np.finfo(np.float32).eps)
-    a, d = dxx + eps, dyy + eps
-    det = a * d - dxy * dxy
-    step = torch.stack([(d * dx - dxy * dy) / det, (a * dy - dxy * dx) / det], dim=-1)
-    # the concave guard of decode.dark_udp: keep the integer peak where the log map is no maximum
-    concave = (a < 0) & (det > 0) & torch.isfinite(step).all(dim=-1)
-    return torch.where(concave[:, None], step, torch.zeros_like(step))
-
-
-@functools.lru_cache(maxsize=16)
-def _heatmap_steps(w: int, h: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.tensor([w - 1.0, h - 1.0], device=device, dtype=dtype)
-
-
 @torch.no_grad()
 def decode_heatmaps_torch(heatmaps: torch.Tensor, center, scale,
-                          kernel: int = BLUR_KERNEL) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K, H, W) heatmaps -> image keypoints (N, K, 2) float32 and scores (N, K) float32, on their device.
+                          kernel: int = BLUR_KERNEL) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K, H, W) heatmaps on any device -> image keypoints (N, K, 2) and scores (N, K), float32 numpy.
 
-    decode.decode_heatmaps in torch: argmax, score = raw maximum, DARK-UDP refinement, keypoints
-    whose score is <= 0 left at heatmap (-1, -1), then the UDP inverse with the crops' center/scale.
+    decode.decode_heatmaps with the heavy part on the heatmaps' device: argmax and the blurred 3x3
+    patch around each peak. Those come back in one small copy; the DARK step and the UDP inverse
+    (decode.keypoints_from_peaks) run on the host in float64, a few vectorised numpy operations
+    where the device would need dozens of tiny kernel launches.
     """
     heatmaps = heatmaps.to(torch.float32)
     n, k, h, w = heatmaps.shape
-    device = heatmaps.device
-    if n == 0:
-        return heatmaps.new_zeros((0, k, 2)), heatmaps.new_zeros((0, k))
-    if k == 0:
-        return heatmaps.new_zeros((n, 0, 2)), heatmaps.new_zeros((n, 0))
+    if n == 0 or k == 0:
+        return np.zeros((n, k, 2), np.float32), np.zeros((n, k), np.float32)
     scores, idx = heatmaps.reshape(n * k, h * w).max(dim=1)
     ix, iy = idx % w, torch.div(idx, w, rounding_mode="floor")
-    dtype = _float64(device)
-    step = _dark_udp(heatmaps, ix, iy, kernel)
-    # decode.dark_udp hands back float32 heatmap coordinates; round the same way
-    coords = (torch.stack([ix, iy], dim=-1).to(dtype) - step).to(torch.float32).to(dtype)
-    coords = torch.where((scores > 0)[:, None], coords, torch.full_like(coords, -1.0)).view(n, k, 2)
-    # UDP inverse, the same float64 steps as geometry.heatmap_to_image
-    size = _as_tensor(scale, device, dtype).reshape(-1, 1, 2) * PIXEL_STD
-    center = _as_tensor(center, device, dtype).reshape(-1, 1, 2)
-    keypoints = coords * (size / _heatmap_steps(w, h, device, dtype)) + center - size * 0.5
-    return keypoints.to(torch.float32), scores.view(n, k)
+    patch = _blurred_neighbourhood(heatmaps.reshape(n * k, h, w), ix, iy, kernel)
+    # one transfer: score, peak index (exact in float32 for maps under 2^24 pixels), 9 patch values
+    packed = torch.cat([scores[:, None], idx[:, None].to(torch.float32), patch.reshape(-1, 9)], dim=1).cpu().numpy()
+    scores = packed[:, 0].reshape(n, k)
+    flat = packed[:, 1].astype(np.int64)
+    coords = np.stack([flat % w, flat // w], axis=-1).astype(np.float32).reshape(n, k, 2)
+    log_patch = log_of_blurred(packed[:, 2:].reshape(-1, 3, 3))
+    return keypoints_from_peaks(coords, scores, log_patch, center, scale, (w, h)), scores
 
 
 @torch.no_grad()

@@ -25,8 +25,7 @@ def _decode_on_cpu(heatmaps, center, scale):
         from .gpu_ops import decode_heatmaps_torch
     except ImportError:
         return decode_heatmaps(heatmaps, center, scale)
-    keypoints, scores = decode_heatmaps_torch(torch.from_numpy(heatmaps), center, scale)
-    return keypoints.numpy(), scores.numpy()
+    return decode_heatmaps_torch(torch.from_numpy(heatmaps), center, scale)
 
 
 class PoseEstimator:
@@ -55,7 +54,7 @@ class PoseEstimator:
                         "only the mirror image is averaged", self.skeleton.name)
         self.detector = self._make_detector(detector, device, detector_threshold)
         self.timer = no_timer  # benchmarks attach a timing.StageTimer
-        self._pinned = None  # reused host staging buffer of the GPU path
+        self._uploader = None  # pinned host buffers of the GPU path, made on first use
 
     @staticmethod
     def _make_detector(detector, device, threshold):
@@ -127,55 +126,64 @@ class PoseEstimator:
         return (both[:n] + flip_back(both[n:], self._flip_index)) * 0.5
 
     def _run_on_gpu(self, images, per_image_matrices, center, scale, keep_heatmaps: bool):
-        """Each image goes to the GPU once; crops and heatmaps stay there until the keypoints."""
+        """Each image's region that its crops read goes to the GPU once; crops and heatmaps stay
+        there until the keypoints. Images go in chunks of about one network batch, and nothing waits
+        for the GPU until the end, so the host prepares the next chunk while the GPU runs this one."""
         import torch
 
-        from .gpu_ops import decode_heatmaps_torch, flip_back_torch, warp_crops_batch
+        from .gpu_ops import decode_heatmaps_torch
 
-        device = self.runtime.device
-        with self.timer("crop"):
-            used = [(img, m) for img, m in zip(images, per_image_matrices) if len(m)]
-            if used:
-                uploaded = self._upload([img for img, _ in used], device)
-                x = warp_crops_batch(uploaded, np.concatenate([m for _, m in used]), [len(m) for _, m in used],
-                                     self.input_size)
-            else:
-                x = torch.zeros(0, 3, *self.input_size[::-1], device=device)
-        with self.timer("network"):
-            if self.flip_test:
-                both = self.runtime.run(torch.cat([x, x.flip(-1)]))
-                n = len(x)
-                heatmaps = (both[:n] + flip_back_torch(both[n:], self._flip_index)) * 0.5
-            else:
-                heatmaps = self.runtime.run(x)
+        used = [(img, m) for img, m in zip(images, per_image_matrices) if len(m)]
+        parts = []
+        for chunk in self._chunks(used):
+            with self.timer("crop"):
+                x = self._crops_on_gpu(chunk)
+            with self.timer("network"):
+                parts.append(self._network_on_gpu(x))
+        if not parts:
+            parts = [self.runtime.run(torch.zeros(0, 3, *self.input_size[::-1]))]
+        heatmaps = parts[0] if len(parts) == 1 else torch.cat(parts)
         with self.timer("decode"):
             keypoints, scores = decode_heatmaps_torch(heatmaps, center, scale)
-            return (keypoints.cpu().numpy(), scores.cpu().numpy(),
-                    heatmaps.cpu().numpy() if keep_heatmaps else None)
+            return keypoints, scores, heatmaps.cpu().numpy() if keep_heatmaps else None
 
-    def _upload(self, images, device):
-        """All images of a batch to the GPU in one copy from a reused pinned buffer (pageable
-        copies run at a fraction of the bus's speed)."""
+    def _chunks(self, used):
+        """Consecutive groups of (image, matrices) with about one network batch of crops each."""
+        chunk, crops = [], 0
+        for item in used:
+            chunk.append(item)
+            crops += len(item[1])
+            if crops >= self.runtime.batch_size:
+                yield chunk
+                chunk, crops = [], 0
+        if chunk:
+            yield chunk
+
+    def _crops_on_gpu(self, chunk):
         import torch
 
-        total = sum(img.nbytes for img in images)
-        if total == 0:
-            return []
-        if self._pinned is None or self._pinned.numel() < total:
-            self._pinned = torch.empty(max(total, 1 << 24), dtype=torch.uint8, pin_memory=True)
-        staging = self._pinned.numpy()
-        offset = 0
-        for img in images:
-            staging[offset:offset + img.nbytes] = img.reshape(-1)
-            offset += img.nbytes
-        # the buffer is reused by the next batch: wait for this copy before returning
-        on_device = self._pinned[:total].to(device, non_blocking=True)
-        torch.cuda.current_stream(device).synchronize()
-        views, offset = [], 0
-        for img in images:
-            views.append(on_device[offset:offset + img.nbytes].view(img.shape))
-            offset += img.nbytes
-        return views
+        from .gpu_ops import PinnedUploader, crop_regions, sampling_inverses, warp_crops_with
+
+        counts = [len(m) for _, m in chunk]
+        views, matrices = crop_regions([img for img, _ in chunk], np.concatenate([m for _, m in chunk]), counts,
+                                       self.input_size)
+        sizes = np.repeat(np.array([v.shape[:2] for v in views], np.float64), counts, axis=0)
+        if self._uploader is None:
+            self._uploader = PinnedUploader(self.runtime.device)
+        inverse, *regions = self._uploader([sampling_inverses(matrices, sizes)] + views)
+        return warp_crops_with(regions, inverse, counts, self.input_size,
+                               dtype=getattr(self.runtime, "input_dtype", torch.float32))
+
+    def _network_on_gpu(self, x):
+        from .gpu_ops import flip_back_torch
+
+        if not self.flip_test:
+            return self.runtime.run(x)
+        import torch
+
+        both = self.runtime.run(torch.cat([x, x.flip(-1)]))
+        n = len(x)
+        return (both[:n] + flip_back_torch(both[n:], self._flip_index)) * 0.5
 
     def _boxes_for(self, image: np.ndarray, given, index: int) -> tuple[np.ndarray, np.ndarray]:
         h, w = image.shape[:2]

@@ -89,6 +89,8 @@ class TorchRuntime:
         self.input_dtype = weights_dtype
         self.forward = torch.compile(self.model, dynamic=False) if compile else self.model
         self.cuda_graphs = on_gpu if cuda_graphs is None else (cuda_graphs and on_gpu)
+        if on_gpu:  # shapes are fixed per batch bucket: let cuDNN time its convolution kernels once
+            torch.backends.cudnn.benchmark = True
         self._graphs: dict[int, _CudaGraph] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
