@@ -70,7 +70,7 @@ def main():
     people = args.images * args.people
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"ViTPose-{args.variant.upper()}, {args.images} images of 1280x720 with {args.people} given boxes each, "
-          f"{name}, random weights (speed only)\n")
+          f"{name}, backend {type(est.runtime).__name__}, random weights (speed only)\n")
     print("| path | precision | ms per batch of images | people/s |\n|---|---|---:|---:|")
     sec = timed(lambda: est.predict(images, boxes), args.repeats, sync)
     print(f"| rapidpose | {est.runtime.precision} | {sec * 1e3:.1f} | {people / sec:,.0f} |", flush=True)

@@ -119,3 +119,13 @@ def test_offline_hub_names_say_how_to_pass_a_file(tmp_path, caplog, monkeypatch)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     assert main(["predict", str(COCO_MMPOSE), "--model", "vitpose-b"]) == 2
     assert "--model /path/to/file" in caplog.text
+
+
+def test_folders_are_searched_below_and_an_empty_one_is_an_error(tiny_checkpoint, tmp_path, caplog):
+    from rapidpose.io import expand_paths
+
+    assert expand_paths([COCO_MINI]) == sorted((COCO_MINI / "images").glob("*.jpg"))  # the images/ below
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    assert main(["predict", str(tmp_path / "empty"), "--model", str(tiny_checkpoint)]) == 2
+    assert "holds no images" in caplog.text and "download" not in caplog.text  # fails before loading

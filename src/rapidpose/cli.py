@@ -90,13 +90,13 @@ def run_predict(args) -> int:
     from .io import expand_paths, load_boxes
     from .pipeline import PoseEstimator
 
+    paths = expand_paths(args.paths)  # before loading anything: a wrong path fails at once
     box_table = load_boxes(args.boxes) if args.boxes else None
     detector = "none" if box_table is not None else args.detector
     est = PoseEstimator(args.model, detector=detector, device=args.device, flip_test=args.flip,
                         detector_threshold=args.threshold, batch_size=args.batch_size,
                         dataset_index=args.dataset_index, backend=args.backend, precision=args.precision,
                         compile=args.compile)
-    paths = expand_paths(args.paths)
     if not paths:
         log.error("no images found in %s", " ".join(args.paths))
         return 1

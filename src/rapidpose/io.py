@@ -58,11 +58,17 @@ def read_image(path) -> np.ndarray:
 
 
 def expand_paths(paths) -> list[Path]:
-    """Files as given (whatever their type) and the images inside folders, sorted."""
+    """Files as given (whatever their type) and the images inside folders and their subfolders, sorted.
+
+    A folder holding no image is an error (a wrong path would otherwise give an empty run)."""
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            if not found:
+                raise InputError(f"folder '{p}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}): "
+                                 f"pass a folder of images, image files, or a glob")
+            out.extend(found)
         else:
             out.append(p)  # a missing or non-image file is reported when it is read
     return out
