@@ -170,13 +170,16 @@ def main(argv=None) -> int:
     _predict_parser(sub)
     from .bench import add_bench_parser, run_bench
     from .export import add_export_parser, run_export
+    from .video_cli import add_video_parser, run_video
 
+    add_video_parser(sub)
     add_bench_parser(sub)
     add_export_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
     try:
-        return {"predict": run_predict, "bench": run_bench, "export": run_export}[args.command](args)
+        return {"predict": run_predict, "video": run_video, "bench": run_bench,
+                "export": run_export}[args.command](args)
     except RapidPoseError as exc:  # a whole-run problem (model, detector, boxes file): one clear line
         log.error("%s", exc)
         return 2

@@ -118,6 +118,15 @@ class PoseEstimator:
             start = stop
         return results
 
+    def track(self, source, tracker: str = "bytetrack", detect_every: int = 1, smooth: bool = False, **options):
+        """`for frame_index, poses in est.track(source)`: a video file, a folder or glob of frames, a
+        webcam index or a stream URL, frame by frame, with `poses.track_ids`. Options and stages:
+        video.track_frames (which also hands out the frames themselves)."""
+        from .video import track_frames
+
+        for frame, poses in track_frames(self, source, tracker, detect_every, smooth, **options):
+            yield frame.index, poses
+
     def _heatmaps(self, x: np.ndarray) -> np.ndarray:
         if not self.flip_test:
             return self.runtime(x)

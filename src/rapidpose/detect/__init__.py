@@ -49,8 +49,12 @@ def _fetch(name: str) -> Path:
     return target
 
 
-def load_detector(name_or_path, device: str = "cpu", threshold: float = 0.3) -> Detector:
-    """A person detector from a known name ("rtmdet-nano", "yolox-nano") or a path to an .onnx file."""
+def load_detector(name_or_path, device: str = "cpu", threshold: float = 0.3, threads: int | None = None) -> Detector:
+    """A person detector from a known name ("rtmdet-nano", "yolox-nano") or a path to an .onnx file.
+
+    threads: onnxruntime intra-op threads (default: all cores). Several detectors with a few threads
+    each run frames in parallel faster than one with all of them: these small models cannot keep
+    many threads busy on one image."""
     if isinstance(name_or_path, str) and name_or_path.lower() in KNOWN_DETECTORS:
         path = _fetch(name_or_path.lower())
     else:
@@ -61,7 +65,7 @@ def load_detector(name_or_path, device: str = "cpu", threshold: float = 0.3) -> 
                 raise InputError(f"detector file not found: {path}. Pass an existing .onnx file or one of: {known}.")
             raise InputError(f"unknown detector {str(name_or_path)!r}: use one of {known}, or a path to an .onnx file.")
 
-    session = onnx_session(path, device)
+    session = onnx_session(path, device, threads)
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
     # Tell the two layouts apart by their tensor names (mmdeploy: input -> dets, labels;

@@ -1,0 +1,152 @@
+"""`rapidpose video`: tracked poses of a video, folder of frames, webcam or stream -> mp4, JSON, JSONL."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+from .errors import InputError
+
+log = logging.getLogger("rapidpose")
+
+
+def add_video_parser(sub) -> None:
+    from .runtime import BACKENDS
+    from .runtime.torch_runtime import PRECISIONS
+    from .video import TRACKERS
+    from .video_writer import PRESETS
+
+    p = sub.add_parser("video", help="track people and their keypoints through a video, camera or stream",
+                       description="Tracked poses frame by frame. INPUT: a video file, a folder or glob of "
+                                   "frames ('frames/*.jpg'), a webcam index (0) or a stream URL (rtsp://, "
+                                   "http://). The mp4 keeps the input's frame rate and size; audio is dropped.")
+    p.add_argument("input", metavar="INPUT")
+    p.add_argument("--model", default="vitpose-b", help="hub name or checkpoint (default vitpose-b)")
+    p.add_argument("--detector", default="rtmdet-nano", help="rtmdet-nano, yolox-nano, a path, or none")
+    p.add_argument("--threshold", type=float, default=0.3, help="person box score threshold (default 0.3)")
+    p.add_argument("--track", default="bytetrack", choices=TRACKERS)
+    p.add_argument("--oks-weight", type=float, default=0.0,
+                   help="share of keypoint similarity (OKS) in track association, 0..1 (default 0: boxes only)")
+    p.add_argument("--detect-every", type=int, default=1, metavar="N",
+                   help="run the detector on every Nth frame; the tracker carries the boxes between")
+    p.add_argument("--smooth", action="store_true", help="One-Euro smoothing of keypoints per track")
+    p.add_argument("--rotate", type=int, default=0, choices=[0, 90, 180, 270], help="degrees clockwise")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of image sequences (default 30)")
+    p.add_argument("--out", metavar="VIDEO", help="write an H.264 mp4 with skeletons, boxes and track ids")
+    p.add_argument("--crf", type=int, default=23, help="x264 quality, 18 (best) .. 28 (smallest); default 23")
+    p.add_argument("--preset", default="veryfast", choices=PRESETS, help="x264 speed preset (default veryfast)")
+    p.add_argument("--json", metavar="FILE", help="one JSON document with every frame")
+    p.add_argument("--jsonl", metavar="FILE", help="JSON Lines, one frame per line, written as frames finish")
+    p.add_argument("--show", action="store_true", help="show the drawn frames in a window (q quits)")
+    p.add_argument("--flip", action="store_true", help="flip test (twice the network work)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--frames-per-batch", type=int, default=None,
+                   help="frames whose people share a network batch (default 16 on GPUs, 4 on CPUs, 1 live)")
+    p.add_argument("--dataset-index", type=int, default=0)
+
+
+def run_video(args) -> int:
+    from .pipeline import PoseEstimator
+    from .records import FrameRecords, frame_record
+    from .sources import open_source
+    from .video import track_frames
+
+    if not (args.out or args.json or args.jsonl or args.show):
+        log.warning("no output asked for (--out, --json, --jsonl or --show): poses are computed and dropped")
+    window = _open_window() if args.show else None
+    source = open_source(args.input, rotate=args.rotate, fps=args.fps)  # a bad input fails before the model loads
+    est = PoseEstimator(args.model, detector=args.detector, device=args.device, flip_test=args.flip,
+                        detector_threshold=args.threshold, dataset_index=args.dataset_index,
+                        backend=args.backend, precision=args.precision, compile=args.compile)
+    header = {"source": str(args.input), "fps": source.fps, "width": source.size[0], "height": source.size[1],
+              "model": str(args.model), "tracker": args.track, **est.skeleton.to_dict()}
+    writer = None
+    if args.out:
+        from .video_writer import VideoWriter
+
+        writer = VideoWriter(args.out, source.fps, source.size, crf=args.crf, preset=args.preset)
+    records = FrameRecords(header, args.json, args.jsonl)
+    frames = people = bad = 0
+    interrupted = False
+    start = time.perf_counter()
+    draw_pool = ThreadPoolExecutor(2, thread_name_prefix="draw") if (writer or window) else None
+    drawn = deque()
+    bar = _progress(source)
+    try:
+        for frame, poses in track_frames(est, source, args.track, args.detect_every, args.smooth,
+                                         args.frames_per_batch, oks_weight=args.oks_weight):
+            records.add(frame_record(frame.index, frame.time, poses, frame.error))
+            frames += 1
+            people += len(poses)
+            bad += frame.image is None
+            if draw_pool is not None and frame.image is not None:
+                drawn.append(draw_pool.submit(_draw, frame.image, poses))
+                while len(drawn) > 4 or (drawn and drawn[0].done()):
+                    if _emit(drawn.popleft().result(), writer, window) == "quit":
+                        raise KeyboardInterrupt
+            bar.update(1)
+            bar.set_postfix(fps=f"{frames / (time.perf_counter() - start):.1f}", people=people, refresh=False)
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("interrupted at frame %d: closing the outputs", frames)
+    finally:
+        bar.close()
+        while drawn:  # frames already in the JSON go into the video too
+            _emit(drawn.popleft().result(), writer, None)
+        if draw_pool is not None:
+            draw_pool.shutdown(wait=True, cancel_futures=True)
+        if writer is not None:
+            writer.close()
+        records.close({"frames_done": frames, "interrupted": interrupted, "error": source.error})
+        if window:
+            import cv2
+
+            cv2.destroyWindow(window)
+    seconds = time.perf_counter() - start
+    log.info("%d frames, %d people in %.1f s (%.1f frames/s)%s", frames, people, seconds, frames / max(seconds, 1e-9),
+             f"; wrote {args.out}" if args.out else "")
+    if source.error:
+        log.error("%s: %s; the outputs hold the %d frames before it", args.input, source.error, frames)
+    if interrupted:
+        return 130
+    return 1 if (source.error or bad) else 0
+
+
+def _draw(image, poses):
+    from .draw import draw_poses
+
+    return draw_poses(image, poses)
+
+
+def _emit(image, writer, window):
+    if writer is not None:
+        writer.write(image)
+    if window:
+        import cv2
+
+        cv2.imshow(window, image[:, :, ::-1])
+        if cv2.waitKey(1) & 0xFF == ord("q"):
+            return "quit"
+    return None
+
+
+def _open_window() -> str:
+    import cv2
+
+    try:
+        cv2.namedWindow("rapidpose", cv2.WINDOW_NORMAL)
+    except cv2.error:
+        raise InputError("--show needs OpenCV with a GUI (pip install opencv-python instead of "
+                         "opencv-python-headless) and a display; write --out VIDEO instead") from None
+    return "rapidpose"
+
+
+def _progress(source):
+    from tqdm import tqdm
+
+    return tqdm(total=source.frame_count, desc=source.name[-40:], unit="frame", disable=not sys.stderr.isatty())
