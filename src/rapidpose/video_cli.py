@@ -52,9 +52,7 @@ def add_video_parser(sub) -> None:
 
 def run_video(args) -> int:
     from .pipeline import PoseEstimator
-    from .records import FrameRecords, frame_record
     from .sources import open_source
-    from .video import track_frames
 
     if not (args.out or args.json or args.jsonl or args.show):
         log.warning("no output asked for (--out, --json, --jsonl or --show): poses are computed and dropped")
@@ -63,14 +61,36 @@ def run_video(args) -> int:
     est = PoseEstimator(args.model, detector=args.detector, device=args.device, flip_test=args.flip,
                         detector_threshold=args.threshold, dataset_index=args.dataset_index,
                         backend=args.backend, precision=args.precision, compile=args.compile)
-    header = {"source": str(args.input), "fps": source.fps, "width": source.size[0], "height": source.size[1],
-              "model": str(args.model), "tracker": args.track, **est.skeleton.to_dict()}
+    stats = process_video(est, source, out=args.out, json_path=args.json, jsonl_path=args.jsonl, window=window,
+                          tracker=args.track, detect_every=args.detect_every, smooth=args.smooth,
+                          frames_per_batch=args.frames_per_batch, oks_weight=args.oks_weight, crf=args.crf,
+                          preset=args.preset, header={"model": str(args.model)})
+    log.info("%d frames, %d people in %.1f s (%.1f frames/s)%s", stats["frames"], stats["people"], stats["seconds"],
+             stats["frames_per_s"], f"; wrote {args.out}" if args.out else "")
+    if source.error:
+        log.error("%s: %s; the outputs hold the %d frames before it", args.input, source.error, stats["frames"])
+    if stats["interrupted"]:
+        return 130
+    return 1 if (source.error or stats["bad_frames"]) else 0
+
+
+def process_video(est, source, out=None, json_path=None, jsonl_path=None, window=None, tracker="bytetrack",
+                  detect_every=1, smooth=False, frames_per_batch=None, oks_weight=0.0, crf=23, preset="veryfast",
+                  header=None) -> dict:
+    """Track `source` (a FrameSource) with `est`, drawing into an mp4 and writing JSON / JSONL as it
+    goes; the files are closed on every way out. Returns frames, people, bad_frames, seconds,
+    frames_per_s, interrupted."""
+    from .records import FrameRecords, frame_record
+    from .video import track_frames
+
+    header = {"source": source.name, "fps": source.fps, "width": source.size[0], "height": source.size[1],
+              **(header or {}), "tracker": tracker, **est.skeleton.to_dict()}
     writer = None
-    if args.out:
+    if out:
         from .video_writer import VideoWriter
 
-        writer = VideoWriter(args.out, source.fps, source.size, crf=args.crf, preset=args.preset)
-    records = FrameRecords(header, args.json, args.jsonl)
+        writer = VideoWriter(out, source.fps, source.size, crf=crf, preset=preset)
+    records = FrameRecords(header, json_path, jsonl_path)
     frames = people = bad = 0
     interrupted = False
     start = time.perf_counter()
@@ -78,8 +98,8 @@ def run_video(args) -> int:
     drawn = deque()
     bar = _progress(source)
     try:
-        for frame, poses in track_frames(est, source, args.track, args.detect_every, args.smooth,
-                                         args.frames_per_batch, oks_weight=args.oks_weight):
+        for frame, poses in track_frames(est, source, tracker, detect_every, smooth, frames_per_batch,
+                                         oks_weight=oks_weight):
             records.add(frame_record(frame.index, frame.time, poses, frame.error))
             frames += 1
             people += len(poses)
@@ -108,13 +128,8 @@ def run_video(args) -> int:
 
             cv2.destroyWindow(window)
     seconds = time.perf_counter() - start
-    log.info("%d frames, %d people in %.1f s (%.1f frames/s)%s", frames, people, seconds, frames / max(seconds, 1e-9),
-             f"; wrote {args.out}" if args.out else "")
-    if source.error:
-        log.error("%s: %s; the outputs hold the %d frames before it", args.input, source.error, frames)
-    if interrupted:
-        return 130
-    return 1 if (source.error or bad) else 0
+    return {"frames": frames, "people": people, "bad_frames": bad, "seconds": seconds,
+            "frames_per_s": frames / max(seconds, 1e-9), "interrupted": interrupted}
 
 
 def _draw(image, poses):
