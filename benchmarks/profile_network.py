@@ -42,7 +42,7 @@ def main():
     sync = torch.cuda.synchronize
     print(f"## rapidpose ViTPose-{args.variant.upper()} {args.dtype} batch {args.batch}\n")
     print(top_kernels(ours, x, args.rows))
-    print(f"\n## transformers\n")
+    print("\n## transformers\n")
     print(top_kernels(lambda t: theirs(t).heatmaps, x, args.rows))
     print("\n| rapidpose attention backend | ms / batch |\n|---|---:|")
     for backend in (None, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,

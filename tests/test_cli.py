@@ -8,6 +8,7 @@ import pytest
 
 from conftest import ASSETS, RTMDET
 from rapidpose.cli import main
+from rapidpose.errors import InputError
 
 COCO_MINI = ASSETS / "images" / "coco-mini"
 COCO_MMPOSE = ASSETS / "images" / "coco-mmpose"
@@ -125,6 +126,9 @@ def test_folders_are_searched_below_and_an_empty_one_is_an_error(tiny_checkpoint
     from rapidpose.io import expand_paths
 
     assert expand_paths([COCO_MINI]) == sorted((COCO_MINI / "images").glob("*.jpg"))  # the images/ below
+    assert expand_paths([str(COCO_MINI / "*" / "*.jpg")]) == expand_paths([COCO_MINI])  # a glob
+    with pytest.raises(InputError, match="no image matches"):
+        expand_paths([str(tmp_path / "*.png")])
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     assert main(["predict", str(tmp_path / "empty"), "--model", str(tiny_checkpoint)]) == 2

@@ -1,7 +1,6 @@
 """The network: parity with Hugging Face transformers, every checkpoint layout, clear errors."""
 import json
 
-import numpy as np
 import pytest
 import torch
 

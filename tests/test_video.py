@@ -2,7 +2,6 @@
 import ast
 import json
 import shutil
-from pathlib import Path
 
 import av
 import cv2

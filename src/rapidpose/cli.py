@@ -41,10 +41,11 @@ def _predict_parser(sub) -> None:
     p.add_argument("--heatmaps", action="store_true", help="with --draw, also write heatmap overlays")
 
 
-def _progress(total: int, desc: str):
+def progress(total: int | None, desc: str, unit: str = "img"):
+    """A progress bar on stderr, hidden when stderr is not a terminal (logs, pipes, CI)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", disable=not sys.stderr.isatty())
+    return tqdm(total=total, desc=desc, unit=unit, disable=not sys.stderr.isatty())
 
 
 def _read_ahead(paths, workers: int = 4, window: int = 32):
@@ -75,19 +76,8 @@ def _read_ahead(paths, workers: int = 4, window: int = 32):
             yield path, future.result()
 
 
-def _chunks(items, size: int):
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def run_predict(args) -> int:
-    from .io import expand_paths, load_boxes
+    from .io import chunked, expand_paths, load_boxes
     from .pipeline import PoseEstimator
 
     paths = expand_paths(args.paths)  # before loading anything: a wrong path fails at once
@@ -105,8 +95,8 @@ def run_predict(args) -> int:
         draw_dir.mkdir(parents=True, exist_ok=True)
 
     entries, coco, failed, found = [], [], 0, 0
-    with _progress(len(paths), "predict") as bar:
-        for chunk in _chunks(enumerate(_read_ahead(paths)), max(args.images_per_batch, 1)):
+    with progress(len(paths), "predict") as bar:
+        for chunk in chunked(enumerate(_read_ahead(paths)), max(args.images_per_batch, 1)):
             good = []
             for index, (path, image) in chunk:
                 if isinstance(image, RapidPoseError):

@@ -87,3 +87,13 @@ def heatmap_to_image(coords, center, scale, heatmap_size) -> np.ndarray:
     center = np.asarray(center, np.float64).reshape(-1, 1, 2)
     step = size / (np.asarray(heatmap_size, np.float64) - 1.0)
     return (coords * step + center - size * 0.5).astype(np.float32)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in a (M, 4) with every box in b (N, 4), both x1, y1, x2, y2 -> (M, N)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)

@@ -1,6 +1,7 @@
 """Sources and sinks: reading images (any depth, channels or format) and writing results."""
 from __future__ import annotations
 
+import glob
 import json
 import re
 from pathlib import Path
@@ -58,12 +59,19 @@ def read_image(path) -> np.ndarray:
 
 
 def expand_paths(paths) -> list[Path]:
-    """Files as given (whatever their type) and the images inside folders and their subfolders, sorted.
+    """Files as given (whatever their type), the images matching a glob ('frames/*.jpg'), and the
+    images inside folders and their subfolders, sorted.
 
-    A folder holding no image is an error (a wrong path would otherwise give an empty run)."""
+    A folder or glob holding no image is an error (a wrong path would otherwise give an empty run)."""
     out = []
     for p in map(Path, paths):
-        if p.is_dir():
+        if glob.has_magic(str(p)):
+            found = sorted(f for f in map(Path, glob.glob(str(p), recursive=True))
+                           if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            if not found:
+                raise InputError(f"no image matches '{p}'")
+            out.extend(found)
+        elif p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
             if not found:
                 raise InputError(f"folder '{p}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}): "
@@ -124,3 +132,15 @@ def boxes_for(table: dict[str, np.ndarray], path: Path, image_id: int) -> np.nda
         if key in table:
             return table[key]
     return np.zeros((0, 5), np.float32)
+
+
+def chunked(items, size: int):
+    """Consecutive lists of `size` items from any iterable (the last one may be shorter)."""
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

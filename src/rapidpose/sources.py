@@ -118,12 +118,12 @@ def open_source(spec, rotate: int = 0, fps: float | None = None, read_ahead: int
         return _open_capture(text, "stream", text, rotate, fps, read_ahead)
     path = Path(text).expanduser()
     if glob.has_magic(text) or path.is_dir():
-        return _open_images(text, path, rotate, fps, read_ahead)
+        return _open_images(text, rotate, fps, read_ahead)
     if not path.exists():
         raise InputError(f"'{text}' does not exist: pass a video file, a folder or glob of frames, "
                          f"a webcam index (0) or a stream URL (rtsp://...)")
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return _open_images(text, path, rotate, fps, read_ahead)
+        return _open_images(text, rotate, fps, read_ahead)
     return _open_capture(str(path), "video", str(path), rotate, fps, read_ahead)
 
 
@@ -173,19 +173,19 @@ def _open_capture(target, kind: str, name: str, rotate: int, fps_override, read_
     return source
 
 
-def _open_images(text: str, path: Path, rotate: int, fps, read_ahead) -> FrameSource:
-    if glob.has_magic(text):
-        files = sorted(Path(p) for p in glob.glob(text, recursive=True)
-                       if Path(p).suffix.lower() in IMAGE_SUFFIXES and Path(p).is_file())
-        if not files:
-            raise InputError(f"no image matches '{text}'")
-    else:
-        files = expand_paths([path])
+def _open_images(text: str, rotate: int, fps, read_ahead) -> FrameSource:
+    files = expand_paths([text])
     fps = fps or 30.0
-    first = next((f for f in files if _readable(f)), None)
-    if first is None:
+    size = None
+    for file in files:  # the size of the first readable image
+        try:
+            size = read_image(file).shape[1::-1]
+            break
+        except RapidPoseError:
+            continue
+    if size is None:
         raise InputError(f"none of the {len(files)} images of '{text}' can be read")
-    h, w = read_image(first).shape[:2]
+    w, h = size
     if rotate in (90, 270):
         w, h = h, w
 
@@ -212,12 +212,4 @@ def _mp4_without_index(path: Path) -> bool:
                 tail = chunk[-3:]
         return True
     except OSError:
-        return False
-
-
-def _readable(file: Path) -> bool:
-    try:
-        read_image(file)
-        return True
-    except RapidPoseError:
         return False

@@ -13,7 +13,10 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .errors import InputError
+from .geometry import box_iou
 from .skeletons import COCO
+
+__all__ = ["Tracker", "count_identity_switches", "box_iou"]
 
 # ByteTrack's (and DeepSORT's) noise model: standard deviations proportional to the box height
 _POS_STD = 1.0 / 20
@@ -71,16 +74,6 @@ def _kalman_update(mean: np.ndarray, cov: np.ndarray, z: np.ndarray) -> tuple[np
     gain = np.linalg.solve(s, cov[:, :4, :]).transpose(0, 2, 1)  # P H^T S^-1, with P and S symmetric
     mean = mean + (gain @ (z - mean[:, :4])[..., None])[..., 0]
     return mean, cov - gain @ s @ gain.transpose(0, 2, 1)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in a (M, 4) with every box in b (N, 4), both x1, y1, x2, y2 -> (M, N)."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def count_identity_switches(gt_ids_per_frame: Sequence, predicted_ids_per_frame: Sequence) -> int:

@@ -19,6 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import InputError
+from .io import chunked
 from .results import Poses
 from .smoothing import KeypointSmoother
 from .sources import Frame, FrameSource, open_source
@@ -62,17 +63,6 @@ class _Detectors:
             detector.threshold = threshold
 
 
-def _batches(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
-    batch = []
-    for frame in frames:
-        batch.append(frame)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1, smooth: bool = False,
                  frames_per_batch: int | None = None, rotate: int = 0, oks_weight: float = 0.0,
                  detector_workers: int | None = None) -> Iterator[tuple[Frame, Poses]]:
@@ -104,7 +94,7 @@ def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1,
         detectors = _Detectors(est.detector, low, detector_workers)
     last_score: dict[int, float] = {}
     try:
-        batches = _batches(iter(src), max(int(frames_per_batch), 1))
+        batches = chunked(src, max(int(frames_per_batch), 1))
         pending = _start_detection(next(batches, None), detectors, detect_every, tracks)
         while pending is not None:
             batch, futures = pending
@@ -134,7 +124,7 @@ def _finish_batch(est, batch, futures, tracks, smoother, threshold, last_score, 
             b, s = futures[frame.index].result()
             t = tracks.update(b, s) if tracks is not None else None
             if t is not None:
-                last_score.update(zip(t.tolist(), s.tolist()))
+                last_score.update(zip(t[t >= 0].tolist(), s[t >= 0].tolist()))
                 keep = (t >= 0) | (s >= threshold)  # low-score boxes only as continuations of a track
                 b, s, t = b[keep], s[keep], t[keep]
         elif tracks is not None and est.detector is not None:

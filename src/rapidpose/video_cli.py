@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -80,6 +79,7 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
     """Track `source` (a FrameSource) with `est`, drawing into an mp4 and writing JSON / JSONL as it
     goes; the files are closed on every way out. Returns frames, people, bad_frames, seconds,
     frames_per_s, interrupted."""
+    from .cli import progress
     from .records import FrameRecords, frame_record
     from .video import track_frames
 
@@ -96,7 +96,7 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
     start = time.perf_counter()
     draw_pool = ThreadPoolExecutor(2, thread_name_prefix="draw") if (writer or window) else None
     drawn = deque()
-    bar = _progress(source)
+    bar = progress(source.frame_count, source.name[-40:], unit="frame")
     try:
         for frame, poses in track_frames(est, source, tracker, detect_every, smooth, frames_per_batch,
                                          oks_weight=oks_weight):
@@ -159,9 +159,3 @@ def _open_window() -> str:
         raise InputError("--show needs OpenCV with a GUI (pip install opencv-python instead of "
                          "opencv-python-headless) and a display; write --out VIDEO instead") from None
     return "rapidpose"
-
-
-def _progress(source):
-    from tqdm import tqdm
-
-    return tqdm(total=source.frame_count, desc=source.name[-40:], unit="frame", disable=not sys.stderr.isatty())

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 
 from ..errors import CheckpointError, InputError
+from ..geometry import box_iou
 
 
 class Detector:
@@ -92,16 +93,6 @@ def letterbox(image: np.ndarray, size: tuple[int, int], pad_value: int = 114) ->
     out = np.full((size[1], size[0], image.shape[2]), pad_value, np.uint8)
     out[:new_h, :new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     return out, ratio
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix (len(a), len(b)) of xyxy boxes."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.45) -> np.ndarray:
