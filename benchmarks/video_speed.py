@@ -1,6 +1,8 @@
 """End-to-end video speed: read, detect (RTMDet-nano), track, pose, draw and write the H.264 mp4,
 as `rapidpose video` runs it, in frames/s. The first pass warms up (CUDA graphs, cuDNN choices);
 the figure is the median of the timed passes, each from opening the video to closing the mp4.
+`--loops 5` also times the clip played five times in a row (remuxed, not re-encoded): the rate once
+the pipeline is full, without the start and the drain of a 2.4-second clip.
 
     python benchmarks/video_speed.py --variant b --video ../shared/assets/video/two-people-1080p.mp4
 """
@@ -11,6 +13,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import av
 import torch
 
 from rapidpose.bench import random_model
@@ -31,6 +34,8 @@ def main():
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--preset", default="veryfast")
     p.add_argument("--no-video", action="store_true", help="also time without writing the mp4")
+    p.add_argument("--loops", type=int, nargs="+", default=[1], help="times the clip is played in a row")
+    p.add_argument("--encoders", type=int, nargs="+", default=[0], help="x264 encoders side by side (0: default)")
     args = p.parse_args()
 
     est = PoseEstimator(random_model(args.variant), detector=args.detector, device=args.device)
@@ -39,19 +44,39 @@ def main():
     print(f"ViTPose-{args.variant.upper()} ({type(est.runtime).__name__} {est.runtime.precision}), RTMDet-nano, "
           f"ByteTrack, {Path(args.video).name} ({src.size[0]}x{src.size[1]}, {src.frame_count} frames), {name}, "
           f"random weights (speed only)\n")
-    print("| detect every | mp4 written | frames/s (median) | passes |\n|---:|---|---:|---|")
+    print("| frames | detect every | mp4 written (encoders) | frames/s (median) | passes |\n|---:|---:|---|---:|---|")
     with tempfile.TemporaryDirectory() as folder:
-        for every in args.detect_every:
-            for write in ([True, False] if args.no_video else [True]):
-                out = str(Path(folder) / "out.mp4") if write else None
-                rates = []
-                for n in range(args.passes + 1):
-                    stats = process_video(est, open_source(args.video), out=out, detect_every=every,
-                                          preset=args.preset)
-                    if n:  # pass 0 warms up
-                        rates.append(stats["frames_per_s"])
-                print(f"| {every} | {'yes' if write else 'no'} | {statistics.median(rates):.1f} | "
-                      f"{', '.join(f'{r:.0f}' for r in rates)} |", flush=True)
+        for loops in args.loops:
+            video = args.video if loops == 1 else looped(args.video, loops, Path(folder) / "looped.mp4")
+            for every in args.detect_every:
+                for encoders in args.encoders + ([None] if args.no_video else []):
+                    out = str(Path(folder) / "out.mp4") if encoders is not None else None
+                    rates = []
+                    for n in range(args.passes + 1):
+                        stats = process_video(est, open_source(video), out=out, detect_every=every,
+                                              preset=args.preset, encoders=encoders or None)
+                        if n:  # pass 0 warms up
+                            rates.append(stats["frames_per_s"])
+                    written = "no" if encoders is None else f"yes ({encoders or 'default'})"
+                    print(f"| {stats['frames']} | {every} | {written} | "
+                          f"{statistics.median(rates):.1f} | {', '.join(f'{r:.0f}' for r in rates)} |", flush=True)
+
+
+def looped(video: str, loops: int, path: Path) -> str:
+    """`video` played `loops` times in a row, its packets copied with shifted timestamps."""
+    with av.open(video) as src, av.open(str(path), "w") as dst:
+        stream = src.streams.video[0]
+        out = dst.add_stream_from_template(stream)
+        packets = [p for p in src.demux(stream) if p.dts is not None]
+        pts = sorted(p.pts for p in packets)
+        length = pts[-1] - pts[0] + (pts[1] - pts[0] if len(pts) > 1 else 1)  # one frame more than the span
+        for k in range(loops):
+            for packet in packets:
+                copy = av.Packet(bytes(packet))
+                copy.pts, copy.dts = packet.pts + k * length, packet.dts + k * length
+                copy.is_keyframe, copy.time_base, copy.stream = packet.is_keyframe, packet.time_base, out
+                dst.mux(copy)
+    return str(path)
 
 
 if __name__ == "__main__":

@@ -177,6 +177,27 @@ def test_identities_on_posetrack18_people_match_the_annotations(estimator, tmp_p
     assert count_identity_switches(gt_per_frame, predicted_per_frame) == 0
 
 
+def test_a_video_with_a_display_rotation_is_read_as_players_show_it(tmp_path):
+    path = tmp_path / "portrait.mp4"
+    image = np.zeros((32, 64, 3), np.uint8)
+    image[:, :32] = 255  # left half white
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(-90)  # a phone held upright: shown turned 90 degrees clockwise
+        for _ in range(3):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    source = open_source(path)
+    assert source.size == (32, 64) and source.frame_count == 3
+    frames = list(source)
+    assert len(frames) == 3 and all(f.image.shape == (64, 32, 3) for f in frames)
+    assert frames[0].image[:24].mean() > 240 and frames[0].image[40:].mean() < 15  # the left half is now on top
+    assert open_source(path, rotate=90).size == (64, 32)  # --rotate turns it further
+
+
 def test_bad_sources_get_clear_errors(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         open_source(tmp_path / "missing.mp4")
@@ -205,3 +226,24 @@ def test_a_bad_frame_in_a_folder_is_reported_and_kept_in_the_json(tiny_checkpoin
     assert [f["frame"] for f in doc["frames"]] == [0, 1, 2, 3, 4] and "error" in doc["frames"][2]
     assert doc["frames"][2]["people"] == [] and (doc["width"], doc["height"]) == (720, 1280)  # rotated
     assert video_info(out)[1:] == (4, 30.0, 720, 1280)
+
+
+@pytest.mark.parametrize("encoders, size", [(3, (130, 72)), (1, (65, 33))])
+def test_segments_encoded_side_by_side_come_out_in_order(tmp_path, encoders, size):
+    from rapidpose.video_writer import VideoWriter
+
+    w, h = size
+    path = tmp_path / "segments.mp4"
+    with VideoWriter(path, 29.97, size, encoders=encoders, segment_frames=7) as writer:
+        for i in range(50):
+            writer.write(np.full((h, w, 3), i * 5, np.uint8))  # each frame its own grey level
+    assert writer.frames == 50 and writer.error is None
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        packets = sorted((p.pts, p.is_keyframe) for p in container.demux(stream) if p.size)
+        assert [i for i, (_, key) in enumerate(packets) if key] == list(range(0, 50, 7))  # a keyframe per segment
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height) == (w + w % 2, h + h % 2)  # odd sides padded for yuv420p
+        grey = [f.to_ndarray(format="rgb24")[:h, :w].mean() for f in container.decode(stream)]
+    assert len(grey) == 50 and np.abs(np.array(grey) - 5 * np.arange(50)).max() <= 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
@@ -29,6 +30,8 @@ log = logging.getLogger("rapidpose")
 
 TRACKERS = ("bytetrack", "sort", "none")
 _LOW_SCORE = 0.1  # ByteTrack's second stage looks at detections down to this score
+# detector copies by detector and (threshold, copies): loading them takes longer than tracking a short clip
+_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class _Detectors:
@@ -43,8 +46,11 @@ class _Detectors:
         self._restore = None
         if isinstance(detector, Detector) and hasattr(detector, "path") and workers > 1:
             threads = max(1, cores // workers)
-            self.copies = [load_detector(detector.path, threshold=threshold, threads=threads)
-                           for _ in range(workers)]
+            cached = _COPIES.setdefault(detector, {})
+            if (threshold, workers) not in cached:
+                cached[(threshold, workers)] = [load_detector(detector.path, threshold=threshold, threads=threads)
+                                                for _ in range(workers)]
+            self.copies = cached[(threshold, workers)]
         else:
             if isinstance(detector, Detector):  # lowered for this run only
                 self._restore = (detector, detector.threshold)

@@ -75,9 +75,9 @@ def run_video(args) -> int:
 
 def process_video(est, source, out=None, json_path=None, jsonl_path=None, window=None, tracker="bytetrack",
                   detect_every=1, smooth=False, frames_per_batch=None, oks_weight=0.0, crf=23, preset="veryfast",
-                  header=None) -> dict:
+                  header=None, encoders=None) -> dict:
     """Track `source` (a FrameSource) with `est`, drawing into an mp4 and writing JSON / JSONL as it
-    goes; the files are closed on every way out. Returns frames, people, bad_frames, seconds,
+    goes; the files are closed on every way out. encoders: x264 encoders side by side (VideoWriter). Returns frames, people, bad_frames, seconds,
     frames_per_s, interrupted."""
     from .cli import progress
     from .records import FrameRecords, frame_record
@@ -89,7 +89,7 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
     if out:
         from .video_writer import VideoWriter
 
-        writer = VideoWriter(out, source.fps, source.size, crf=crf, preset=preset)
+        writer = VideoWriter(out, source.fps, source.size, crf=crf, preset=preset, encoders=encoders)
     records = FrameRecords(header, json_path, jsonl_path)
     frames = people = bad = 0
     interrupted = False
