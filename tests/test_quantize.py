@@ -93,3 +93,23 @@ def test_bad_quantize_requests_get_clear_errors(fp32_onnx, tmp_path):
         quantize_model(fp32_onnx, empty, tmp_path / "x.onnx", detector=str(RTMDET))
     with pytest.raises(InputError, match="does not exist"):
         quantize_model(fp32_onnx, tmp_path / "missing", tmp_path / "x.onnx", detector=str(RTMDET))
+
+
+def test_report_gives_the_ap_of_both_models_when_annotations_are_given(fp32_onnx, tmp_path):
+    report = quantize_model(fp32_onnx, COCO_MMPOSE, tmp_path / "tiny-int8.onnx", images=2, detector=str(RTMDET),
+                            annotations=COCO_MMPOSE / "test_coco.json", seconds=0.1)
+    assert set(report["ap"]) == {"fp32", "int8"}
+    for metrics in report["ap"].values():
+        assert 0.0 <= metrics["AP"] <= 1.0 and 0.0 <= metrics["AR"] <= 1.0
+    assert "| INT8 |" in (tmp_path / "tiny-int8.report.md").read_text()
+
+
+def test_quantize_command_writes_the_model_and_prints_the_report(fp32_onnx, tmp_path, capsys):
+    from rapidpose.cli import main
+
+    out = tmp_path / "cli-int8.onnx"
+    code = main(["quantize", "--model", str(fp32_onnx), "--calibration", str(COCO_MMPOSE), "--images", "2",
+                 "--detector", str(RTMDET), "--output", str(out)])
+    assert code == 0 and out.is_file() and (tmp_path / "cli-int8.report.json").is_file()
+    assert "INT8 report" in capsys.readouterr().out
+    assert main(["quantize", "--model", str(fp32_onnx), "--calibration", str(tmp_path / "nowhere")]) == 2

@@ -159,17 +159,21 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _predict_parser(sub)
     from .bench import add_bench_parser, run_bench
+    from .eval_cli import add_eval_parser, run_eval
     from .export import add_export_parser, run_export
+    from .quantize import add_quantize_parser, run_quantize
     from .video_cli import add_video_parser, run_video
 
     add_video_parser(sub)
     add_bench_parser(sub)
     add_export_parser(sub)
+    add_eval_parser(sub)
+    add_quantize_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
     try:
         return {"predict": run_predict, "video": run_video, "bench": run_bench,
-                "export": run_export}[args.command](args)
+                "export": run_export, "eval": run_eval, "quantize": run_quantize}[args.command](args)
     except RapidPoseError as exc:  # a whole-run problem (model, detector, boxes file): one clear line
         log.error("%s", exc)
         return 2

@@ -349,7 +349,7 @@ def _ap_of_both(fp32: Path, int8: Path, annotations, images) -> dict:
     ap = {}
     for name, path in (("fp32", fp32), ("int8", int8)):
         result = evaluate(PoseEstimator(str(path), device="cpu"), annotations, images, boxes="gt")
-        ap[name] = {k: round(float(v), 4) for k, v in result["metrics"].items()}
+        ap[name] = {k: round(float(v), 4) for k, v in result.metrics.items()}
     return ap
 
 
