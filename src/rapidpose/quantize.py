@@ -271,9 +271,9 @@ def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str =
 
     oks = keypoint_oks(ref["output"], low["output"], skeleton_from(meta, ref["output"].shape[1]).sigmas)
 
-    int8_runtime = _runtime(out)
-    runtimes = {"FP32, ONNX Runtime": OnnxRuntime(fp32), f"INT8, {_backend_name(out)}": int8_runtime}
-    if fmt == "openvino" or _has("openvino"):
+    int8_name = f"INT8, {_backend_name(out)}"
+    runtimes = {"FP32, ONNX Runtime": OnnxRuntime(fp32), int8_name: _runtime(out)}
+    if _has("openvino"):
         from .runtime.openvino_runtime import OpenVinoRuntime
 
         best = OpenVinoRuntime(fp32)  # bf16 where the CPU has it: the fastest non-INT8 path
@@ -286,8 +286,7 @@ def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str =
         "calibration": {"images": min(images, len(paths)), "people": int(len(calib)), "source": str(calibration)},
         "agreement_people": int(len(check)), "quantize_seconds": round(quantize_seconds, 1),
         "size_mb": {"fp32": _size_mb(fp32), "int8": _size_mb(out)},
-        "ms_per_crop": speed, "speedup_vs_fp32_onnxruntime": round(
-            speed["FP32, ONNX Runtime"] / speed[f"INT8, {_backend_name(out)}"], 2),
+        "ms_per_crop": speed, "speedup_vs_fp32_onnxruntime": round(speed["FP32, ONNX Runtime"] / speed[int8_name], 2),
         "layers": layers,
         "keypoints": {"mean_oks": round(float(oks.mean()), 4), "min_oks": round(float(oks.min()), 4)},
         "machine": _machine(),
