@@ -1,7 +1,8 @@
-"""The host's video work alone, without any pose work: decoding a video (OpenCV, and PyAV with
-FFmpeg's frame threads, both to RGB) and encoding it again as H.264 (libx264, several presets; one
-encoder, then several encoders in parallel processes, as a chunked encoder would run), in frames/s.
-These bound what `rapidpose video` can reach on one stream, whatever the GPU.
+"""The video work around the pose network, stage by stage, in frames/s: decoding (OpenCV; PyAV with
+FFmpeg's frame threads to RGB, and to I420 as `rapidpose video` reads now), person detection (host
+onnxruntime copies; on a GPU, RTMDet on batches of frames uploaded as I420), and H.264 encoding
+(libx264: one encoder per preset, several in parallel processes, and rapidpose's VideoWriter fed RGB
+or I420). These bound what `rapidpose video` can reach on one stream.
 
     python benchmarks/video_io_speed.py --video ../shared/assets/video/two-people-1080p.mp4
 """
@@ -50,7 +51,20 @@ def main():
             frame.to_ndarray(format="rgb24")
             n += 1
     print(f"| decode, PyAV with frame threads (to RGB) | {n / (time.perf_counter() - start):.0f} |")
+    with av.open(args.video) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        start, yuv = time.perf_counter(), []
+        for frame in container.decode(stream):
+            yuv.append(frame.to_ndarray())
+    print(f"| decode, PyAV with frame threads (to I420, what `rapidpose video` reads) | "
+          f"{len(yuv) / (time.perf_counter() - start):.0f} |")
     _time_detection(args.detector, frames)
+    _time_device_detection(args.detector, yuv)
+    for fmt, images in (("RGB", frames), ("I420", yuv)):
+        for encoders in args.parallel:
+            rate = _write(images, w, h, args.presets[0], encoders, args.repeats)
+            print(f"| encode, VideoWriter {args.presets[0]}, {encoders} encoders, from {fmt} | {rate:.0f} |", flush=True)
     for preset in args.presets:
         rate = _encode(args.video, preset, args.repeats, threads=0)
         print(f"| encode, libx264 {preset} (from RGB) | {rate:.0f} |", flush=True)
@@ -68,16 +82,61 @@ def main():
 def _time_detection(path: str, frames) -> None:
     """Person detection of every frame as `rapidpose video` runs it: parallel onnxruntime copies."""
     from rapidpose.detect import load_detector
-    from rapidpose.video import _Detectors
+    from rapidpose.sources import Frame
+    from rapidpose.video import _HostStage
 
+    batch = [Frame(i, 0.0, image) for i, image in enumerate(frames * 2)]
     for workers in sorted({1, max(1, min(8, (os.cpu_count() or 1) // 4)), max(1, (os.cpu_count() or 1) // 2)}):
-        detectors = _Detectors(load_detector(path), 0.1, workers)
-        [f.result() for f in detectors.submit(frames[:8])]  # warm-up
+        stage = _HostStage(load_detector(path), 0.1, workers)
+        stage.submit(batch[:8], set(range(8))).detections()  # warm-up
         start = time.perf_counter()
-        [f.result() for f in detectors.submit(frames * 2)]
-        rate = 2 * len(frames) / (time.perf_counter() - start)
-        detectors.close()
+        stage.submit(batch, {f.index for f in batch}).detections()
+        rate = len(batch) / (time.perf_counter() - start)
+        stage.close()
         print(f"| detect, {Path(path).stem}, {workers} onnxruntime copies in parallel | {rate:.0f} |", flush=True)
+
+
+def _time_device_detection(path: str, yuv) -> None:
+    """On a GPU: batches of 16 I420 frames uploaded, converted to RGB and searched by the batched RTMDet."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    from types import SimpleNamespace
+
+    from rapidpose.detect import load_detector
+    from rapidpose.sources import Frame
+    from rapidpose.video import _DeviceStage
+
+    est = SimpleNamespace(runtime=SimpleNamespace(device="cuda"), detector=load_detector(path))
+    stage = _DeviceStage(est, 0.1)
+    batches = [[Frame(i, 0.0, None, yuv=y) for i, y in enumerate(yuv[k:k + 16], k)] for k in range(0, len(yuv), 16)]
+    for batch in batches[:2]:  # warm-up: CUDA graphs are captured
+        stage.submit(batch, {f.index for f in batch}).images()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(5):
+        pending = [stage.submit(batch, {f.index for f in batch}) for batch in batches]
+        for work in pending:
+            work.detections(), work.images()
+    torch.cuda.synchronize()
+    rate = 5 * len(yuv) / (time.perf_counter() - start)
+    stage.close()
+    print(f"| detect on the GPU: upload I420, convert, batched RTMDet, NMS ({torch.cuda.get_device_name()}) | "
+          f"{rate:.0f} |", flush=True)
+
+
+def _write(images, w, h, preset, encoders, repeats) -> float:
+    """Frames/s of rapidpose's VideoWriter taking `images` `repeats` times, until the file is closed."""
+    from rapidpose.video_writer import VideoWriter
+
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        with VideoWriter(Path(folder) / "out.mp4", 30, (w, h), preset=preset, encoders=encoders) as writer:
+            for _ in range(repeats):
+                for image in images:
+                    writer.write(image)
+        return repeats * len(images) / (time.perf_counter() - start)
 
 
 def _encode(video: str, preset: str, repeats: int, threads: int, barrier=None) -> float:

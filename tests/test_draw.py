@@ -1,7 +1,8 @@
+import cv2
 import numpy as np
 import pytest
 
-from rapidpose.draw import draw_heatmaps, draw_poses, track_color
+from rapidpose.draw import draw_heatmaps, draw_poses, draw_poses_i420, track_color
 from rapidpose.errors import InputError
 from rapidpose.results import Poses
 from rapidpose.skeletons import SKELETONS, skeleton_for
@@ -180,3 +181,63 @@ def test_heatmaps_edge_cases():
     draw_heatmaps(image, bad, [[100, 100]], [[0.6, 0.8]])
     with pytest.raises(InputError):
         draw_heatmaps(image, np.zeros((2, 17, 64, 48)), [[100, 100]], [[0.6, 0.8]])
+
+
+def _two_people(w, h):
+    """Two people of 17 COCO keypoints each, on a grid (keypoints w / 27 apart), with
+    track ids and scores: boxes, edges, keypoints, rims and labels all get drawn."""
+    step = w / 27
+    skeleton = SKELETONS["coco"]
+    kps = []
+    for x0 in (0.12 * w, 0.58 * w):
+        kps.append([(x0 + step * (j % 4), 0.2 * h + step * (j // 4)) for j in range(17)])
+    kps = np.array(kps, np.float32)
+    boxes = np.concatenate([kps.min(axis=1) - 20, kps.max(axis=1) + 20], axis=1)
+    return Poses(boxes, [0.93, 0.71], kps, np.ones((2, 17)), skeleton, np.array([1, 5]))
+
+
+def _background(w, h):
+    """A smooth colourful picture, the frame's RGB as cv2 converts its I420."""
+    xs, ys = np.meshgrid(np.linspace(0, 1, w), np.linspace(0, 1, h))
+    rgb = np.stack([60 + 120 * xs, 80 + 100 * ys, 140 - 60 * xs * ys], axis=-1).astype(np.uint8)
+    yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+    return yuv, cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_I420)
+
+
+@pytest.mark.parametrize("w, h", [(1920, 1080), (640, 360)])
+def test_i420_drawing_gives_the_picture_of_draw_poses(w, h):
+    yuv, rgb = _background(w, h)
+    poses = _two_people(w, h)
+    expected = draw_poses(rgb, poses)
+    frame = yuv.copy()
+    out = draw_poses_i420(frame, poses)
+    assert out is frame and (frame != yuv).any()  # drawn in place
+    got = cv2.cvtColor(frame, cv2.COLOR_YUV2RGB_I420).astype(np.int16)
+    for x, y in np.round(poses.keypoints.reshape(-1, 2)).astype(int):  # the keypoints' own colours
+        assert np.abs(got[y, x] - expected[y, x]).max() <= 12, (x, y, got[y, x], expected[y, x])
+    for track, (x1, y1) in zip(poses.track_ids, np.round(poses.boxes[:, :2]).astype(int)):
+        color = (expected == track_color(track)).all(axis=-1)
+        # boxes and label tags where their colour is 2 px clear of anything else
+        pure = cv2.erode(color.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        assert pure.sum() > 100 and np.abs(got[pure] - expected[pure]).max() <= 12
+        # the label, white text on its tag above the box (thin text at small sizes shares its 2x2 chroma
+        # with the tag: it is paler there)
+        ys, xs = np.nonzero(color[:y1 - 4])
+        tag = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+        assert np.abs(got[tag] - expected[tag]).mean() < (4 if w >= 1280 else 8)
+    diff = np.abs(got - expected)
+    drawn = (expected != rgb).any(axis=-1)
+    assert drawn.mean() > 0.005 and diff.mean() < 1.5 and diff[drawn].mean() < 20
+    # and nothing at all far from the people
+    np.testing.assert_array_equal(frame[int(0.9 * h):h], yuv[int(0.9 * h):h])
+
+
+def test_i420_drawing_of_nobody_and_of_bad_frames():
+    yuv, _ = _background(64, 48)
+    frame = yuv.copy()
+    assert draw_poses_i420(frame, Poses.empty()) is frame
+    np.testing.assert_array_equal(frame, yuv)
+    for bad in (np.zeros((48, 64, 3), np.uint8), np.zeros((72, 64), np.float32), np.zeros((72, 63), np.uint8),
+                np.zeros((71, 64), np.uint8), np.zeros((72, 128), np.uint8)[:, ::2]):
+        with pytest.raises(InputError):
+            draw_poses_i420(bad, _person())

@@ -1,5 +1,6 @@
 """`rapidpose video` and `PoseEstimator.track` on the shared videos and PoseTrack18 frames."""
 import ast
+import itertools
 import json
 import shutil
 
@@ -12,10 +13,11 @@ from conftest import ASSETS, RTMDET
 from rapidpose import PoseEstimator
 from rapidpose.cli import main
 from rapidpose.errors import InputError
-from rapidpose.sources import open_source
+from rapidpose.sources import Frame, open_source
 from rapidpose.tracking import box_iou, count_identity_switches
 
 BASKETBALL = ASSETS / "video" / "basketball-426x240.mp4"
+TWO_PEOPLE = ASSETS / "video" / "two-people-1080p.mp4"
 POSETRACK = ASSETS / "images" / "posetrack18"
 CLIP = POSETRACK / "videos" / "000001_mpiinew_test"
 
@@ -193,7 +195,7 @@ def test_a_video_with_a_display_rotation_is_read_as_players_show_it(tmp_path):
     source = open_source(path)
     assert source.size == (32, 64) and source.frame_count == 3
     frames = list(source)
-    assert len(frames) == 3 and all(f.image.shape == (64, 32, 3) for f in frames)
+    assert len(frames) == 3 and all(f.image.shape == (64, 32, 3) and f.yuv is None for f in frames)
     assert frames[0].image[:24].mean() > 240 and frames[0].image[40:].mean() < 15  # the left half is now on top
     assert open_source(path, rotate=90).size == (64, 32)  # --rotate turns it further
 
@@ -247,3 +249,148 @@ def test_segments_encoded_side_by_side_come_out_in_order(tmp_path, encoders, siz
         assert (stream.width, stream.height) == (w + w % 2, h + h % 2)  # odd sides padded for yuv420p
         grey = [f.to_ndarray(format="rgb24")[:h, :w].mean() for f in container.decode(stream)]
     assert len(grey) == 50 and np.abs(np.array(grey) - 5 * np.arange(50)).max() <= 2
+
+
+def test_a_frame_converts_its_i420_once_when_asked_and_checking_it_converts_nothing():
+    yuv = cv2.cvtColor(np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8), cv2.COLOR_RGB2YUV_I420)
+    frame = Frame(3, 0.1, None, yuv=yuv)
+    assert frame.ok and frame.size == (64, 48) and frame.yuv is yuv
+    assert frame._image is None  # ok and size do not convert
+    image = frame.image
+    np.testing.assert_array_equal(image, cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_I420))
+    assert frame.image is image and frame._image is image  # converted once, then kept
+    turned = np.ascontiguousarray(np.rot90(image))
+    frame.image = turned  # new pixels: the I420, now out of date, goes
+    assert frame.image is turned and frame.yuv is None and frame.size == (48, 64)
+    rgb = Frame(0, 0.0, image)  # the positional calls of before
+    assert rgb.ok and rgb.size == (64, 48) and rgb.image is image and rgb.yuv is None and rgb.error is None
+    bad = Frame(1, 0.5, None, "unreadable")
+    assert not bad.ok and bad.size is None and bad.image is None and bad.error == "unreadable"
+    assert not hasattr(frame, "__dict__")  # __slots__
+
+
+@pytest.mark.parametrize("path", [BASKETBALL, TWO_PEOPLE], ids=["426x240", "1080p"])
+def test_videos_come_as_i420_frames_whose_rgb_is_pyavs(path):
+    with av.open(str(path)) as container:
+        reference = [f.to_ndarray(format="rgb24") for f in itertools.islice(container.decode(video=0), 5)]
+    h, w = reference[0].shape[:2]
+    source = open_source(path)
+    assert source.size == (w, h)
+    frames = list(itertools.islice(source, 5))
+    source.close()
+    assert [f.index for f in frames] == list(range(5))
+    for frame, rgb in zip(frames, reference):
+        assert frame.yuv is not None and frame.yuv.shape == (h * 3 // 2, w) and frame.yuv.dtype == np.uint8
+        assert frame._image is None and frame.size == (w, h)  # nothing converted on the host so far
+        assert np.abs(frame.image.astype(np.int16) - rgb).mean() < 2
+
+
+def test_a_turned_source_gives_rgb_frames_of_the_turned_size():
+    with av.open(str(BASKETBALL)) as container:
+        first = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    source = open_source(BASKETBALL, rotate=90)
+    assert source.size == (240, 426)
+    frame = next(iter(source))
+    source.close()
+    assert frame.yuv is None and frame._image is not None and frame.size == (240, 426)
+    np.testing.assert_array_equal(frame.image, cv2.rotate(first, cv2.ROTATE_90_CLOCKWISE))
+
+
+def test_a_full_range_video_comes_as_rgb(tmp_path):
+    path = tmp_path / "full.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p"  # full range: not cv2's I420
+        for i in range(3):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 60 * i, np.uint8))):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    frames = list(open_source(path))
+    assert len(frames) == 3 and all(f.yuv is None and f._image.shape == (48, 64, 3) for f in frames)
+    assert [round(f.image.mean()) for f in frames] == pytest.approx([0, 60, 120], abs=3)
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["i420", "i420+rgb"])
+def test_the_writer_encodes_i420_frames_as_they_are(tmp_path, mixed):
+    from rapidpose.video_writer import VideoWriter
+
+    w, h = 130, 72
+    path = tmp_path / "i420.mp4"
+    with VideoWriter(path, 30, (w, h), encoders=3, segment_frames=7) as writer:
+        for i in range(40):
+            rgb = np.full((h, w, 3), i * 6, np.uint8)  # each frame its own grey level
+            writer.write(rgb if mixed and i % 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420))
+    assert writer.frames == 40 and writer.error is None
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height) == (w, h)
+        grey = [f.to_ndarray(format="rgb24").mean() for f in container.decode(stream)]
+    assert len(grey) == 40 and np.abs(np.array(grey) - 6 * np.arange(40)).max() <= 3
+
+
+def test_the_writer_checks_i420_frames(tmp_path):
+    from rapidpose.video_writer import VideoWriter
+
+    with VideoWriter(tmp_path / "even.mp4", 30, (64, 48)) as writer:
+        with pytest.raises(InputError, match=r"expected uint8 \(72, 64\)"):
+            writer.write(np.zeros((48, 64), np.uint8))
+        with pytest.raises(InputError, match="expected uint8"):
+            writer.write(np.zeros((72, 64), np.float32))
+        writer.write(np.zeros((72, 64), np.uint8))
+    assert writer.frames == 1
+    with VideoWriter(tmp_path / "odd.mp4", 30, (65, 33)) as writer:
+        with pytest.raises(InputError, match="even sides, pass RGB"):
+            writer.write(np.zeros((49, 65), np.uint8))
+        writer.write(np.zeros((33, 65, 3), np.uint8))
+    assert writer.frames == 1
+
+
+def test_the_mp4_frames_are_drawn_into_their_i420_in_place_and_rgb_frames_on_a_copy():
+    from rapidpose.results import Poses
+    from rapidpose.skeletons import SKELETONS
+    from rapidpose.video_cli import _draw
+
+    yuv = cv2.cvtColor(np.full((120, 160, 3), 128, np.uint8), cv2.COLOR_RGB2YUV_I420)
+    kps = np.array([[[40 + 4 * j, 20 + 5 * j] for j in range(17)]], np.float32)
+    poses = Poses([[30, 10, 120, 110]], [0.9], kps, np.ones((1, 17)), SKELETONS["coco"], np.array([2]))
+    frame = Frame(0, 0.0, None, yuv=yuv.copy())
+    drawn = _draw(frame, poses)
+    assert drawn is frame.yuv and frame._image is None and (drawn != yuv).any()  # no conversion, no copy
+    converted = Frame(0, 0.0, None, yuv=yuv.copy())
+    rgb = converted.image.copy()  # converted for the detector on the host: the I420 is still drawn into
+    assert _draw(converted, poses) is converted.yuv
+    rgb_only = Frame(0, 0.0, rgb)
+    drawn = _draw(rgb_only, poses)
+    assert drawn.shape == (120, 160, 3) and drawn is not rgb_only.image and (drawn != rgb).any()
+    np.testing.assert_array_equal(rgb_only.image, rgb)  # the RGB was drawn on, on a copy
+
+
+def test_a_video_goes_from_decoder_to_mp4_as_i420_with_its_drawing(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import rapidpose.video
+    from rapidpose.draw import track_color
+    from rapidpose.results import Poses
+    from rapidpose.skeletons import SKELETONS
+    from rapidpose.video_cli import process_video
+
+    poses = Poses([[100, 60, 300, 200]], [0.9], np.full((1, 17, 2), 150, np.float32), np.zeros((1, 17)),
+                  SKELETONS["coco"], np.array([4]))
+    seen = []
+
+    def track_frames(est, source, *args, **kwargs):  # the pose work as on a GPU: the host converts nothing
+        for frame in source:
+            seen.append(frame)
+            yield frame, poses
+
+    monkeypatch.setattr(rapidpose.video, "track_frames", track_frames)
+    out = tmp_path / "out.mp4"
+    stats = process_video(SimpleNamespace(skeleton=SKELETONS["coco"]), open_source(BASKETBALL), out=str(out))
+    assert stats["frames"] == 300 and len(seen) == 300
+    assert all(f.yuv is not None and f._image is None for f in seen)  # drawn and encoded as I420
+    codec, frames, _, w, h = video_info(out)
+    assert (codec, frames, w, h) == ("h264", 300, 426, 240)
+    with av.open(str(out)) as container:
+        first = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+    assert np.abs(first[120, 98:103] - track_color(4)).sum(axis=1).min() < 40  # the box's left edge, x = 100

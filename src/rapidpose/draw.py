@@ -1,6 +1,8 @@
 """Drawing, kept apart from the results: skeletons, boxes, scores, track ids and heatmap overlays.
 
-Every function takes an RGB uint8 image and returns a new one; the input is never changed.
+Every function takes an RGB uint8 image and returns a new one; the input is never changed. The one
+exception, `draw_poses_i420`, draws the pictures of `draw_poses` into an I420 video frame in place
+(no colour conversion of the frame), for the mp4 writer.
 """
 from __future__ import annotations
 
@@ -63,20 +65,174 @@ def draw_poses(image, poses: Poses, *, keypoint_threshold: float = 0.3, boxes: b
     not finite are skipped. `thickness` (lines, in pixels) grows with the image size when None.
     """
     out = _check_image(image).copy()
+    if len(poses):
+        _paint((_Plane(out),), out.shape[1], out.shape[0], poses, keypoint_threshold, boxes, scores, thickness)
+    return out
+
+
+def draw_poses_i420(yuv, poses: Poses, *, keypoint_threshold: float = 0.3, boxes: bool = True,
+                    scores: bool = True, thickness: int | None = None) -> np.ndarray:
+    """Draw what `draw_poses` draws straight into an I420 frame, in place, and return it.
+
+    yuv: uint8 (H*3//2, W), C-contiguous, W and H even: the Y plane, then U and V at (H/2, W/2), as
+    PyAV decodes yuv420p (sources.Frame.yuv). Y is drawn at full resolution with each colour's luma,
+    U and V at half resolution (coordinates and line widths halved) with its chroma, BT.601 limited
+    range, so that cv2.COLOR_YUV2RGB_I420 gives the colours of `draw_poses` back. No colour conversion
+    of the frame.
+    """
+    yuv = _check_i420(yuv)
+    if len(poses):
+        w, h = yuv.shape[1], yuv.shape[0] * 2 // 3
+        flat = yuv.reshape(-1)  # views all the way: the planes are the frame's own memory
+        y, u, v = flat[:w * h].reshape(h, w), flat[w * h:w * h * 5 // 4], flat[w * h * 5 // 4:]
+        u, v, masks = u.reshape(h // 2, w // 2), v.reshape(h // 2, w // 2), {}  # masks: label text, shared by U, V
+        planes = (_Plane(y, 0), _Plane(u, 1, masks), _Plane(v, 2, masks))
+        _paint(planes, w, h, poses, keypoint_threshold, boxes, scores, thickness)
+    return yuv
+
+
+def _check_i420(yuv) -> np.ndarray:
+    if not isinstance(yuv, np.ndarray) or yuv.ndim != 2 or yuv.dtype != np.uint8 or yuv.shape[0] % 3 \
+            or yuv.shape[1] % 2:  # (H*3//2) % 3 == 0 exactly when H is even
+        raise InputError(f"expected an I420 uint8 frame of shape (H*3//2, W), W and H even; got "
+                         f"{getattr(yuv, 'dtype', type(yuv).__name__)} {getattr(yuv, 'shape', '')}")
+    if not (yuv.flags.c_contiguous and yuv.flags.writeable):
+        raise InputError("the I420 frame must be a writeable C-contiguous array: it is drawn into in place")
+    return yuv
+
+
+_YUV = ({}, {}, {})  # per plane Y, U, V: RGB colour -> its drawing value (v,), BT.601 limited range
+
+
+def _yuv(rgb) -> tuple:
+    """The (Y,), (U,), (V,) values of an RGB colour, as cv2.COLOR_YUV2RGB_I420 inverts them."""
+    r, g, b = (c / 255.0 for c in rgb)
+    y = 16 + 65.481 * r + 128.553 * g + 24.966 * b
+    u = 128 - 37.797 * r - 74.203 * g + 112.0 * b
+    v = 128 + 112.0 * r - 93.786 * g - 18.214 * b
+    values = tuple((min(max(int(round(c)), 0), 255),) for c in (y, u, v))
+    if len(_YUV[0]) > 4096:  # track colours of a long stream: keep the tables small
+        for table in _YUV:
+            table.clear()
+    for table, value in zip(_YUV, values):
+        table[rgb] = value
+    return values
+
+
+class _Plane:
+    """Issues the cv2 drawing calls on one plane: an RGB image (colours as given), or the Y, U or V plane
+    of an I420 frame (channel 0, 1, 2: the colour's luma or chroma; U and V at half resolution).
+
+    Takes what _paint decides in full-resolution terms: points in cv2's fixed point (2**_SHIFT per
+    pixel), widths in pixels. A half-resolution plane draws them with one more bit of shift (half the
+    coordinates and radii), half the widths (at least 1), and a quarter of a pixel up and left: chroma
+    sample j covers luma pixels 2j and 2j + 1, its centre is at 2j + 0.5.
+    """
+
+    __slots__ = ("image", "channel", "half", "shift", "_table", "_masks")
+
+    def __init__(self, image: np.ndarray, channel: int | None = None, masks: dict | None = None):
+        self.image, self.channel, self._masks = image, channel, masks
+        self.half = channel is not None and channel > 0
+        self.shift = _SHIFT + self.half
+        self._table = None if channel is None else _YUV[channel]
+
+    def color(self, rgb):
+        table = self._table
+        if table is None:
+            return rgb
+        value = table.get(rgb)
+        return value if value is not None else _yuv(rgb)[self.channel]
+
+    def colors(self, rgbs) -> list:
+        table = self._table
+        if table is None:
+            return rgbs
+        get = table.get
+        values = [get(rgb) for rgb in rgbs]
+        return values if None not in values else [self.color(rgb) for rgb in rgbs]
+
+    def _points(self, *points):
+        if not self.half:
+            return points
+        o = _ONE // 2
+        return tuple((x - o, y - o) for x, y in points)
+
+    def _width(self, width: int) -> int:
+        return (width + 1) >> 1 if self.half else width
+
+    def rectangle(self, p1, p2, rgb, width):
+        p1, p2 = self._points(p1, p2)
+        cv2.rectangle(self.image, p1, p2, self.color(rgb), self._width(width), cv2.LINE_AA, self.shift)
+
+    def lines(self, segments, colors, width):
+        """Anti-aliased lines, segments [(p1, p2), ...] with their RGB colours."""
+        image, shift, width, colors = self.image, self.shift, self._width(width), self.colors(colors)
+        if self.half:
+            o = _ONE // 2
+            for ((x1, y1), (x2, y2)), color in zip(segments, colors):
+                cv2.line(image, (x1 - o, y1 - o), (x2 - o, y2 - o), color, width, cv2.LINE_AA, shift)
+        else:
+            for (p1, p2), color in zip(segments, colors):
+                cv2.line(image, p1, p2, color, width, cv2.LINE_AA, shift)
+
+    def discs(self, centres, radius, colors, rim):
+        """Filled anti-aliased discs of `radius` (fixed point), each on a white one `rim` larger when rim > 0."""
+        image, shift = self.image, self.shift
+        if self.half:
+            o = _ONE // 2
+            centres = [(x - o, y - o) for x, y in centres]
+        white = self.color((255, 255, 255))
+        for at, color in zip(centres, self.colors(colors)):
+            if rim:
+                cv2.circle(image, at, radius + rim, white, -1, cv2.LINE_AA, shift)
+            cv2.circle(image, at, radius, color, -1, cv2.LINE_AA, shift)
+
+    def label(self, tag, text, org, rgb, text_rgb, font, font_scale, font_thickness):
+        """A filled tag (x1, y1, x2, y2 in whole pixels) with `text` at `org` on it."""
+        x1, y1, x2, y2 = tag
+        image = self.image
+        if not self.half:
+            cv2.rectangle(image, (x1, y1), (x2, y2), self.color(rgb), -1)
+            cv2.putText(image, text, org, font, font_scale, self.color(text_rgb), font_thickness, cv2.LINE_AA)
+            return
+        # the tag at half resolution; the text is drawn at full resolution into a mask whose cover of each
+        # 2x2 block takes the chroma there to the text's: Hershey glyph advances, rounded per character,
+        # do not halve, and half-scale text drifts off the text on Y
+        x1, y1, x2, y2 = x1 >> 1, y1 >> 1, x2 >> 1, y2 >> 1
+        cv2.rectangle(image, (x1, y1), (x2, y2), self.color(rgb), -1)
+        h, w = image.shape
+        x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2 + 1, w), min(y2 + 1, h)
+        if x2 <= x1 or y2 <= y1:
+            return
+        key = (text, org, x1, y1, x2, y2)
+        cover = self._masks.get(key) if self._masks is not None else None
+        if cover is None:
+            mask = np.zeros((2 * (y2 - y1), 2 * (x2 - x1)), np.uint8)
+            cv2.putText(mask, text, (org[0] - 2 * x1, org[1] - 2 * y1), font, font_scale, 255, font_thickness,
+                        cv2.LINE_AA)
+            cover = cv2.resize(mask, (x2 - x1, y2 - y1), interpolation=cv2.INTER_AREA).astype(np.uint16)
+            if self._masks is not None:
+                self._masks[key] = cover
+        region = image[y1:y2, x1:x2]
+        region[:] = (region * (255 - cover) + self.color(text_rgb)[0] * cover + 127) // 255
+
+
+def _paint(planes, w: int, h: int, poses: Poses, keypoint_threshold, boxes, scores, thickness) -> None:
+    """Decide what to draw for `poses` on a w x h picture (boxes, edges, keypoints with their rims,
+    labels on their tags) and have each of `planes` draw it, person by person."""
     n = len(poses)
-    if n == 0:
-        return out
-    h, w = out.shape[:2]
     if thickness is None:
         thickness = max(1, int(round(max(h, w) / 320)))
     thickness = max(1, int(thickness))
     skeleton = poses.skeleton
     k = poses.keypoints.shape[1]
     radius = max(1, int(round(thickness * (1.5 if k <= 30 else 0.75))))
+    rim = _ONE if radius >= 2 else 0  # a light rim keeps joints apart from the limbs of the same colour
 
     edges = np.asarray(skeleton.edges, np.int64).reshape(-1, 2)
     edges_ok = (edges >= 0).all(axis=1) & (edges < k).all(axis=1)
-    edge_colors = list(skeleton.edge_colors)
+    edge_colors = [tuple(int(c) for c in color) for color in skeleton.edge_colors]
     if len(edge_colors) != len(edges):
         edge_colors = [_MIDDLE] * len(edges)
     point_colors = _keypoint_colors(skeleton.keypoints) if len(skeleton.keypoints) == k else [_MIDDLE] * k
@@ -84,57 +240,60 @@ def draw_poses(image, poses: Poses, *, keypoint_threshold: float = 0.3, boxes: b
     keypoints = np.asarray(poses.keypoints, np.float64)
     finite = np.isfinite(keypoints).all(axis=-1) & (np.abs(keypoints) < _LIMIT).all(axis=-1)
     visible = finite & (np.nan_to_num(poses.keypoint_scores, nan=-np.inf) > keypoint_threshold)
-    fixed = _fixed(np.where(finite[..., None], keypoints, 0.0))
+    fixed = [[tuple(p) for p in person] for person in _fixed(np.where(finite[..., None], keypoints, 0.0)).tolist()]
+    edge_list = [(int(a), int(b), color) for (a, b), ok, color in zip(edges, edges_ok, edge_colors) if ok]
+    visible_lists = visible.tolist()
 
     font = cv2.FONT_HERSHEY_SIMPLEX
     font_scale = max(0.35, 0.3 * thickness)
     font_thickness = max(1, thickness // 2)
+    ids = poses.track_ids
+    all_boxes = np.asarray(poses.boxes, np.float64).reshape(n, 4)
 
     for i in range(n):
-        ids = poses.track_ids
         color = track_color(ids[i]) if ids is not None else _BOX_COLOR
-        box = np.asarray(poses.boxes[i], np.float64)
+        box = all_boxes[i]
         box_ok = bool(np.isfinite(box).all() and (np.abs(box) < _LIMIT).all())
+        pts, vis = fixed[i], visible_lists[i]
+        segments = [(pts[a], pts[b]) for a, b, _ in edge_list if vis[a] and vis[b]]
+        segment_colors = [c for a, b, c in edge_list if vis[a] and vis[b]]
+        joints = [j for j in range(k) if vis[j]]
+        centres, joint_colors = [pts[j] for j in joints], [point_colors[j] for j in joints]
 
-        if boxes and box_ok:
-            p1, p2 = _fixed(box[:2]), _fixed(box[2:])
-            cv2.rectangle(out, tuple(int(v) for v in p1), tuple(int(v) for v in p2), color,
-                          thickness, cv2.LINE_AA, _SHIFT)
-
-        for (a, b), ok, edge_color in zip(edges, edges_ok, edge_colors):
-            if ok and visible[i, a] and visible[i, b]:
-                cv2.line(out, tuple(int(v) for v in fixed[i, a]), tuple(int(v) for v in fixed[i, b]),
-                         tuple(int(c) for c in edge_color), thickness, cv2.LINE_AA, _SHIFT)
-
-        for j in np.flatnonzero(visible[i]):
-            at = tuple(int(v) for v in fixed[i, j])
-            if radius >= 2:  # a light rim keeps joints apart from the limbs of the same colour
-                cv2.circle(out, at, (radius + 1) * _ONE, (255, 255, 255), -1, cv2.LINE_AA, _SHIFT)
-            cv2.circle(out, at, radius * _ONE, point_colors[j], -1, cv2.LINE_AA, _SHIFT)
-
-        label = []
+        label = None
+        text = []
         if ids is not None:
-            label.append(f"id {int(ids[i])}")
+            text.append(f"id {int(ids[i])}")
         if scores and np.isfinite(poses.box_scores[i]):
-            label.append(f"{float(poses.box_scores[i]):.2f}")
-        if label and box_ok:
-            _put_label(out, " ".join(label), box, color, font, font_scale, font_thickness)
-    return out
+            text.append(f"{float(poses.box_scores[i]):.2f}")
+        if text and box_ok:
+            label = _label_layout(" ".join(text), box, color, w, h, font, font_scale, font_thickness)
+        if boxes and box_ok:
+            corners = _fixed(box).tolist()
+            p1, p2 = (corners[0], corners[1]), (corners[2], corners[3])
+
+        for plane in planes:
+            if boxes and box_ok:
+                plane.rectangle(p1, p2, color, thickness)
+            plane.lines(segments, segment_colors, thickness)
+            plane.discs(centres, radius * _ONE, joint_colors, rim)
+            if label is not None:
+                plane.label(*label)
 
 
-def _put_label(out, text, box, color, font, font_scale, font_thickness):
-    """Text on a filled tag at the box's top-left corner: above the box, or inside it at the top edge."""
+def _label_layout(text, box, color, w, h, font, font_scale, font_thickness):
+    """Text on a filled tag at the box's top-left corner: above the box, or inside it at the top edge.
+    The arguments of _Plane.label."""
     (tw, th), baseline = cv2.getTextSize(text, font, font_scale, font_thickness)
     pad = max(1, font_thickness)
-    x = int(round(min(max(box[0], 0), max(out.shape[1] - tw - 2 * pad, 0))))
+    x = int(round(min(max(box[0], 0), max(w - tw - 2 * pad, 0))))
     top = int(round(box[1])) - th - baseline - 2 * pad
     if top < 0:
         top = max(int(round(box[1])), 0)
-    top = min(top, max(out.shape[0] - th - baseline - 2 * pad, 0))
-    cv2.rectangle(out, (x, top), (x + tw + 2 * pad, top + th + baseline + 2 * pad), color, -1)
+    top = min(top, max(h - th - baseline - 2 * pad, 0))
     text_color = (0, 0, 0) if sum(color) > 382 else (255, 255, 255)
-    cv2.putText(out, text, (x + pad, top + pad + th), font, font_scale, text_color, font_thickness,
-                cv2.LINE_AA)
+    return ((x, top, x + tw + 2 * pad, top + th + baseline + 2 * pad), text, (x + pad, top + pad + th), color,
+            text_color, font, font_scale, font_thickness)
 
 
 def draw_heatmaps(image, heatmaps, center, scale, *, alpha: float = 0.5) -> np.ndarray:

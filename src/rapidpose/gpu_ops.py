@@ -30,7 +30,7 @@ from .decode import BLUR_KERNEL, keypoints_from_peaks, log_of_blurred
 from .geometry import INPUT_SIZE, MEAN, STD
 
 __all__ = ["gaussian_kernel_1d", "warp_crops_torch", "warp_crops_batch", "warp_crops_with", "crop_regions",
-           "sampling_inverses", "PinnedUploader", "decode_heatmaps_torch", "flip_back_torch"]
+           "sampling_inverses", "i420_to_rgb", "PinnedUploader", "decode_heatmaps_torch", "flip_back_torch"]
 
 
 def _float64(device: torch.device) -> torch.dtype:
@@ -228,6 +228,23 @@ def warp_crops_torch(image, matrices, output_size=INPUT_SIZE, mean=MEAN, std=STD
     if not isinstance(image, torch.Tensor):
         image = torch.from_numpy(np.ascontiguousarray(image))
     return warp_crops_batch([image], matrices, [len(matrices)], output_size, mean, std, round_like_cv2)
+
+
+# cv2's YUV -> RGB (BT.601, limited range) in its own 20-bit fixed point, so both give the same bytes
+_Y_GAIN, _V_TO_R, _U_TO_G, _V_TO_G, _U_TO_B = 1220542, 1673527, -409993, -852492, 2116026
+
+
+def i420_to_rgb(yuv: torch.Tensor) -> torch.Tensor:
+    """(B, H*3/2, W) uint8 I420 frames (PyAV's yuv420p layout) -> (B, 3, H, W) float32 RGB in 0..255,
+    equal to cv2.cvtColor(frame, cv2.COLOR_YUV2RGB_I420): each chroma sample serves its 2x2 pixels."""
+    b, rows, w = yuv.shape
+    h = rows * 2 // 3
+    y = (yuv[:, :h].to(torch.int32) - 16).clamp_(min=0) * _Y_GAIN + (1 << 19)
+    chroma = yuv[:, h:].reshape(b, 2, h // 2, w // 2).to(torch.int32) - 128
+    chroma = chroma.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    u, v = chroma[:, 0], chroma[:, 1]
+    rgb = torch.stack([y + _V_TO_R * v, y + _U_TO_G * u + _V_TO_G * v, y + _U_TO_B * u], dim=1)
+    return (rgb >> 20).clamp_(0, 255).to(torch.float32)
 
 
 class PinnedUploader:

@@ -28,6 +28,10 @@ def _decode_on_cpu(heatmaps, center, scale):
     return decode_heatmaps_torch(torch.from_numpy(heatmaps), center, scale)
 
 
+def _is_tensor(image) -> bool:
+    return type(image).__module__.startswith("torch")
+
+
 class PoseEstimator:
     """Top-down ViTPose: `est(image)` for one RGB image, `est.predict(images, boxes)` for many.
 
@@ -76,13 +80,14 @@ class PoseEstimator:
 
         Without boxes the detector finds people; with neither, the whole image is one person.
         A bad image or box is reported (logged) and skipped: its Poses is empty, the rest go on.
+        On a GPU, images may also be (H, W, 3) RGB tensors already there (values 0..255, any dtype).
         """
         if boxes is not None and len(boxes) != len(images):
             raise InputError(f"got {len(images)} images but {len(boxes)} box arrays: give one (N, 4) array per image")
         rgb, per_image_boxes, per_image_scores = [], [], []
         for i, image in enumerate(images):
             try:
-                img = as_rgb(image, f"image {i}")
+                img = image if self.on_gpu and _is_tensor(image) else as_rgb(image, f"image {i}")
                 with self.timer("detect"):
                     b, s = self._boxes_for(img, None if boxes is None else boxes[i], i)
             except RapidPoseError as exc:
@@ -174,12 +179,17 @@ class PoseEstimator:
         from .gpu_ops import PinnedUploader, crop_regions, sampling_inverses, warp_crops_with
 
         counts = [len(m) for _, m in chunk]
-        views, matrices = crop_regions([img for img, _ in chunk], np.concatenate([m for _, m in chunk]), counts,
-                                       self.input_size)
-        sizes = np.repeat(np.array([v.shape[:2] for v in views], np.float64), counts, axis=0)
+        matrices = np.concatenate([m for _, m in chunk])
         if self._uploader is None:
             self._uploader = PinnedUploader(self.runtime.device)
-        inverse, *regions = self._uploader([sampling_inverses(matrices, sizes)] + views)
+        if _is_tensor(chunk[0][0]):  # frames already on the GPU: crops straight from them
+            regions = [img for img, _ in chunk]
+            sizes = np.repeat(np.array([tuple(r.shape[:2]) for r in regions], np.float64), counts, axis=0)
+            (inverse,) = self._uploader([sampling_inverses(matrices, sizes)])
+        else:  # only the part of each image that its crops read goes to the GPU
+            views, matrices = crop_regions([img for img, _ in chunk], matrices, counts, self.input_size)
+            sizes = np.repeat(np.array([v.shape[:2] for v in views], np.float64), counts, axis=0)
+            inverse, *regions = self._uploader([sampling_inverses(matrices, sizes)] + views)
         return warp_crops_with(regions, inverse, counts, self.input_size,
                                dtype=getattr(self.runtime, "input_dtype", torch.float32))
 
@@ -196,6 +206,8 @@ class PoseEstimator:
 
     def _boxes_for(self, image: np.ndarray, given, index: int) -> tuple[np.ndarray, np.ndarray]:
         h, w = image.shape[:2]
+        if given is None and self.detector is not None and _is_tensor(image):
+            raise InputError(f"image {index} is a tensor: the detector takes numpy images, so pass its boxes")
         if given is None and self.detector is not None:
             boxes, scores = self.detector(image)
         elif given is None:

@@ -1,9 +1,12 @@
 """Frames from a video file, a folder or glob of images, a webcam or a stream, read ahead on a thread.
 
-`open_source(spec)` gives a FrameSource; iterating it yields Frames (index, time in seconds, RGB
-image) while a reader thread decodes the next ones, so decoding overlaps detection and pose work.
+`open_source(spec)` gives a FrameSource; iterating it yields Frames (index, time in seconds, pixels)
+while a reader thread decodes the next ones, so decoding overlaps detection and pose work.
 Video files are decoded by PyAV with FFmpeg's frame threads (1.7x OpenCV's single-threaded reader on
 a 16-core host, 4.5x on 2 cores: benchmarks/video_io_speed.py); webcams and streams by OpenCV.
+Most videos (yuv420p, even sides, not rotated) come as I420 frames (`Frame.yuv`) with no colour
+conversion on the host: the mp4 writer takes them as they are, and `Frame.image` converts to RGB only
+when something asks for it. Everything else comes as RGB.
 A source that ends early (a truncated or corrupt file, a dropped stream) stops cleanly: the frames
 read so far are kept and `source.error` says what happened.
 """
@@ -14,7 +17,6 @@ import logging
 import queue
 import re
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -30,12 +32,54 @@ ROTATIONS = {0: None, 90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2
 _OPEN_TIMEOUT_MS = 10_000  # streams and cameras: fail with a clear message instead of hanging
 
 
-@dataclass
 class Frame:
-    index: int  # position in the source, from 0
-    time: float  # seconds from the start (the container's timestamp where there is one)
-    image: np.ndarray | None  # RGB uint8 (H, W, 3); None when this frame could not be read
-    error: str | None = None
+    """One frame of a source. index: position in the source, from 0; time: seconds from the start (the
+    container's timestamp where there is one); error: why the frame could not be read, else None.
+
+    Its pixels are `image`, RGB uint8 (H, W, 3), or `yuv`, I420 uint8 (H*3//2, W): the Y plane, then
+    the U and V planes at half resolution, as decoded from most videos. A frame that holds only `yuv`
+    converts it to RGB (BT.601 limited range, cv2.COLOR_YUV2RGB_I420) the first time `image` is read
+    and keeps the result; setting `image` replaces the pixels (and drops `yuv`). `ok` and `size` never
+    convert. Neither: the frame could not be read.
+    """
+
+    __slots__ = ("index", "time", "_image", "error", "yuv")
+
+    def __init__(self, index: int, time: float, image: np.ndarray | None = None, error: str | None = None,
+                 yuv: np.ndarray | None = None):
+        self.index, self.time, self._image, self.error, self.yuv = index, time, image, error, yuv
+
+    @property
+    def image(self) -> np.ndarray | None:
+        """RGB uint8 (H, W, 3), converted from `yuv` on first use; None when the frame could not be read."""
+        image = self._image
+        if image is None and self.yuv is not None:
+            image = self._image = cv2.cvtColor(self.yuv, cv2.COLOR_YUV2RGB_I420)
+        return image
+
+    @image.setter
+    def image(self, value: np.ndarray | None) -> None:
+        """New pixels (RGB): the I420 ones, now out of date, are dropped."""
+        self._image, self.yuv = value, None
+
+    @property
+    def ok(self) -> bool:
+        """The frame has pixels (RGB or I420)."""
+        return self._image is not None or self.yuv is not None
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(width, height) of the frame, None when it could not be read."""
+        if self._image is not None:
+            return self._image.shape[1], self._image.shape[0]
+        if self.yuv is not None:
+            return self.yuv.shape[1], self.yuv.shape[0] * 2 // 3
+        return None
+
+    def __repr__(self):
+        pixels = "unread" if not self.ok else "%dx%d %s" % (*self.size, "rgb" if self._image is not None else "i420")
+        error = f", error={self.error!r}" if self.error else ""
+        return f"Frame({self.index}, {self.time:.3f} s, {pixels}{error})"
 
 
 class FrameSource:
@@ -73,7 +117,7 @@ class FrameSource:
             for frame in self._frames():
                 if self._stop.is_set():
                     break
-                if frame.image is not None and self._rotate is not None:
+                if self._rotate is not None and frame.ok:  # RGB: rotated videos are not decoded to I420
                     frame.image = cv2.rotate(frame.image, self._rotate)
                 self._put(frame)
         except Exception as exc:  # a decoder failure ends the source, never the run
@@ -153,11 +197,19 @@ def _open_video_file(path: Path, rotate: int, fps_override, read_ahead) -> Frame
         index = 0
         try:
             for frame in container.decode(stream):
-                image = frame.to_ndarray(format="rgb24")
-                turn = (-int(frame.rotation or 0)) % 360  # the file's display rotation, as players apply it
-                if turn in ROTATIONS and turn:
-                    image = cv2.rotate(image, ROTATIONS[turn])
-                yield Frame(index, frame.time if frame.time is not None else index / fps, image)
+                t = frame.time if frame.time is not None else index / fps
+                # the file's display rotation, as players apply it
+                turn = ROTATIONS.get((-int(frame.rotation or 0)) % 360)
+                # I420 as decoded (no conversion on the host): limited-range yuv420p with even sides that
+                # is not turned; full range (yuvj420p, color_range JPEG) and other formats go to RGB
+                if (turn is None and not rotate and frame.format.name == "yuv420p" and frame.color_range != 2
+                        and not (frame.width % 2 or frame.height % 2)):
+                    yield Frame(index, t, None, yuv=frame.to_ndarray())
+                else:
+                    image = frame.to_ndarray(format="rgb24")
+                    if turn is not None:
+                        image = cv2.rotate(image, turn)
+                    yield Frame(index, t, image)
                 index += 1
         except av.FFmpegError as exc:  # corrupt data: keep what was decoded
             if source is None:
@@ -173,7 +225,7 @@ def _open_video_file(path: Path, rotate: int, fps_override, read_ahead) -> Frame
     if first is None:
         container.close()
         raise InputError(f"could not open video '{path}': no frame of it can be decoded")
-    h, w = first.image.shape[:2]
+    w, h = first.size
     if rotate in (90, 270):
         w, h = h, w
 

@@ -1,9 +1,14 @@
 """Pose tracking over frames: detect (every N frames), track, pose in batches across frames, smooth.
 
 `track_frames(est, source)` yields `(Frame, Poses)` in frame order. The stages overlap: a reader
-thread decodes frames ahead (sources.FrameSource); person detection of a batch of frames runs on
-a few detector copies in parallel while the previous batch's pose work runs; the pose network sees
-all people of all frames of a batch in one run. Tracking is sequential by nature and cheap.
+thread decodes frames ahead (sources.FrameSource); the next batch of frames is prepared while the
+pose work of this one runs; the pose network sees all people of all frames of a batch in one run.
+Tracking is sequential by nature and cheap. Where the frames are prepared:
+
+- on a GPU (pose network there, RTMDet or no detector): the frames go to the GPU as decoded (I420),
+  are converted there, RTMDet runs on the whole batch, and the pose crops are cut from those frames;
+  the host only decodes, tracks and encodes (_DeviceStage).
+- otherwise on the host: copies of the ONNX detector run frames in parallel (_HostStage).
 
 Tracking with `--detect-every N`: on the frames between detections the tracker's Kalman filter
 carries each confirmed person's box forward (tracking.Tracker.predict), and the pose network
@@ -11,6 +16,7 @@ refines the keypoints in those boxes.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import weakref
@@ -30,13 +36,14 @@ log = logging.getLogger("rapidpose")
 
 TRACKERS = ("bytetrack", "sort", "none")
 _LOW_SCORE = 0.1  # ByteTrack's second stage looks at detections down to this score
-# detector copies by detector and (threshold, copies): loading them takes longer than tracking a short clip
+# per detector: its host copies by (threshold, copies), its GPU version by device; loading them takes longer
+# than tracking a short clip
 _COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-class _Detectors:
-    """Runs the estimator's detector on many frames at once: copies of an ONNX detector with a few
-    threads each, in parallel (onnxruntime releases the GIL), or the given callable one by one."""
+class _HostStage:
+    """Detection on the host: copies of an ONNX detector with a few threads each, in parallel
+    (onnxruntime releases the GIL), or the given callable one frame at a time. Frames stay numpy."""
 
     def __init__(self, detector, threshold: float, workers: int | None):
         from .detect import Detector, load_detector
@@ -44,7 +51,10 @@ class _Detectors:
         cores = os.cpu_count() or 1
         workers = workers or max(1, min(8, cores // 4))
         self._restore = None
-        if isinstance(detector, Detector) and hasattr(detector, "path") and workers > 1:
+        self.copies: list = []
+        if detector is None:
+            workers = 1
+        elif isinstance(detector, Detector) and hasattr(detector, "path") and workers > 1:
             threads = max(1, cores // workers)
             cached = _COPIES.setdefault(detector, {})
             if (threshold, workers) not in cached:
@@ -58,15 +68,92 @@ class _Detectors:
             self.copies, workers = [detector], 1
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="detect")
 
-    def submit(self, images: list[np.ndarray]):
-        """Futures of (boxes, scores), one per image, spread over the copies."""
-        return [self.pool.submit(self.copies[i % len(self.copies)], image) for i, image in enumerate(images)]
+    def submit(self, frames: list[Frame], wanted: set[int]) -> "_Pending":
+        futures = {}
+        for i, frame in enumerate(f for f in frames if f.index in wanted and self.copies):
+            # the worker converts a decoded I420 frame to RGB (frame.image), off the main thread
+            futures[frame.index] = self.pool.submit(lambda d, f: d(f.image), self.copies[i % len(self.copies)], frame)
+        return _Pending(frames, lambda: {k: f.result() for k, f in futures.items()},
+                        lambda: [f.image for f in frames])
 
     def close(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self._restore is not None:
             detector, threshold = self._restore
             detector.threshold = threshold
+
+
+class _DeviceStage:
+    """Frames to the GPU and people found there, a batch ahead of the pose work: one worker thread
+    with its own CUDA stream uploads a batch (I420 as decoded, half the bytes of RGB), converts it to
+    RGB and runs the batched RTMDet; the pose crops are then cut from those frames on the GPU."""
+
+    def __init__(self, est, threshold: float):
+        import torch
+
+        from .detect.rtmdet_torch import BatchedRTMDet
+        from .gpu_ops import PinnedUploader
+
+        self.torch, self.threshold = torch, threshold
+        self.device = torch.device(est.runtime.device)
+        self.detector = None
+        if est.detector is not None:
+            cached = _COPIES.setdefault(est.detector, {})
+            if self.device not in cached:
+                cached[self.device] = BatchedRTMDet(est.detector, self.device)
+            self.detector = cached[self.device]
+        on_cuda = self.device.type == "cuda"  # a CPU device runs the same steps in order (tests)
+        self.stream = torch.cuda.Stream(self.device) if on_cuda else None
+        self.pose_stream = torch.cuda.current_stream(self.device) if on_cuda else None  # where the pose work runs
+        self.uploader = PinnedUploader(self.device)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="device")
+
+    def submit(self, frames: list[Frame], wanted: set[int]) -> "_Pending":
+        future = self.pool.submit(self._work, frames, wanted)
+
+        def images():
+            images, uploaded = future.result()[1:]
+            if uploaded is not None:
+                self.pose_stream.wait_event(uploaded)  # the pose work starts once the frames are there
+            return images
+
+        return _Pending(frames, lambda: future.result()[0], images)
+
+    def _work(self, frames, wanted):
+        torch = self.torch
+        from .gpu_ops import i420_to_rgb
+
+        images, found, uploaded = [None] * len(frames), {}, None
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            by_size: dict = {}
+            for i, frame in enumerate(frames):  # one group in a video; image folders may mix sizes
+                by_size.setdefault((frame.size, frame.yuv is not None), []).append(i)
+            for (_, is_yuv), members in by_size.items():
+                arrays = [frames[i].yuv if is_yuv else frames[i].image for i in members]
+                batch = torch.stack(self.uploader(arrays))
+                rgb = i420_to_rgb(batch) if is_yuv else batch.permute(0, 3, 1, 2).float()
+                if self.stream is not None:
+                    rgb.record_stream(self.pose_stream)  # read there too: not to be reused before that is done
+                for i, image in zip(members, rgb):
+                    images[i] = image.permute(1, 2, 0)  # (H, W, 3) views, as predict takes images
+                asked = [k for k, i in enumerate(members) if frames[i].index in wanted]
+                if self.detector is not None and asked:
+                    for k, result in zip(asked, self.detector(rgb[asked], self.threshold)):
+                        found[frames[members[k]].index] = result
+            if self.stream is not None:
+                uploaded = torch.cuda.Event()
+                uploaded.record(self.stream)
+        return found, images, uploaded
+
+    def close(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Pending:
+    """A batch on its way: `detections()` {frame index: (boxes, scores)}, `images()` for the pose work."""
+
+    def __init__(self, frames, detections, images):
+        self.frames, self.detections, self.images = frames, detections, images
 
 
 def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1, smooth: bool = False,
@@ -93,41 +180,45 @@ def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1,
     tracks = None if tracker == "none" else Tracker(method=tracker, oks_weight=oks_weight)
     smoother = KeypointSmoother() if smooth else None
     threshold = getattr(est.detector, "threshold", 0.3)
-    detectors = None
-    if est.detector is not None:
-        # ByteTrack matches low-score detections to existing tracks: ask the detector for them too
-        low = min(threshold, _LOW_SCORE) if tracker == "bytetrack" else threshold
-        detectors = _Detectors(est.detector, low, detector_workers)
+    # ByteTrack matches low-score detections to existing tracks: ask the detector for them too
+    low = min(threshold, _LOW_SCORE) if tracker == "bytetrack" else threshold
+    stage = _make_stage(est, low, detector_workers)
     last_score: dict[int, float] = {}
     try:
         batches = chunked(src, max(int(frames_per_batch), 1))
-        pending = _start_detection(next(batches, None), detectors, detect_every, tracks)
+        pending = _start(next(batches, None), stage, detect_every, tracks)
         while pending is not None:
-            batch, futures = pending
-            pending = _start_detection(next(batches, None), detectors, detect_every, tracks)  # overlaps the pose work
-            yield from _finish_batch(est, batch, futures, tracks, smoother, threshold, last_score, oks_weight)
+            batch, work = pending
+            pending = _start(next(batches, None), stage, detect_every, tracks)  # overlaps the pose work
+            yield from _finish_batch(est, batch, work, tracks, smoother, threshold, last_score, oks_weight)
     finally:
         src.close()
-        if detectors is not None:
-            detectors.close()
+        stage.close()
 
 
-def _start_detection(batch, detectors, detect_every, tracks):
+def _make_stage(est, threshold, detector_workers):
+    """The GPU stage where the pose network and the detector can both run there, else the host's."""
+    from .detect import RTMDet
+
+    if est.on_gpu and (est.detector is None or type(est.detector) is RTMDet):
+        return _DeviceStage(est, threshold)
+    return _HostStage(est.detector, threshold, detector_workers)
+
+
+def _start(batch, stage, detect_every, tracks):
     if batch is None:
         return None
-    futures = {}
-    if detectors is not None:
-        wanted = [f for f in batch if f.image is not None and (f.index % detect_every == 0 or tracks is None)]
-        futures = dict(zip((f.index for f in wanted), detectors.submit([f.image for f in wanted])))
-    return batch, futures
+    good = [f for f in batch if f.ok]
+    wanted = {f.index for f in good if f.index % detect_every == 0 or tracks is None}
+    return batch, stage.submit(good, wanted)
 
 
-def _finish_batch(est, batch, futures, tracks, smoother, threshold, last_score, oks_weight):
-    good = [f for f in batch if f.image is not None]
+def _finish_batch(est, batch, work, tracks, smoother, threshold, last_score, oks_weight):
+    good, found = work.frames, work.detections()
     boxes, ids = [], []
     for frame in good:
-        if frame.index in futures:
-            b, s = futures[frame.index].result()
+        if frame.index in found:
+            b, s = found[frame.index]
             t = tracks.update(b, s) if tracks is not None else None
             if t is not None:
                 last_score.update(zip(t[t >= 0].tolist(), s[t >= 0].tolist()))
@@ -137,12 +228,12 @@ def _finish_batch(est, batch, futures, tracks, smoother, threshold, last_score, 
             b, t = tracks.predict()
             s = np.array([last_score.get(int(i), 1.0) for i in t], np.float32)
         else:  # no detector: the whole frame is the person
-            h, w = frame.image.shape[:2]
+            w, h = frame.size
             b, s = np.array([[0, 0, w, h]], np.float32), np.ones(1, np.float32)
             t = tracks.update(b, s) if tracks is not None else None
         boxes.append(np.concatenate([np.asarray(b, np.float32).reshape(-1, 4), np.asarray(s, np.float32)[:, None]], 1))
         ids.append(t)
-    results = est.predict([f.image for f in good], boxes) if good else []
+    results = est.predict(work.images(), boxes) if good else []
     by_index = {}
     for frame, poses, t in zip(good, results, ids):
         if t is not None:
@@ -154,6 +245,6 @@ def _finish_batch(est, batch, futures, tracks, smoother, threshold, last_score, 
         last = by_index[good[-1].index]
         tracks.correct(last.track_ids, keypoints=last.keypoints, keypoint_scores=last.keypoint_scores)
     for frame in batch:
-        if frame.image is None:
+        if not frame.ok:
             log.warning("frame %d skipped: %s", frame.index, frame.error)
         yield frame, by_index.get(frame.index, Poses.empty(est.skeleton))

@@ -103,9 +103,9 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
             records.add(frame_record(frame.index, frame.time, poses, frame.error))
             frames += 1
             people += len(poses)
-            bad += frame.image is None
-            if draw_pool is not None and frame.image is not None:
-                drawn.append(draw_pool.submit(_draw, frame.image, poses))
+            bad += not frame.ok
+            if draw_pool is not None and frame.ok:
+                drawn.append(draw_pool.submit(_draw, frame, poses))
                 while len(drawn) > 4 or (drawn and drawn[0].done()):
                     if _emit(drawn.popleft().result(), writer, window) == "quit":
                         raise KeyboardInterrupt
@@ -132,19 +132,25 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
             "frames_per_s": frames / max(seconds, 1e-9), "interrupted": interrupted}
 
 
-def _draw(image, poses):
-    from .draw import draw_poses
+def _draw(frame, poses):
+    """The frame with its poses drawn: into its I420 (`frame.yuv`) in place when it has one (the
+    frame is done with, and the encoder takes I420 without a colour conversion), else into a copy of
+    its RGB image."""
+    from .draw import draw_poses, draw_poses_i420
 
-    return draw_poses(image, poses)
+    if frame.yuv is not None:
+        return draw_poses_i420(frame.yuv, poses)
+    return draw_poses(frame.image, poses)
 
 
 def _emit(image, writer, window):
+    """A drawn frame, RGB (H, W, 3) or I420 (H*3//2, W), to the writer and the window."""
     if writer is not None:
         writer.write(image)
     if window:
         import cv2
 
-        cv2.imshow(window, image[:, :, ::-1])
+        cv2.imshow(window, cv2.cvtColor(image, cv2.COLOR_YUV2BGR_I420 if image.ndim == 2 else cv2.COLOR_RGB2BGR))
         if cv2.waitKey(1) & 0xFF == ord("q"):
             return "quit"
     return None

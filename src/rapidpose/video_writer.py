@@ -6,6 +6,10 @@ that several encoders compress side by side (PyAV releases the GIL while x264 wo
 writes their packets in order. Each segment starts with a keyframe, which players seek to. `write()`
 only queues the frame. `close()` always leaves a playable file: whatever was written before an error
 or Ctrl-C is encoded and the mp4 index is written.
+
+Frames are RGB (H, W, 3), converted to yuv420p in the encoder threads, or already I420 (H*3//2, W):
+the yuv420p planes one after another, as sources.Frame.yuv holds them, which go to x264 as they are
+(no colour conversion; even sides only). The two can be mixed.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ _BUFFER_BYTES = 1536 << 20  # frames waiting for the encoders, all segments toge
 
 
 class VideoWriter:
-    """`write(rgb_frame)` frames of one size; `close()` finishes the file. A context manager.
+    """`write(frame)` frames of one size, RGB or I420; `close()` finishes the file. A context manager.
 
     crf: x264 quality (18 visually lossless .. 28 small; 23 is x264's default). preset: x264's speed
     against file size. encoders: segments compressed at once (default: a quarter of the cores, 1 to 4).
@@ -83,9 +87,19 @@ class VideoWriter:
         ctx.thread_count = self._threads
 
     def write(self, image: np.ndarray) -> None:
-        """Queue one RGB uint8 (H, W, 3) frame of the writer's size."""
-        if image.shape[:2] != self.size[::-1]:
-            raise InputError(f"frame of {image.shape[1]}x{image.shape[0]} for a {self.size[0]}x{self.size[1]} video")
+        """Queue one frame of the writer's size W x H: RGB uint8 (H, W, 3), or I420 uint8 (H*3//2, W)
+        (Y, then U and V at half resolution; W and H even), which is encoded without a colour
+        conversion. The array is read later, on an encoder thread: do not change it after the call."""
+        w, h = self.size
+        if image.ndim == 2:
+            if self._even != self.size:
+                raise InputError(f"an I420 frame for a {w}x{h} video: I420 needs even sides, pass RGB (H, W, 3) "
+                                 f"frames for this size")
+            if image.shape != (h * 3 // 2, w) or image.dtype != np.uint8:
+                raise InputError(f"I420 frame of {image.dtype} {image.shape} for a {w}x{h} video: expected uint8 "
+                                 f"({h * 3 // 2}, {w})")
+        elif image.shape[:2] != (h, w):
+            raise InputError(f"frame of {image.shape[1]}x{image.shape[0]} for a {w}x{h} video")
         if self.error:
             raise InputError(f"writing '{self.path}' failed: {self.error}")
         if self._written % self.segment_frames == 0:
@@ -110,10 +124,13 @@ class VideoWriter:
         while (image := frames.get()) is not None:
             if self.error:
                 continue  # drain; write() reports the error
-            if self._even != self.size:
-                image = np.pad(image, ((0, self._even[1] - self.size[1]), (0, self._even[0] - self.size[0]),
-                                       (0, 0)), mode="edge")
-            frame = self._av.VideoFrame.from_ndarray(image, format="rgb24")
+            if image.ndim == 2:  # I420: the encoder's own format, no conversion
+                frame = self._av.VideoFrame.from_ndarray(image, format="yuv420p")
+            else:
+                if self._even != self.size:
+                    image = np.pad(image, ((0, self._even[1] - self.size[1]), (0, self._even[0] - self.size[0]),
+                                           (0, 0)), mode="edge")
+                frame = self._av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts, frame.time_base = index, 1 / self.rate
             packets += ctx.encode(frame)
             index += 1

@@ -44,12 +44,13 @@ def resolve_precision(precision: str, device: str) -> str:
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
-class _CudaGraph:
-    """One captured forward pass at a fixed batch size; smaller batches are padded into it."""
+class CudaGraph:
+    """One captured forward pass at a fixed input shape; smaller batches are padded into it.
+    `model` returns a tensor or a list of tensors (the graph's own buffers, overwritten by the next call)."""
 
-    def __init__(self, model, batch: int, dtype, device, pool):
+    def __init__(self, model, shape: tuple, dtype, device, pool=None):
         torch = require("torch", "torch")
-        self.x = torch.zeros(batch, 3, *model.cfg.input_size[::-1], dtype=dtype, device=device)
+        self.x = torch.zeros(shape, dtype=dtype, device=device)
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
@@ -63,6 +64,8 @@ class _CudaGraph:
     def __call__(self, x):
         self.x[: len(x)].copy_(x)
         self.graph.replay()
+        if isinstance(self.y, (list, tuple)):
+            return [y[: len(x)] for y in self.y]
         return self.y[: len(x)]
 
 
@@ -97,15 +100,16 @@ class TorchRuntime:
         self.cuda_graphs = on_gpu if cuda_graphs is None else (cuda_graphs and on_gpu)
         if on_gpu:  # shapes are fixed per batch bucket: let cuDNN time its convolution kernels once
             torch.backends.cudnn.benchmark = True
-        self._graphs: dict[int, _CudaGraph] = {}
+        self._graphs: dict[int, CudaGraph] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
-    def _graph_for(self, n: int) -> _CudaGraph | None:
+    def _graph_for(self, n: int) -> CudaGraph | None:
         bucket = next((b for b in GRAPH_BATCHES if b >= n), None)
         if bucket is None:
             return None
         if bucket not in self._graphs:
-            self._graphs[bucket] = _CudaGraph(self.forward, bucket, self.input_dtype, self.device, self._pool)
+            self._graphs[bucket] = CudaGraph(self.forward, (bucket, 3, *self.input_size[::-1]), self.input_dtype,
+                                             self.device, self._pool)
         return self._graphs[bucket]
 
     def _forward(self, x):

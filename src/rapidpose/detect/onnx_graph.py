@@ -1,0 +1,119 @@
+"""A convolutional ONNX graph run by PyTorch: the part of an exported detector that the GPU should run.
+
+Detectors come as ONNX files (mmdeploy's RTMDet, with its NMS inside and a batch of one). On a GPU
+machine without onnxruntime-gpu, and for batches of frames, `OnnxConvNet` runs the graph's layers from
+the input up to chosen tensors (a detector's raw head outputs) with torch functions and the file's own
+weights, so decoding and NMS can be done batched outside. Only the operators such networks use are
+implemented; anything else is a clear error naming the operator.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import CheckpointError
+
+
+def _attrs(node) -> dict:
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _conv(x, w, b=None, *, pads=(0, 0, 0, 0), strides=(1, 1), dilations=(1, 1), group=1, **_):
+    top, left, bottom, right = pads
+    if (top, left) != (bottom, right):
+        x, top, left = F.pad(x, (left, right, top, bottom)), 0, 0
+    return F.conv2d(x, w, b, tuple(strides), (top, left), tuple(dilations), group)
+
+
+def _max_pool(x, *, kernel_shape, pads=(0, 0, 0, 0), strides=(1, 1), ceil_mode=0, **_):
+    top, left, bottom, right = pads
+    if (top, left) != (bottom, right):
+        raise CheckpointError(f"MaxPool with uneven padding {pads} is not supported")
+    return F.max_pool2d(x, tuple(kernel_shape), tuple(strides), (top, left), ceil_mode=bool(ceil_mode))
+
+
+def _resize(x, roi=None, scales=None, sizes=None, *, mode=b"nearest", coordinate_transformation_mode=b"half_pixel",
+            nearest_mode=b"round_prefer_floor", **_):
+    if mode != b"nearest" or coordinate_transformation_mode != b"asymmetric" or nearest_mode != b"floor":
+        raise CheckpointError(f"Resize {mode.decode()}/{coordinate_transformation_mode.decode()}/"
+                              f"{nearest_mode.decode()} is not supported (only nearest, asymmetric, floor)")
+    if sizes is not None and sizes.numel():
+        return F.interpolate(x, size=tuple(int(s) for s in sizes[2:]), mode="nearest")
+    factors = [float(s) for s in scales[2:]]
+    return F.interpolate(x, scale_factor=factors, mode="nearest")  # torch's nearest is floor(asymmetric)
+
+
+_OPS = {
+    "Conv": _conv,
+    "Add": lambda a, b, **_: a + b,
+    "Mul": lambda a, b, **_: a * b,
+    "Sigmoid": lambda x, **_: torch.sigmoid(x),
+    "HardSigmoid": lambda x, alpha=0.2, beta=0.5, **_: (x * alpha + beta).clamp_(0, 1),
+    "Relu": lambda x, **_: F.relu(x),
+    "Concat": lambda *xs, axis, **_: torch.cat(xs, dim=axis),
+    "GlobalAveragePool": lambda x, **_: x.mean(dim=(2, 3), keepdim=True),
+    "MaxPool": _max_pool,
+    "Resize": _resize,
+    "Identity": lambda x, **_: x,
+}
+
+
+class OnnxConvNet(torch.nn.Module):
+    """`net(x)` -> the tensors named `outputs`, computed from the graph's single input `x`.
+
+    Only the nodes those outputs depend on are kept (in the file's order, which ONNX requires to be
+    topological); weights become buffers, so `.to(device)` moves them.
+    """
+
+    def __init__(self, path, outputs: list[str]):
+        super().__init__()
+        import onnx
+
+        graph = onnx.load(str(path)).graph
+        produced_by = {out: node for node in graph.node for out in node.output}
+        needed, stack = set(), list(outputs)
+        while stack:
+            name = stack.pop()
+            node = produced_by.get(name)
+            if node is not None and id(node) not in needed:
+                needed.add(id(node))
+                stack.extend(node.input)
+        self.input_name = graph.input[0].name
+        self.outputs = list(outputs)
+        self._steps, constants = [], {}
+        for node in graph.node:
+            if id(node) not in needed:
+                continue
+            if node.op_type == "Constant":
+                constants[node.output[0]] = onnx.numpy_helper.to_array(_attrs(node)["value"])
+                continue
+            if node.op_type not in _OPS:
+                raise CheckpointError(f"{Path(path).name}: operator {node.op_type} ({node.name}) is not supported "
+                                      f"by the PyTorch runner; run this model with onnxruntime instead")
+            self._steps.append((_OPS[node.op_type], list(node.input), list(node.output), _attrs(node)))
+        used = {name for _, inputs, _, _ in self._steps for name in inputs}
+        self._buffers_by_name = {}
+        for init in graph.initializer:
+            if init.name in used:
+                self._register(init.name, onnx.numpy_helper.to_array(init))
+        for name, value in constants.items():
+            if name in used:
+                self._register(name, value)
+
+    def _register(self, name: str, value: np.ndarray):
+        key = f"w{len(self._buffers_by_name)}"
+        self.register_buffer(key, torch.from_numpy(np.array(value)), persistent=False)
+        self._buffers_by_name[name] = key
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        values = {self.input_name: x}
+        for name, key in self._buffers_by_name.items():
+            values[name] = getattr(self, key)
+        for op, inputs, outputs, attrs in self._steps:
+            values[outputs[0]] = op(*(values[i] if i else None for i in inputs), **attrs)
+        return [values[name] for name in self.outputs]

@@ -1,0 +1,151 @@
+"""RTMDet run by PyTorch on batches of frames (the GPU video path), against the ONNX export run by
+onnxruntime; the I420 -> RGB conversion on the device; the video path that uses both."""
+import av
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import ASSETS, RTMDET
+from rapidpose import PoseEstimator
+from rapidpose.detect import load_detector
+from rapidpose.detect.base import nms
+from rapidpose.detect.onnx_graph import OnnxConvNet
+from rapidpose.detect.rtmdet_torch import BatchedRTMDet
+from rapidpose.errors import CheckpointError
+from rapidpose.geometry import box_iou
+from rapidpose.gpu_ops import i420_to_rgb
+from rapidpose.io import read_image
+from rapidpose.video import _DeviceStage, _HostStage, track_frames
+
+PHOTOS = sorted((ASSETS / "images" / "coco-mmpose").glob("*.jpg"))
+BASKETBALL = ASSETS / "video" / "basketball-426x240.mp4"
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(scope="module")
+def rtmdet():
+    return load_detector(RTMDET, threshold=0.1)
+
+
+def as_batch(images, device="cpu"):
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().to(device)
+
+
+def decoded_frames(path, count, fmt=None):
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format=fmt) if fmt else f.to_ndarray()
+                for _, f in zip(range(count), container.decode(video=0))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_graph_run_by_torch_gives_the_exports_own_detections_for_the_same_input(rtmdet, device):
+    batched = BatchedRTMDet(rtmdet, device)
+    total = 0
+    for path in PHOTOS:
+        x, _ = batched.letterbox(as_batch([read_image(path)], device))
+        dets = rtmdet.session.run(None, {rtmdet.input_name: x.cpu().numpy()})[0][0]
+        dets = dets[dets[:, 4] > 0.1]
+        scores, boxes = batched._decode(batched.net(x))
+        keep = scores[0] > 0.1
+        s, b = scores[0][keep].cpu().numpy(), boxes[0][keep].cpu().numpy()
+        kept = nms(b, s, 0.6)
+        assert len(kept) == len(dets)
+        np.testing.assert_allclose(s[kept], dets[:, 4], atol=1e-4)
+        np.testing.assert_allclose(b[kept], dets[:, :4], atol=0.02)  # letterbox pixels
+        total += len(dets)
+    assert total > 40  # crowded photos: the comparison covers many boxes
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_detections_match_the_onnxruntime_detector_photo_by_photo(rtmdet, device):
+    batched = BatchedRTMDet(rtmdet, device)
+    for path in PHOTOS:
+        image = read_image(path)
+        ref_boxes, ref_scores = rtmdet(image)
+        boxes, scores = batched(as_batch([image], device), 0.1)[0]
+        confident = ref_scores > 0.3  # near the threshold a box may fall either side
+        iou = box_iou(ref_boxes[confident], boxes)
+        best = iou.argmax(1)
+        assert (iou.max(1) > 0.97).all()
+        # cv2 resizes uint8 in fixed point, torch in float: scores move by a few thousandths
+        np.testing.assert_allclose(scores[best], ref_scores[confident], atol=0.01)
+        assert abs(len(boxes) - len(ref_boxes)) <= 2
+
+
+def test_a_batch_of_frames_gives_what_each_frame_gives_alone(rtmdet):
+    frames = decoded_frames(BASKETBALL, 5, "rgb24")
+    batched = BatchedRTMDet(rtmdet, "cpu")
+    together = batched(as_batch(frames), 0.3)
+    assert sum(len(b) for b, _ in together) >= 5
+    for frame, (boxes, scores) in zip(frames, together):
+        alone_boxes, alone_scores = batched(as_batch([frame]), 0.3)[0]
+        np.testing.assert_allclose(boxes, alone_boxes, atol=1e-3)
+        np.testing.assert_allclose(scores, alone_scores, atol=1e-5)
+        assert (boxes[:, 2] <= 426).all() and (boxes[:, 3] <= 240).all() and (np.diff(-scores) >= 0).all()
+
+
+def test_an_operator_the_torch_runner_lacks_is_named(tmp_path):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])
+    graph = helper.make_graph([helper.make_node("Erf", ["x"], ["y"], name="odd")], "g", [x], [y])
+    path = tmp_path / "odd.onnx"
+    onnx.save(helper.make_model(graph), path)
+    with pytest.raises(CheckpointError, match="Erf"):
+        OnnxConvNet(path, ["y"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_i420_to_rgb_gives_cv2s_bytes(device):
+    frames = decoded_frames(BASKETBALL, 3) + [np.random.default_rng(0).integers(0, 256, (360, 426), np.uint8)]
+    for frame in frames:
+        got = i420_to_rgb(torch.from_numpy(frame)[None].to(device))[0].permute(1, 2, 0).cpu().numpy()
+        np.testing.assert_array_equal(got, cv2.cvtColor(frame, cv2.COLOR_YUV2RGB_I420))
+
+
+def test_the_device_path_tracks_like_the_host_path(tiny_checkpoint):
+    """The GPU video path, run on the CPU: frames uploaded as I420 and converted by torch, RTMDet on
+    the batch, crops from the uploaded frames. Same people and tracks as the host path; keypoints as
+    close as the detector's boxes are (its resize differs from cv2's by a level here and there)."""
+    est = PoseEstimator(tiny_checkpoint, detector=RTMDET, backend="torch", precision="fp32")
+    host = list(track_frames(est, BASKETBALL, frames_per_batch=8))[:60]
+    est.on_gpu = True  # what a CUDA runtime sets; the stage then runs on the runtime's device
+    device = []
+    for frame, poses in track_frames(est, BASKETBALL, frames_per_batch=8):
+        device.append((frame, poses))
+        if len(device) == 60:
+            break
+    assert any(f.yuv is not None for f, _ in device)
+    people = [(len(a), len(b)) for (_, a), (_, b) in zip(host, device)]
+    assert sum(a == b for a, b in people) >= 57 and sum(a for a, _ in people) >= 100
+    ious, shifts = [], []
+    for (_, a), (_, b) in zip(host, device):
+        if len(a) == len(b) and len(a):
+            iou = box_iou(a.boxes, b.boxes)
+            pair = iou.argmax(1)
+            ious += iou.max(1).tolist()
+            shifts.append(np.median(np.abs(a.keypoints - b.keypoints[pair])))
+            assert (a.track_ids == b.track_ids[pair]).all()
+    # a weak box (score 0.2) among overlapping candidates may come out of NMS a little different
+    assert np.percentile(ious, 5) > 0.98 and min(ious) > 0.7
+    assert np.median(shifts) < 0.2 and max(shifts) < 5
+
+
+def test_the_stage_follows_where_the_network_runs(tiny_checkpoint):
+    est = PoseEstimator(tiny_checkpoint, detector=RTMDET, backend="torch", precision="fp32")
+    from rapidpose.video import _make_stage
+
+    stage = _make_stage(est, 0.1, None)
+    assert isinstance(stage, _HostStage)
+    stage.close()
+    est.on_gpu = True
+    stage = _make_stage(est, 0.1, None)
+    assert isinstance(stage, _DeviceStage) and stage.detector is not None
+    stage.close()
+    est.detector = load_detector(ASSETS / "detectors" / "yolox-nano.onnx")  # no batched version: host
+    stage = _make_stage(est, 0.1, None)
+    assert isinstance(stage, _HostStage)
+    stage.close()
