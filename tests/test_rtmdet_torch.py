@@ -47,7 +47,7 @@ def test_the_graph_run_by_torch_gives_the_exports_own_detections_for_the_same_in
         x, _ = batched.letterbox(as_batch([read_image(path)], device))
         dets = rtmdet.session.run(None, {rtmdet.input_name: x.cpu().numpy()})[0][0]
         dets = dets[dets[:, 4] > 0.1]
-        scores, boxes = batched._decode(batched.net(x))
+        scores, boxes = batched._decode(batched._run(x))
         keep = scores[0] > 0.1
         s, b = scores[0][keep].cpu().numpy(), boxes[0][keep].cpu().numpy()
         kept = nms(b, s, 0.6)

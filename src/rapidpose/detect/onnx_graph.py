@@ -37,15 +37,19 @@ def _max_pool(x, *, kernel_shape, pads=(0, 0, 0, 0), strides=(1, 1), ceil_mode=0
     return F.max_pool2d(x, tuple(kernel_shape), tuple(strides), (top, left), ceil_mode=bool(ceil_mode))
 
 
-def _resize(x, roi=None, scales=None, sizes=None, *, mode=b"nearest", coordinate_transformation_mode=b"half_pixel",
-            nearest_mode=b"round_prefer_floor", **_):
-    if mode != b"nearest" or coordinate_transformation_mode != b"asymmetric" or nearest_mode != b"floor":
-        raise CheckpointError(f"Resize {mode.decode()}/{coordinate_transformation_mode.decode()}/"
-                              f"{nearest_mode.decode()} is not supported (only nearest, asymmetric, floor)")
-    if sizes is not None and sizes.numel():
-        return F.interpolate(x, size=tuple(int(s) for s in sizes[2:]), mode="nearest")
-    factors = [float(s) for s in scales[2:]]
+def _resize(x, *, factors, **_):
     return F.interpolate(x, scale_factor=factors, mode="nearest")  # torch's nearest is floor(asymmetric)
+
+
+def _static_resize(node, attrs, constant) -> tuple[list[str], dict]:
+    """Resize by constant scales, read once here (reading a device tensor inside a CUDA graph cannot be)."""
+    mode = attrs.get("mode", b"nearest"), attrs.get("coordinate_transformation_mode", b"half_pixel"), \
+        attrs.get("nearest_mode", b"round_prefer_floor")
+    scales = constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if mode != (b"nearest", b"asymmetric", b"floor") or scales is None or scales.size != 4:
+        raise CheckpointError(f"Resize {'/'.join(m.decode() for m in mode)} by {node.input[2:]} is not supported "
+                              f"(only nearest/asymmetric/floor by constant scales)")
+    return node.input[:1], {"factors": [float(v) for v in scales[2:]]}
 
 
 _OPS = {
@@ -85,17 +89,25 @@ class OnnxConvNet(torch.nn.Module):
                 stack.extend(node.input)
         self.input_name = graph.input[0].name
         self.outputs = list(outputs)
+        weights = {i.name: i for i in graph.initializer}
         self._steps, constants = [], {}
+
+        def constant(name):
+            return constants[name] if name in constants else onnx.numpy_helper.to_array(weights[name])
+
         for node in graph.node:
             if id(node) not in needed:
                 continue
+            attrs, inputs = _attrs(node), list(node.input)
             if node.op_type == "Constant":
-                constants[node.output[0]] = onnx.numpy_helper.to_array(_attrs(node)["value"])
+                constants[node.output[0]] = onnx.numpy_helper.to_array(attrs["value"])
                 continue
             if node.op_type not in _OPS:
                 raise CheckpointError(f"{Path(path).name}: operator {node.op_type} ({node.name}) is not supported "
                                       f"by the PyTorch runner; run this model with onnxruntime instead")
-            self._steps.append((_OPS[node.op_type], list(node.input), list(node.output), _attrs(node)))
+            if node.op_type == "Resize":
+                inputs, attrs = _static_resize(node, attrs, constant)
+            self._steps.append((_OPS[node.op_type], inputs, list(node.output), attrs))
         used = {name for _, inputs, _, _ in self._steps for name in inputs}
         self._buffers_by_name = {}
         for init in graph.initializer:
