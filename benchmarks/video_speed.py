@@ -1,6 +1,7 @@
 """End-to-end video speed: read, detect (RTMDet-nano), track, pose, draw and write the H.264 mp4,
 as `rapidpose video` runs it, in frames/s. The first pass warms up (CUDA graphs, cuDNN choices);
-the figure is the median of the timed passes, each from opening the video to closing the mp4.
+the figure is the median of the timed passes, each from opening the video to closing the mp4; "host
+cores busy" is the process's CPU time over the pass's wall time.
 `--loops 5` also times the clip played five times in a row (remuxed, not re-encoded): the rate once
 the pipeline is full, without the start and the drain of a 2.4-second clip.
 
@@ -9,6 +10,7 @@ the pipeline is full, without the start and the drain of a 2.4-second clip.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -32,7 +34,7 @@ def main():
     p.add_argument("--device", default="auto")
     p.add_argument("--detect-every", type=int, nargs="+", default=[1])
     p.add_argument("--passes", type=int, default=3)
-    p.add_argument("--preset", default="veryfast")
+    p.add_argument("--preset", nargs="+", default=["veryfast"], help="x264 presets to time, one after another")
     p.add_argument("--no-video", action="store_true", help="also time without writing the mp4")
     p.add_argument("--loops", type=int, nargs="+", default=[1], help="times the clip is played in a row")
     p.add_argument("--encoders", type=int, nargs="+", default=[0], help="x264 encoders side by side (0: default)")
@@ -44,22 +46,26 @@ def main():
     print(f"ViTPose-{args.variant.upper()} ({type(est.runtime).__name__} {est.runtime.precision}), RTMDet-nano, "
           f"ByteTrack, {Path(args.video).name} ({src.size[0]}x{src.size[1]}, {src.frame_count} frames), {name}, "
           f"random weights (speed only)\n")
-    print("| frames | detect every | mp4 written (encoders) | frames/s (median) | passes |\n|---:|---:|---|---:|---|")
+    print("| frames | detect every | mp4 written (x264 preset, encoders) | frames/s (median) | passes | host cores busy |\n"
+          "|---:|---:|---|---:|---|---:|")
     with tempfile.TemporaryDirectory() as folder:
         for loops in args.loops:
             video = args.video if loops == 1 else looped(args.video, loops, Path(folder) / "looped.mp4")
             for every in args.detect_every:
-                for encoders in args.encoders + ([None] if args.no_video else []):
+                runs = [(e, p) for p in args.preset for e in args.encoders] + ([(None, None)] if args.no_video else [])
+                for encoders, preset in runs:
                     out = str(Path(folder) / "out.mp4") if encoders is not None else None
-                    rates = []
+                    rates, cores = [], []
                     for n in range(args.passes + 1):
+                        cpu = sum(os.times()[:2])
                         stats = process_video(est, open_source(video), out=out, detect_every=every,
-                                              preset=args.preset, encoders=encoders or None)
+                                              preset=preset or "veryfast", encoders=encoders or None)
                         if n:  # pass 0 warms up
                             rates.append(stats["frames_per_s"])
-                    written = "no" if encoders is None else f"yes ({encoders or 'default'})"
-                    print(f"| {stats['frames']} | {every} | {written} | "
-                          f"{statistics.median(rates):.1f} | {', '.join(f'{r:.0f}' for r in rates)} |", flush=True)
+                            cores.append((sum(os.times()[:2]) - cpu) / stats["seconds"])
+                    written = "no" if encoders is None else f"yes ({preset}, {encoders or 'default'} encoders)"
+                    print(f"| {stats['frames']} | {every} | {written} | {statistics.median(rates):.1f} | "
+                          f"{', '.join(f'{r:.0f}' for r in rates)} | {statistics.median(cores):.1f} |", flush=True)
 
 
 def looped(video: str, loops: int, path: Path) -> str:

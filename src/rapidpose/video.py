@@ -247,4 +247,5 @@ def _finish_batch(est, batch, work, tracks, smoother, threshold, last_score, oks
     for frame in batch:
         if not frame.ok:
             log.warning("frame %d skipped: %s", frame.index, frame.error)
-        yield frame, by_index.get(frame.index, Poses.empty(est.skeleton))
+        poses = by_index.get(frame.index)
+        yield frame, poses if poses is not None else Poses.empty(est.skeleton)

@@ -94,7 +94,7 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
     frames = people = bad = 0
     interrupted = False
     start = time.perf_counter()
-    draw_pool = ThreadPoolExecutor(2, thread_name_prefix="draw") if (writer or window) else None
+    draw_pool = ThreadPoolExecutor(4, thread_name_prefix="draw") if (writer or window) else None
     drawn = deque()
     bar = progress(source.frame_count, source.name[-40:], unit="frame")
     try:
@@ -106,11 +106,12 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
             bad += not frame.ok
             if draw_pool is not None and frame.ok:
                 drawn.append(draw_pool.submit(_draw, frame, poses))
-                while len(drawn) > 4 or (drawn and drawn[0].done()):
+                while len(drawn) > 8 or (drawn and drawn[0].done()):
                     if _emit(drawn.popleft().result(), writer, window) == "quit":
                         raise KeyboardInterrupt
             bar.update(1)
-            bar.set_postfix(fps=f"{frames / (time.perf_counter() - start):.1f}", people=people, refresh=False)
+            if frames % 16 == 0:  # formatting it for every frame costs more than the tracking of one
+                bar.set_postfix(fps=f"{frames / (time.perf_counter() - start):.1f}", people=people, refresh=False)
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted at frame %d: closing the outputs", frames)
