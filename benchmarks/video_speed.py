@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -38,6 +39,8 @@ def main():
     p.add_argument("--no-video", action="store_true", help="also time without writing the mp4")
     p.add_argument("--loops", type=int, nargs="+", default=[1], help="times the clip is played in a row")
     p.add_argument("--encoders", type=int, nargs="+", default=[0], help="x264 encoders side by side (0: default)")
+    p.add_argument("--switch-interval", type=float, nargs="+", default=[None],
+                   help="Python's GIL switch interval in ms to try (default: the interpreter's, 5 ms)")
     args = p.parse_args()
 
     est = PoseEstimator(random_model(args.variant), detector=args.detector, device=args.device)
@@ -53,7 +56,9 @@ def main():
             video = args.video if loops == 1 else looped(args.video, loops, Path(folder) / "looped.mp4")
             for every in args.detect_every:
                 runs = [(e, p) for p in args.preset for e in args.encoders] + ([(None, None)] if args.no_video else [])
-                for encoders, preset in runs:
+                for (encoders, preset), interval in ((r, i) for i in args.switch_interval for r in runs):
+                    if interval:
+                        sys.setswitchinterval(interval / 1000)
                     out = str(Path(folder) / "out.mp4") if encoders is not None else None
                     rates, cores = [], []
                     for n in range(args.passes + 1):
@@ -64,6 +69,8 @@ def main():
                             rates.append(stats["frames_per_s"])
                             cores.append((sum(os.times()[:2]) - cpu) / stats["seconds"])
                     written = "no" if encoders is None else f"yes ({preset}, {encoders or 'default'} encoders)"
+                    if interval:
+                        written += f", GIL switch {interval:g} ms"
                     print(f"| {stats['frames']} | {every} | {written} | {statistics.median(rates):.1f} | "
                           f"{', '.join(f'{r:.0f}' for r in rates)} | {statistics.median(cores):.1f} |", flush=True)
 

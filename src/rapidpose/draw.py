@@ -144,49 +144,17 @@ class _Plane:
         value = table.get(rgb)
         return value if value is not None else _yuv(rgb)[self.channel]
 
-    def colors(self, rgbs) -> list:
-        table = self._table
-        if table is None:
-            return rgbs
-        get = table.get
-        values = [get(rgb) for rgb in rgbs]
-        return values if None not in values else [self.color(rgb) for rgb in rgbs]
-
-    def _points(self, *points):
-        if not self.half:
-            return points
-        o = _ONE // 2
-        return tuple((x - o, y - o) for x, y in points)
-
     def _width(self, width: int) -> int:
         return (width + 1) >> 1 if self.half else width
 
-    def rectangle(self, p1, p2, rgb, width):
-        p1, p2 = self._points(p1, p2)
-        cv2.rectangle(self.image, p1, p2, self.color(rgb), self._width(width), cv2.LINE_AA, self.shift)
-
-    def lines(self, segments, colors, width):
-        """Anti-aliased lines, segments [(p1, p2), ...] with their RGB colours."""
-        image, shift, width, colors = self.image, self.shift, self._width(width), self.colors(colors)
+    def polylines(self, lines: list, rgb, width: int, closed: bool = False):
+        """Anti-aliased polylines of one colour in one cv2 call: (n, 2) int32 arrays of fixed-point points.
+        A line from a point to itself is a filled disc of diameter `width` (cv2's round line caps)."""
+        if not lines:
+            return
         if self.half:
-            o = _ONE // 2
-            for ((x1, y1), (x2, y2)), color in zip(segments, colors):
-                cv2.line(image, (x1 - o, y1 - o), (x2 - o, y2 - o), color, width, cv2.LINE_AA, shift)
-        else:
-            for (p1, p2), color in zip(segments, colors):
-                cv2.line(image, p1, p2, color, width, cv2.LINE_AA, shift)
-
-    def discs(self, centres, radius, colors, rim):
-        """Filled anti-aliased discs of `radius` (fixed point), each on a white one `rim` larger when rim > 0."""
-        image, shift = self.image, self.shift
-        if self.half:
-            o = _ONE // 2
-            centres = [(x - o, y - o) for x, y in centres]
-        white = self.color((255, 255, 255))
-        for at, color in zip(centres, self.colors(colors)):
-            if rim:
-                cv2.circle(image, at, radius + rim, white, -1, cv2.LINE_AA, shift)
-            cv2.circle(image, at, radius, color, -1, cv2.LINE_AA, shift)
+            lines = [line - (_ONE // 2) for line in lines]
+        cv2.polylines(self.image, lines, closed, self.color(rgb), self._width(width), cv2.LINE_AA, self.shift)
 
     def label(self, tag, text, org, rgb, text_rgb, font, font_scale, font_thickness):
         """A filled tag (x1, y1, x2, y2 in whole pixels) with `text` at `org` on it."""
@@ -219,8 +187,9 @@ class _Plane:
 
 
 def _paint(planes, w: int, h: int, poses: Poses, keypoint_threshold, boxes, scores, thickness) -> None:
-    """Decide what to draw for `poses` on a w x h picture (boxes, edges, keypoints with their rims,
-    labels on their tags) and have each of `planes` draw it, person by person."""
+    """Decide what to draw for `poses` on a w x h picture and have each of `planes` draw it, layer by
+    layer over all people (boxes, edges, white rims, keypoints, labels) with one cv2 call per colour:
+    a video frame costs a few dozen calls instead of hundreds, each of which takes the GIL again."""
     n = len(poses)
     if thickness is None:
         thickness = max(1, int(round(max(h, w) / 320)))
@@ -228,57 +197,67 @@ def _paint(planes, w: int, h: int, poses: Poses, keypoint_threshold, boxes, scor
     skeleton = poses.skeleton
     k = poses.keypoints.shape[1]
     radius = max(1, int(round(thickness * (1.5 if k <= 30 else 0.75))))
-    rim = _ONE if radius >= 2 else 0  # a light rim keeps joints apart from the limbs of the same colour
 
     edges = np.asarray(skeleton.edges, np.int64).reshape(-1, 2)
     edges_ok = (edges >= 0).all(axis=1) & (edges < k).all(axis=1)
     edge_colors = [tuple(int(c) for c in color) for color in skeleton.edge_colors]
     if len(edge_colors) != len(edges):
         edge_colors = [_MIDDLE] * len(edges)
+    edges, edge_colors = edges[edges_ok], [c for c, ok in zip(edge_colors, edges_ok) if ok]
     point_colors = _keypoint_colors(skeleton.keypoints) if len(skeleton.keypoints) == k else [_MIDDLE] * k
 
     keypoints = np.asarray(poses.keypoints, np.float64)
     finite = np.isfinite(keypoints).all(axis=-1) & (np.abs(keypoints) < _LIMIT).all(axis=-1)
     visible = finite & (np.nan_to_num(poses.keypoint_scores, nan=-np.inf) > keypoint_threshold)
-    fixed = [[tuple(p) for p in person] for person in _fixed(np.where(finite[..., None], keypoints, 0.0)).tolist()]
-    edge_list = [(int(a), int(b), color) for (a, b), ok, color in zip(edges, edges_ok, edge_colors) if ok]
-    visible_lists = visible.tolist()
+    fixed = _fixed(np.where(finite[..., None], keypoints, 0.0)).astype(np.int32)  # (n, k, 2)
+    ids = poses.track_ids
+    colors = [track_color(ids[i]) if ids is not None else _BOX_COLOR for i in range(n)]
+    all_boxes = np.asarray(poses.boxes, np.float64).reshape(n, 4)
+    box_ok = np.isfinite(all_boxes).all(axis=1) & (np.abs(np.nan_to_num(all_boxes, nan=_LIMIT)) < _LIMIT).all(axis=1)
+
+    layers = []  # (lines, colour, width, closed), in drawing order
+    if boxes:
+        corners = _fixed(np.where(box_ok[:, None], all_boxes, 0.0)).astype(np.int32)
+        for color, people in _by_color(colors, np.flatnonzero(box_ok)):
+            layers.append(([c[[0, 1, 2, 1, 2, 3, 0, 3]].reshape(4, 2) for c in corners[people]], color,
+                           thickness, True))
+    drawn = visible[:, edges[:, 0]] & visible[:, edges[:, 1]]  # (n, edges)
+    for color, which in _by_color(edge_colors, range(len(edges))):
+        segments = fixed[:, edges[which]][drawn[:, which]]  # (m, 2, 2)
+        layers.append((list(segments), color, thickness, False))
+    joints = [fixed[i, j][None].repeat(2, 0) for i, j in zip(*np.nonzero(visible))]  # points as zero-length lines
+    if radius >= 2:  # a light rim keeps joints apart from the limbs of the same colour
+        layers.append((joints, (255, 255, 255), 2 * radius + 2, False))
+    joint_colors = [point_colors[j] for j in np.nonzero(visible)[1]]
+    for color, which in _by_color(joint_colors, range(len(joints))):
+        layers.append(([joints[m] for m in which], color, 2 * radius, False))
 
     font = cv2.FONT_HERSHEY_SIMPLEX
     font_scale = max(0.35, 0.3 * thickness)
     font_thickness = max(1, thickness // 2)
-    ids = poses.track_ids
-    all_boxes = np.asarray(poses.boxes, np.float64).reshape(n, 4)
-
-    for i in range(n):
-        color = track_color(ids[i]) if ids is not None else _BOX_COLOR
-        box = all_boxes[i]
-        box_ok = bool(np.isfinite(box).all() and (np.abs(box) < _LIMIT).all())
-        pts, vis = fixed[i], visible_lists[i]
-        segments = [(pts[a], pts[b]) for a, b, _ in edge_list if vis[a] and vis[b]]
-        segment_colors = [c for a, b, c in edge_list if vis[a] and vis[b]]
-        joints = [j for j in range(k) if vis[j]]
-        centres, joint_colors = [pts[j] for j in joints], [point_colors[j] for j in joints]
-
-        label = None
+    labels = []
+    for i in np.flatnonzero(box_ok):
         text = []
         if ids is not None:
             text.append(f"id {int(ids[i])}")
         if scores and np.isfinite(poses.box_scores[i]):
             text.append(f"{float(poses.box_scores[i]):.2f}")
-        if text and box_ok:
-            label = _label_layout(" ".join(text), box, color, w, h, font, font_scale, font_thickness)
-        if boxes and box_ok:
-            corners = _fixed(box).tolist()
-            p1, p2 = (corners[0], corners[1]), (corners[2], corners[3])
+        if text:
+            labels.append(_label_layout(" ".join(text), all_boxes[i], colors[i], w, h, font, font_scale,
+                                        font_thickness))
+    for plane in planes:
+        for lines, color, width, closed in layers:
+            plane.polylines(lines, color, width, closed)
+        for label in labels:
+            plane.label(*label)
 
-        for plane in planes:
-            if boxes and box_ok:
-                plane.rectangle(p1, p2, color, thickness)
-            plane.lines(segments, segment_colors, thickness)
-            plane.discs(centres, radius * _ONE, joint_colors, rim)
-            if label is not None:
-                plane.label(*label)
+
+def _by_color(colors, members):
+    """(colour, [members of that colour]) in the order the colours first appear."""
+    groups: dict = {}
+    for m in members:
+        groups.setdefault(colors[m], []).append(m)
+    return groups.items()
 
 
 def _label_layout(text, box, color, w, h, font, font_scale, font_thickness):
