@@ -394,3 +394,64 @@ def test_a_video_goes_from_decoder_to_mp4_as_i420_with_its_drawing(tmp_path, mon
     with av.open(str(out)) as container:
         first = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(int)
     assert np.abs(first[120, 98:103] - track_color(4)).sum(axis=1).min() < 40  # the box's left edge, x = 100
+
+
+def _moving_person(i, w=160, h=120):
+    from rapidpose.results import Poses
+    from rapidpose.skeletons import SKELETONS
+
+    kps = np.array([[[30 + 2 * i + 4 * j, 10 + 5 * j] for j in range(17)]], np.float32)
+    return Poses([[20 + 2 * i, 5, 110 + 2 * i, 100]], [0.9], kps, np.ones((1, 17)), SKELETONS["coco"], np.array([3]))
+
+
+def decoded(path):
+    with av.open(str(path)) as container:
+        return [f.to_ndarray() for f in container.decode(video=0)]
+
+
+def test_the_drawing_process_writes_what_drawing_in_process_writes(tmp_path):
+    """Same frames, same poses: the mp4 of the worker process decodes to the very frames of the mp4
+    drawn and encoded in this process."""
+    from rapidpose.drawing_process import DrawnVideo
+    from rapidpose.skeletons import SKELETONS
+    from rapidpose.sources import Frame
+    from rapidpose.video_cli import draw_frame
+    from rapidpose.video_writer import VideoWriter
+
+    frames = list(np.random.default_rng(0).integers(0, 256, (30, 180, 160), np.uint8))
+    with DrawnVideo(tmp_path / "process.mp4", 25, (160, 120), SKELETONS["coco"], encoders=2, slots=4) as video:
+        for i, yuv in enumerate(frames):
+            video.write(Frame(i, i / 25, None, yuv=yuv), _moving_person(i))
+    assert video.frames == 30 and video.error is None
+    with VideoWriter(tmp_path / "here.mp4", 25, (160, 120), encoders=2) as writer:
+        for i, yuv in enumerate(frames):
+            writer.write(draw_frame(yuv.copy(), _moving_person(i)))
+    process, here = decoded(tmp_path / "process.mp4"), decoded(tmp_path / "here.mp4")
+    assert len(process) == 30
+    for a, b in zip(process, here):
+        np.testing.assert_array_equal(a, b)
+    originals = np.random.default_rng(0).integers(0, 256, (30, 180, 160), np.uint8)
+    np.testing.assert_array_equal(np.stack(frames), originals)  # the caller's frames are not drawn into
+
+
+def test_a_drawing_process_that_dies_is_reported_not_waited_for(tmp_path):
+    from rapidpose.drawing_process import DrawnVideo
+    from rapidpose.skeletons import SKELETONS
+    from rapidpose.sources import Frame
+
+    video = DrawnVideo(tmp_path / "out.mp4", 25, (64, 48), SKELETONS["coco"], slots=2)
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    video.write(Frame(0, 0.0, rgb), _moving_person(0))
+    video._process.kill()
+    with pytest.raises(InputError, match="drawing process stopped"):
+        for i in range(1, 50):
+            video.write(Frame(i, 0.0, rgb), _moving_person(0))
+    video.close()
+    assert video.error
+    with pytest.raises(InputError, match="one size"):
+        other = DrawnVideo(tmp_path / "other.mp4", 25, (64, 48), SKELETONS["coco"])
+        try:
+            other.write(Frame(0, 0.0, rgb), _moving_person(0))
+            other.write(Frame(1, 0.0, np.zeros((40, 64, 3), np.uint8)), _moving_person(0))
+        finally:
+            other.close()

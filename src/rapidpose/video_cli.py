@@ -76,9 +76,9 @@ def run_video(args) -> int:
 def process_video(est, source, out=None, json_path=None, jsonl_path=None, window=None, tracker="bytetrack",
                   detect_every=1, smooth=False, frames_per_batch=None, oks_weight=0.0, crf=23, preset="veryfast",
                   header=None, encoders=None) -> dict:
-    """Track `source` (a FrameSource) with `est`, drawing into an mp4 and writing JSON / JSONL as it
-    goes; the files are closed on every way out. encoders: x264 encoders side by side (VideoWriter). Returns frames, people, bad_frames, seconds,
-    frames_per_s, interrupted."""
+    """Track `source` (a FrameSource) with `est`, drawing into an mp4 (drawing_process.DrawnVideo) and
+    writing JSON / JSONL as it goes; the files are closed on every way out. encoders: x264 encoders side
+    by side (VideoWriter). Returns frames, people, bad_frames, seconds, frames_per_s, interrupted."""
     from .cli import progress
     from .records import FrameRecords, frame_record
     from .video import track_frames
@@ -86,15 +86,15 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
     header = {"source": source.name, "fps": source.fps, "width": source.size[0], "height": source.size[1],
               **(header or {}), "tracker": tracker, **est.skeleton.to_dict()}
     writer = None
-    if out:
-        from .video_writer import VideoWriter
+    if out:  # drawn and encoded by a process of its own (drawing_process: the GIL)
+        from .drawing_process import DrawnVideo
 
-        writer = VideoWriter(out, source.fps, source.size, crf=crf, preset=preset, encoders=encoders)
+        writer = DrawnVideo(out, source.fps, source.size, est.skeleton, crf=crf, preset=preset, encoders=encoders)
     records = FrameRecords(header, json_path, jsonl_path)
     frames = people = bad = 0
     interrupted = False
     start = time.perf_counter()
-    draw_pool = ThreadPoolExecutor(4, thread_name_prefix="draw") if (writer or window) else None
+    draw_pool = ThreadPoolExecutor(2, thread_name_prefix="draw") if window else None
     drawn = deque()
     bar = progress(source.frame_count, source.name[-40:], unit="frame")
     try:
@@ -104,10 +104,12 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
             frames += 1
             people += len(poses)
             bad += not frame.ok
+            if writer is not None and frame.ok:
+                writer.write(frame, poses)  # a copy: the window's drawing below goes into the frame itself
             if draw_pool is not None and frame.ok:
                 drawn.append(draw_pool.submit(_draw, frame, poses))
-                while len(drawn) > 8 or (drawn and drawn[0].done()):
-                    if _emit(drawn.popleft().result(), writer, window) == "quit":
+                while len(drawn) > 4 or (drawn and drawn[0].done()):
+                    if _show(drawn.popleft().result(), window) == "quit":
                         raise KeyboardInterrupt
             bar.update(1)
             if frames % 16 == 0:  # formatting it for every frame costs more than the tracking of one
@@ -117,8 +119,6 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
         log.warning("interrupted at frame %d: closing the outputs", frames)
     finally:
         bar.close()
-        while drawn:  # frames already in the JSON go into the video too
-            _emit(drawn.popleft().result(), writer, None)
         if draw_pool is not None:
             draw_pool.shutdown(wait=True, cancel_futures=True)
         if writer is not None:
@@ -133,27 +133,25 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
             "frames_per_s": frames / max(seconds, 1e-9), "interrupted": interrupted}
 
 
-def _draw(frame, poses):
-    """The frame with its poses drawn: into its I420 (`frame.yuv`) in place when it has one (the
-    frame is done with, and the encoder takes I420 without a colour conversion), else into a copy of
-    its RGB image."""
+def draw_frame(pixels, poses):
+    """`poses` drawn into I420 pixels (H*3//2, W) in place (the encoder takes I420 without a colour
+    conversion), or onto a copy of RGB pixels (H, W, 3)."""
     from .draw import draw_poses, draw_poses_i420
 
-    if frame.yuv is not None:
-        return draw_poses_i420(frame.yuv, poses)
-    return draw_poses(frame.image, poses)
+    return draw_poses_i420(pixels, poses) if pixels.ndim == 2 else draw_poses(pixels, poses)
 
 
-def _emit(image, writer, window):
-    """A drawn frame, RGB (H, W, 3) or I420 (H*3//2, W), to the writer and the window."""
-    if writer is not None:
-        writer.write(image)
-    if window:
-        import cv2
+def _draw(frame, poses):
+    return draw_frame(frame.yuv if frame.yuv is not None else frame.image, poses)
 
-        cv2.imshow(window, cv2.cvtColor(image, cv2.COLOR_YUV2BGR_I420 if image.ndim == 2 else cv2.COLOR_RGB2BGR))
-        if cv2.waitKey(1) & 0xFF == ord("q"):
-            return "quit"
+
+def _show(image, window):
+    """A drawn frame, RGB (H, W, 3) or I420 (H*3//2, W), in the window; "quit" when q was pressed."""
+    import cv2
+
+    cv2.imshow(window, cv2.cvtColor(image, cv2.COLOR_YUV2BGR_I420 if image.ndim == 2 else cv2.COLOR_RGB2BGR))
+    if cv2.waitKey(1) & 0xFF == ord("q"):
+        return "quit"
     return None
 
 

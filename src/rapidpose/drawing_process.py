@@ -1,0 +1,214 @@
+"""The drawn mp4 made by a process of its own, outside the GIL of the process that tracks.
+
+At hundreds of frames/s the drawing (a few dozen cv2 calls a frame) and the x264 encoder threads
+each take Python's GIL back after every native call; in the process that also decodes, tracks and
+feeds the GPU, those hand-offs queue behind its Python work (py-spy on an H100 host: drawing threads
+waiting for the GIL, 3-4 of 16 cores busy, 110-150 frames/s against 490 without the mp4). So
+`DrawnVideo` copies each frame into a slot of shared memory and sends its poses down a pipe; a worker
+process (`python -m rapidpose.drawing_process`, started with subprocess: a user's script without a
+`__main__` guard is never run twice) copies the slot out, hands the slot back, draws and feeds
+video_writer.VideoWriter. The file and the drawing are those of the in-process path.
+
+A worker that dies is reported at the next `write()` (and `close()`); the worker ignores Ctrl-C and
+finishes the file when the tracking process closes it or exits.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing import shared_memory
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .results import Poses
+
+log = logging.getLogger("rapidpose")
+
+_SLOTS_BYTES = 512 << 20  # frames in shared memory at most (about 170 frames of 1080p I420)
+
+
+class DrawnVideo:
+    """`write(frame, poses)` for each frame (sources.Frame: I420 or RGB, all of one size), `close()`.
+
+    The mp4 is what VideoWriter(path, fps, size, crf, preset, encoders) writes from the frames drawn by
+    video_cli's drawing (draw_poses / draw_poses_i420). `frames` after close: frames in the file.
+    """
+
+    def __init__(self, path, fps: float, size, skeleton, crf: int = 23, preset: str = "veryfast",
+                 encoders: int | None = None, slots: int = 64):
+        from .video_writer import PRESETS
+
+        if preset not in PRESETS:
+            raise InputError(f"unknown x264 preset '{preset}': use one of {', '.join(PRESETS)}")
+        self.path, self.size, self.frames, self.error = Path(path), tuple(int(v) for v in size), 0, None
+        self._settings = dict(path=str(path), fps=fps, size=self.size, crf=crf, preset=preset, encoders=encoders,
+                              skeleton=skeleton)
+        self._slots, self._memory, self._shape, self._process = slots, None, None, None
+        self._free: queue.Queue = queue.Queue()
+
+    def _start(self, shape):
+        """The worker and the shared slots, sized by the first frame (I420 or RGB)."""
+        self._shape = shape
+        nbytes = int(np.prod(shape))
+        slots = max(2, min(self._slots, _SLOTS_BYTES // nbytes))
+        self._memory = shared_memory.SharedMemory(create=True, size=nbytes * slots)
+        self._views = np.ndarray((slots,) + shape, np.uint8, self._memory.buf)
+        for slot in range(slots):
+            self._free.put(slot)
+        replies, their_end = os.pipe()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "rapidpose.drawing_process", str(their_end)], stdin=subprocess.PIPE,
+            pass_fds=(their_end,), start_new_session=True)  # its own session: Ctrl-C reaches only us
+        os.close(their_end)
+        self._send(("open", {**self._settings, "memory": self._memory.name, "shape": shape, "slots": slots}))
+        self._listener = threading.Thread(target=self._listen, args=(replies,), name="drawing replies", daemon=True)
+        self._listener.start()
+
+    def write(self, frame, poses: Poses) -> None:
+        pixels = frame.yuv if frame.yuv is not None else frame.image
+        if self._process is None:
+            self._start(pixels.shape)
+        if pixels.shape != self._shape:
+            if frame.yuv is not None and len(self._shape) == 3:  # RGB slots: this frame came as I420
+                pixels = frame.image
+            else:
+                raise InputError(f"frame {frame.index} of shape {pixels.shape}: this video's frames are "
+                                 f"{self._shape}; all frames of one video need one size")
+        slot = self._take_slot()
+        np.copyto(self._views[slot], pixels)
+        self._send(("frame", slot, (poses.boxes, poses.box_scores, poses.keypoints, poses.keypoint_scores,
+                                    poses.track_ids)))
+
+    def _take_slot(self) -> int:
+        while True:
+            if self.error:
+                raise InputError(f"writing '{self.path}' failed: {self.error}")
+            try:
+                return self._free.get(timeout=0.5)
+            except queue.Empty:
+                if self._process.poll() is not None:
+                    self.error = self.error or f"the drawing process stopped (exit code {self._process.returncode})"
+
+    def _send(self, message) -> None:
+        try:
+            pickle.dump(message, self._process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self._process.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            self.error = self.error or f"the drawing process stopped ({exc})"
+            raise InputError(f"writing '{self.path}' failed: {self.error}") from None
+
+    def _listen(self, fd: int) -> None:
+        with os.fdopen(fd, "rb") as replies:
+            while True:
+                try:
+                    kind, value = pickle.load(replies)
+                except (EOFError, pickle.UnpicklingError, OSError):
+                    return
+                if kind == "free":
+                    self._free.put(value)
+                elif kind == "done":
+                    self.frames, error = value
+                    self.error = self.error or error
+
+    def close(self) -> None:
+        if self._process is None:
+            return
+        process, self._process = self._process, None
+        try:
+            pickle.dump(("close", None), process.stdin)
+            process.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+        process.wait()
+        self._listener.join(timeout=10)
+        self._views = None
+        self._memory.close()
+        self._memory.unlink()
+        if process.returncode and not self.error:
+            self.error = f"the drawing process stopped (exit code {process.returncode})"
+        if self.error:
+            log.error("video '%s': %s (%d frames written)", self.path, self.error, self.frames)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _attach(name: str) -> shared_memory.SharedMemory:
+    """The tracking process's shared memory, which it alone removes (before Python 3.13 an attaching
+    process registers the memory with its own resource tracker, which would remove it at its exit)."""
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name=name, track=False)
+    from multiprocessing import resource_tracker
+
+    memory = shared_memory.SharedMemory(name=name)
+    resource_tracker.unregister(memory._name, "shared_memory")  # noqa: SLF001 (the documented workaround)
+    return memory
+
+
+def _serve(reply_fd: int) -> None:
+    """The worker: frames from shared slots, drawn on a few threads, written in order."""
+    from .video_cli import draw_frame
+    from .video_writer import VideoWriter
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the tracking process decides when the file ends
+    requests, replies = sys.stdin.buffer, os.fdopen(reply_fd, "wb")
+    reply_lock = threading.Lock()
+
+    def reply(message):
+        with reply_lock:
+            pickle.dump(message, replies, protocol=pickle.HIGHEST_PROTOCOL)
+            replies.flush()
+
+    kind, settings = pickle.load(requests)
+    memory = _attach(settings["memory"])
+    views = np.ndarray((settings["slots"],) + tuple(settings["shape"]), np.uint8, memory.buf)
+    skeleton, error = settings["skeleton"], None
+    writer = VideoWriter(settings["path"], settings["fps"], settings["size"], crf=settings["crf"],
+                         preset=settings["preset"], encoders=settings["encoders"])
+    pool, drawn = ThreadPoolExecutor(4, thread_name_prefix="draw"), deque()
+
+    def draw(slot, arrays):
+        pixels = views[slot].copy()
+        reply(("free", slot))
+        poses = Poses(*arrays[:4], skeleton=skeleton, track_ids=arrays[4])
+        return draw_frame(pixels, poses)
+
+    try:
+        while True:
+            try:
+                message = pickle.load(requests)
+            except EOFError:  # the tracking process is gone: finish what came
+                break
+            if message[0] == "close":
+                break
+            _, slot, arrays = message
+            drawn.append(pool.submit(draw, slot, arrays))
+            while len(drawn) > 8 or (drawn and drawn[0].done()):
+                writer.write(drawn.popleft().result())
+        while drawn:
+            writer.write(drawn.popleft().result())
+    except Exception as exc:  # a full disk, say: the file keeps what was written
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        writer.close()
+        views = None
+        memory.close()
+        reply(("done", (writer.frames, error or writer.error)))
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]))
