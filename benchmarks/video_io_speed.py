@@ -54,17 +54,21 @@ def main():
     with av.open(args.video) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        start, yuv = time.perf_counter(), []
+        start, cpu, yuv = time.perf_counter(), sum(os.times()[:2]), []
         for frame in container.decode(stream):
             yuv.append(frame.to_ndarray())
-    print(f"| decode, PyAV with frame threads (to I420, what `rapidpose video` reads) | "
-          f"{len(yuv) / (time.perf_counter() - start):.0f} |")
+        seconds, cpu = time.perf_counter() - start, sum(os.times()[:2]) - cpu
+    print(f"| decode, PyAV with frame threads (to I420, what `rapidpose video` reads): "
+          f"{1000 * cpu / len(yuv):.1f} core-ms per frame | {len(yuv) / seconds:.0f} |")
     _time_detection(args.detector, frames)
     _time_device_detection(args.detector, yuv)
     for fmt, images in (("RGB", frames), ("I420", yuv)):
         for encoders in args.parallel:
+            cpu = sum(os.times()[:2])
             rate = _write(images, w, h, args.presets[0], encoders, args.repeats)
-            print(f"| encode, VideoWriter {args.presets[0]}, {encoders} encoders, from {fmt} | {rate:.0f} |", flush=True)
+            per_frame = 1000 * (sum(os.times()[:2]) - cpu) / (args.repeats * len(images))
+            print(f"| encode, VideoWriter {args.presets[0]}, {encoders} encoders, from {fmt}: {per_frame:.1f} core-ms "
+                  f"per frame | {rate:.0f} |", flush=True)
     for preset in args.presets:
         rate = _encode(args.video, preset, args.repeats, threads=0)
         print(f"| encode, libx264 {preset} (from RGB) | {rate:.0f} |", flush=True)

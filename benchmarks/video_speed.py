@@ -1,7 +1,7 @@
 """End-to-end video speed: read, detect (RTMDet-nano), track, pose, draw and write the H.264 mp4,
 as `rapidpose video` runs it, in frames/s. The first pass warms up (CUDA graphs, cuDNN choices);
 the figure is the median of the timed passes, each from opening the video to closing the mp4; "host
-cores busy" is the process's CPU time over the pass's wall time.
+cores busy" is the CPU time of the process and of its drawing process over the pass's wall time.
 `--loops 5` also times the clip played five times in a row (remuxed, not re-encoded): the rate once
 the pipeline is full, without the start and the drain of a 2.4-second clip.
 
@@ -62,12 +62,12 @@ def main():
                     out = str(Path(folder) / "out.mp4") if encoders is not None else None
                     rates, cores = [], []
                     for n in range(args.passes + 1):
-                        cpu = sum(os.times()[:2])
+                        cpu = sum(os.times()[:4])  # this process and its finished children (the drawing process)
                         stats = process_video(est, open_source(video), out=out, detect_every=every,
                                               preset=preset or "veryfast", encoders=encoders or None)
                         if n:  # pass 0 warms up
                             rates.append(stats["frames_per_s"])
-                            cores.append((sum(os.times()[:2]) - cpu) / stats["seconds"])
+                            cores.append((sum(os.times()[:4]) - cpu) / stats["seconds"])
                     written = "no" if encoders is None else f"yes ({preset}, {encoders or 'default'} encoders)"
                     if interval:
                         written += f", GIL switch {interval:g} ms"
