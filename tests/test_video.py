@@ -455,3 +455,18 @@ def test_a_drawing_process_that_dies_is_reported_not_waited_for(tmp_path):
             other.write(Frame(1, 0.0, np.zeros((40, 64, 3), np.uint8)), _moving_person(0))
         finally:
             other.close()
+
+
+def test_a_path_the_drawing_process_cannot_write_is_reported_at_the_next_frame(tmp_path):
+    from rapidpose.drawing_process import DrawnVideo
+    from rapidpose.skeletons import SKELETONS
+    from rapidpose.sources import Frame
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    video = DrawnVideo(blocker / "out.mp4", 25, (64, 48), SKELETONS["coco"], slots=2)
+    with pytest.raises(InputError, match="out.mp4' failed"):
+        for i in range(50):
+            video.write(Frame(i, 0.0, np.zeros((48, 64, 3), np.uint8)), _moving_person(0))
+    video.close()
+    assert video.frames == 0 and video.error

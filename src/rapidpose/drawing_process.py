@@ -46,10 +46,9 @@ class DrawnVideo:
 
     def __init__(self, path, fps: float, size, skeleton, crf: int = 23, preset: str = "veryfast",
                  encoders: int | None = None, slots: int = 64):
-        from .video_writer import PRESETS
+        from .video_writer import check_preset
 
-        if preset not in PRESETS:
-            raise InputError(f"unknown x264 preset '{preset}': use one of {', '.join(PRESETS)}")
+        check_preset(preset)  # here, before any frame: the worker's own errors come back later
         self.path, self.size, self.frames, self.error = Path(path), tuple(int(v) for v in size), 0, None
         self._settings = dict(path=str(path), fps=fps, size=self.size, crf=crf, preset=preset, encoders=encoders,
                               skeleton=skeleton)
@@ -176,8 +175,13 @@ def _serve(reply_fd: int) -> None:
     memory = _attach(settings["memory"])
     views = np.ndarray((settings["slots"],) + tuple(settings["shape"]), np.uint8, memory.buf)
     skeleton, error = settings["skeleton"], None
-    writer = VideoWriter(settings["path"], settings["fps"], settings["size"], crf=settings["crf"],
-                         preset=settings["preset"], encoders=settings["encoders"])
+    try:
+        writer = VideoWriter(settings["path"], settings["fps"], settings["size"], crf=settings["crf"],
+                             preset=settings["preset"], encoders=settings["encoders"])
+    except Exception as exc:  # an unwritable path, say: the tracking process says so at its next frame
+        memory.close()
+        reply(("done", (0, str(exc))))
+        return
     pool, drawn = ThreadPoolExecutor(4, thread_name_prefix="draw"), deque()
 
     def draw(slot, arrays):

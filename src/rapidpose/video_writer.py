@@ -31,6 +31,11 @@ PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "sl
 _BUFFER_BYTES = 1536 << 20  # frames waiting for the encoders, all segments together
 
 
+def check_preset(preset: str) -> None:
+    if preset not in PRESETS:
+        raise InputError(f"unknown x264 preset '{preset}': use one of {', '.join(PRESETS)}")
+
+
 class VideoWriter:
     """`write(frame)` frames of one size, RGB or I420; `close()` finishes the file. A context manager.
 
@@ -44,8 +49,7 @@ class VideoWriter:
                  encoders: int | None = None, segment_frames: int | None = None):
         import av  # PyAV: FFmpeg with libx264 in its wheels (OpenCV's pip builds have no H.264 encoder)
 
-        if preset not in PRESETS:
-            raise InputError(f"unknown x264 preset '{preset}': use one of {', '.join(PRESETS)}")
+        check_preset(preset)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         w, h = (int(v) for v in size)
