@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import ASSETS, RTMDET
+from conftest import ASSETS, RTMDET, assert_drawn_like
 from rapidpose import PoseEstimator
 from rapidpose.detect import load_detector
 from rapidpose.detect.base import nms
@@ -18,6 +18,7 @@ from rapidpose.geometry import box_iou
 from rapidpose.gpu_ops import i420_to_rgb
 from rapidpose.io import read_image
 from rapidpose.video import _DeviceStage, _HostStage, track_frames
+from rapidpose.video_cli import draw_frame
 
 PHOTOS = sorted((ASSETS / "images" / "coco-mmpose").glob("*.jpg"))
 BASKETBALL = ASSETS / "video" / "basketball-426x240.mp4"
@@ -114,11 +115,16 @@ def test_the_device_path_tracks_like_the_host_path(tiny_checkpoint):
     host = list(track_frames(est, BASKETBALL, frames_per_batch=8))[:60]
     est.on_gpu = True  # what a CUDA runtime sets; the stage then runs on the runtime's device
     device = []
-    for frame, poses in track_frames(est, BASKETBALL, frames_per_batch=8):
+    for frame, poses in track_frames(est, BASKETBALL, frames_per_batch=8, draw=True):
         device.append((frame, poses))
         if len(device) == 60:
             break
-    assert any(f.yuv is not None for f, _ in device)
+    assert all(f.yuv is not None for f, _ in device)
+    for frame, poses in device[::7]:  # drawn into the uploaded frames: by cv2 on a CPU, gpu_draw's kernel on a GPU
+        want = draw_frame(frame.yuv.copy(), poses)
+        if est.runtime.device == "cpu":
+            np.testing.assert_array_equal(frame.drawn, want)
+        assert_drawn_like(frame.drawn, want, frame.yuv, f"frame {frame.index}")
     people = [(len(a), len(b)) for (_, a), (_, b) in zip(host, device)]
     assert sum(a == b for a, b in people) >= 57 and sum(a for a, _ in people) >= 100
     ious, shifts = [], []

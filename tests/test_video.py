@@ -386,7 +386,7 @@ def test_a_video_goes_from_decoder_to_mp4_as_i420_with_its_drawing(tmp_path, mon
 
     monkeypatch.setattr(rapidpose.video, "track_frames", track_frames)
     out = tmp_path / "out.mp4"
-    stats = process_video(SimpleNamespace(skeleton=SKELETONS["coco"]), open_source(BASKETBALL), out=str(out))
+    stats = process_video(SimpleNamespace(skeleton=SKELETONS["coco"], on_gpu=False), open_source(BASKETBALL), out=str(out))
     assert stats["frames"] == 300 and len(seen) == 300
     assert all(f.yuv is not None and f._image is None for f in seen)  # drawn and encoded as I420
     codec, frames, _, w, h = video_info(out)
@@ -432,6 +432,41 @@ def test_the_drawing_process_writes_what_drawing_in_process_writes(tmp_path):
         np.testing.assert_array_equal(a, b)
     originals = np.random.default_rng(0).integers(0, 256, (30, 180, 160), np.uint8)
     np.testing.assert_array_equal(np.stack(frames), originals)  # the caller's frames are not drawn into
+
+
+def test_frames_drawn_before_the_drawing_process_are_only_encoded(tmp_path):
+    """A frame that comes drawn (track_frames(draw=True), on a GPU) is encoded as it is: the mp4 is the
+    one of frames drawn and encoded in this process, drawn once."""
+    from rapidpose.drawing_process import DrawnVideo
+    from rapidpose.skeletons import SKELETONS
+    from rapidpose.video_cli import draw_frame
+    from rapidpose.video_writer import VideoWriter
+
+    frames = list(np.random.default_rng(1).integers(0, 256, (12, 180, 160), np.uint8))
+    drawn = [draw_frame(yuv.copy(), _moving_person(i)) for i, yuv in enumerate(frames)]
+    with DrawnVideo(tmp_path / "process.mp4", 25, (160, 120), SKELETONS["coco"], encoders=1, slots=3) as video:
+        for i, (yuv, pixels) in enumerate(zip(frames, drawn)):
+            frame = Frame(i, i / 25, None, yuv=yuv)
+            frame.drawn = pixels
+            video.write(frame, _moving_person(i))
+    with VideoWriter(tmp_path / "here.mp4", 25, (160, 120), encoders=1) as writer:
+        for pixels in drawn:
+            writer.write(pixels)
+    for a, b in zip(decoded(tmp_path / "process.mp4"), decoded(tmp_path / "here.mp4"), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_tracking_can_hand_out_the_frames_drawn(estimator):
+    """draw=True on the host path: each frame comes with a drawn copy, the frame itself untouched."""
+    from rapidpose.video import track_frames
+    from rapidpose.video_cli import draw_frame
+
+    seen = list(itertools.islice(track_frames(estimator, BASKETBALL, frames_per_batch=4, draw=True), 10))
+    assert sum(len(p) for _, p in seen) > 0
+    for frame, poses in seen:
+        assert frame.drawn is not frame.yuv
+        np.testing.assert_array_equal(frame.drawn, draw_frame(frame.yuv.copy(), poses))
+        assert (frame.drawn != frame.yuv).any() == (len(poses) > 0)
 
 
 def test_a_drawing_process_that_dies_is_reported_not_waited_for(tmp_path):

@@ -164,9 +164,7 @@ class _Plane:
             cv2.rectangle(image, (x1, y1), (x2, y2), self.color(rgb), -1)
             cv2.putText(image, text, org, font, font_scale, self.color(text_rgb), font_thickness, cv2.LINE_AA)
             return
-        # the tag at half resolution; the text is drawn at full resolution into a mask whose cover of each
-        # 2x2 block takes the chroma there to the text's: Hershey glyph advances, rounded per character,
-        # do not halve, and half-scale text drifts off the text on Y
+        # the tag at half resolution; the text's cover of each 2x2 block takes the chroma to the text's
         x1, y1, x2, y2 = x1 >> 1, y1 >> 1, x2 >> 1, y2 >> 1
         cv2.rectangle(image, (x1, y1), (x2, y2), self.color(rgb), -1)
         h, w = image.shape
@@ -176,10 +174,8 @@ class _Plane:
         key = (text, org, x1, y1, x2, y2)
         cover = self._masks.get(key) if self._masks is not None else None
         if cover is None:
-            mask = np.zeros((2 * (y2 - y1), 2 * (x2 - x1)), np.uint8)
-            cv2.putText(mask, text, (org[0] - 2 * x1, org[1] - 2 * y1), font, font_scale, 255, font_thickness,
-                        cv2.LINE_AA)
-            cover = cv2.resize(mask, (x2 - x1, y2 - y1), interpolation=cv2.INTER_AREA).astype(np.uint16)
+            cover = half_cover(text, (org[0] - 2 * x1, org[1] - 2 * y1), (x2 - x1, y2 - y1), font, font_scale,
+                               font_thickness)
             if self._masks is not None:
                 self._masks[key] = cover
         region = image[y1:y2, x1:x2]
@@ -187,9 +183,22 @@ class _Plane:
 
 
 def _paint(planes, w: int, h: int, poses: Poses, keypoint_threshold, boxes, scores, thickness) -> None:
-    """Decide what to draw for `poses` on a w x h picture and have each of `planes` draw it, layer by
-    layer over all people (boxes, edges, white rims, keypoints, labels) with one cv2 call per colour:
-    a video frame costs a few dozen calls instead of hundreds, each of which takes the GIL again."""
+    """Have each of `planes` draw what `plan` decides, layer by layer over all people with one cv2 call
+    per colour: a video frame costs a few dozen calls instead of hundreds, each of which takes the GIL
+    again."""
+    layers, labels = plan(w, h, poses, keypoint_threshold, boxes, scores, thickness)
+    for plane in planes:
+        for lines, color, width, closed in layers:
+            plane.polylines(lines, color, width, closed)
+        for label in labels:
+            plane.label(*label)
+
+
+def plan(w: int, h: int, poses: Poses, keypoint_threshold=0.3, boxes=True, scores=True, thickness=None):
+    """What to draw for `poses` on a w x h picture, in drawing order: `layers` (boxes, edges, white rims,
+    keypoints), each (lines, RGB colour, width in pixels, closed) with lines (n, 2) int32 points in cv2's
+    fixed point (2**_SHIFT per pixel; a line from a point to itself is a disc of diameter `width`), and
+    `labels`, each the arguments of _Plane.label. Shared by the cv2 drawing and gpu_draw."""
     n = len(poses)
     if thickness is None:
         thickness = max(1, int(round(max(h, w) / 320)))
@@ -245,11 +254,18 @@ def _paint(planes, w: int, h: int, poses: Poses, keypoint_threshold, boxes, scor
         if text:
             labels.append(_label_layout(" ".join(text), all_boxes[i], colors[i], w, h, font, font_scale,
                                         font_thickness))
-    for plane in planes:
-        for lines, color, width, closed in layers:
-            plane.polylines(lines, color, width, closed)
-        for label in labels:
-            plane.label(*label)
+    return layers, labels
+
+
+def half_cover(text, org, size, font, font_scale, font_thickness) -> np.ndarray:
+    """How much `text` covers each pixel of a half-resolution region of `size` (w, h), uint16 0..255: the
+    text drawn at full resolution (`org` relative to the region's top-left, in full-resolution pixels)
+    and each 2x2 block averaged. Hershey glyph advances, rounded per character, do not halve: text drawn
+    at half scale would drift off the text on the Y plane."""
+    w, h = size
+    mask = np.zeros((2 * h, 2 * w), np.uint8)
+    cv2.putText(mask, text, org, font, font_scale, 255, font_thickness, cv2.LINE_AA)
+    return cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA).astype(np.uint16)
 
 
 def _by_color(colors, members):

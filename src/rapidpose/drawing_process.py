@@ -74,19 +74,22 @@ class DrawnVideo:
         self._listener.start()
 
     def write(self, frame, poses: Poses) -> None:
-        pixels = frame.yuv if frame.yuv is not None else frame.image
+        """Queue `frame` with `poses`; a frame already drawn (`frame.drawn`, video.track_frames(draw=True))
+        is only encoded."""
+        drawn = frame.drawn is not None
+        pixels = frame.drawn if drawn else frame.yuv if frame.yuv is not None else frame.image
         if self._process is None:
             self._start(pixels.shape)
         if pixels.shape != self._shape:
-            if frame.yuv is not None and len(self._shape) == 3:  # RGB slots: this frame came as I420
+            if frame.yuv is not None and len(self._shape) == 3 and not drawn:  # RGB slots, an I420 frame
                 pixels = frame.image
             else:
                 raise InputError(f"frame {frame.index} of shape {pixels.shape}: this video's frames are "
                                  f"{self._shape}; all frames of one video need one size")
         slot = self._take_slot()
         np.copyto(self._views[slot], pixels)
-        self._send(("frame", slot, (poses.boxes, poses.box_scores, poses.keypoints, poses.keypoint_scores,
-                                    poses.track_ids)))
+        self._send(("frame", slot, None if drawn else (poses.boxes, poses.box_scores, poses.keypoints,
+                                                       poses.keypoint_scores, poses.track_ids)))
 
     def _take_slot(self) -> int:
         while True:
@@ -187,6 +190,8 @@ def _serve(reply_fd: int) -> None:
     def draw(slot, arrays):
         pixels = views[slot].copy()
         reply(("free", slot))
+        if arrays is None:  # drawn already
+            return pixels
         poses = Poses(*arrays[:4], skeleton=skeleton, track_ids=arrays[4])
         return draw_frame(pixels, poses)
 

@@ -40,14 +40,16 @@ class Frame:
     the U and V planes at half resolution, as decoded from most videos. A frame that holds only `yuv`
     converts it to RGB (BT.601 limited range, cv2.COLOR_YUV2RGB_I420) the first time `image` is read
     and keeps the result; setting `image` replaces the pixels (and drops `yuv`). `ok` and `size` never
-    convert. Neither: the frame could not be read.
+    convert. Neither: the frame could not be read. `drawn`: the frame with its poses drawn (I420 or RGB,
+    as the frame came), where tracking was asked to draw (video.track_frames(draw=True)), else None.
     """
 
-    __slots__ = ("index", "time", "_image", "error", "yuv")
+    __slots__ = ("index", "time", "_image", "error", "yuv", "drawn")
 
     def __init__(self, index: int, time: float, image: np.ndarray | None = None, error: str | None = None,
                  yuv: np.ndarray | None = None):
         self.index, self.time, self._image, self.error, self.yuv = index, time, image, error, yuv
+        self.drawn = None
 
     @property
     def image(self) -> np.ndarray | None:

@@ -74,7 +74,7 @@ class _HostStage:
             # the worker converts a decoded I420 frame to RGB (frame.image), off the main thread
             futures[frame.index] = self.pool.submit(lambda d, f: d(f.image), self.copies[i % len(self.copies)], frame)
         return _Pending(frames, lambda: {k: f.result() for k, f in futures.items()},
-                        lambda: [f.image for f in frames])
+                        lambda: [f.image for f in frames], lambda poses: _draw_on_host(frames, poses))
 
     def close(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -112,18 +112,37 @@ class _DeviceStage:
         future = self.pool.submit(self._work, frames, wanted)
 
         def images():
-            images, uploaded = future.result()[1:]
+            images, uploaded = future.result()[1:3]
             if uploaded is not None:
                 self.pose_stream.wait_event(uploaded)  # the pose work starts once the frames are there
             return images
 
-        return _Pending(frames, lambda: future.result()[0], images)
+        return _Pending(frames, lambda: future.result()[0], images, lambda poses: self._draw(future, frames, poses))
+
+    def _draw(self, future, frames, poses) -> list:
+        """The frames with their poses drawn: the I420 ones on the GPU (gpu_draw) into the frames
+        uploaded for the crops, then copied back in one piece; any others on the host."""
+        torch = self.torch
+        from .gpu_draw import draw_poses_i420_batch
+
+        drawn = _draw_on_host(frames, poses, [i for i, f in enumerate(frames) if f.yuv is None])
+        for members, batch in future.result()[3]:
+            draw_poses_i420_batch(batch, [poses[i] for i in members])
+            if self.stream is None:
+                host = batch
+            else:  # pinned: a fast copy; torch's host allocator reuses the buffer once it is free
+                host = torch.empty(batch.shape, dtype=batch.dtype, pin_memory=True)
+                host.copy_(batch, non_blocking=True)
+                torch.cuda.current_stream(self.device).synchronize()
+            for i, frame in zip(members, host.numpy()):
+                drawn[i] = frame
+        return drawn
 
     def _work(self, frames, wanted):
         torch = self.torch
         from .gpu_ops import i420_to_rgb
 
-        images, found, uploaded = [None] * len(frames), {}, None
+        images, found, uploaded, yuv = [None] * len(frames), {}, None, []
         with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
             by_size: dict = {}
             for i, frame in enumerate(frames):  # one group in a video; image folders may mix sizes
@@ -132,8 +151,11 @@ class _DeviceStage:
                 arrays = [frames[i].yuv if is_yuv else frames[i].image for i in members]
                 batch = torch.stack(self.uploader(arrays))
                 rgb = i420_to_rgb(batch) if is_yuv else batch.permute(0, 3, 1, 2).float()
+                if is_yuv:
+                    yuv.append((members, batch))  # drawn into, when asked to draw
                 if self.stream is not None:
-                    rgb.record_stream(self.pose_stream)  # read there too: not to be reused before that is done
+                    for used in (rgb, batch):  # used there too: not to be reused before that is done
+                        used.record_stream(self.pose_stream)
                 for i, image in zip(members, rgb):
                     images[i] = image.permute(1, 2, 0)  # (H, W, 3) views, as predict takes images
                 asked = [k for k, i in enumerate(members) if frames[i].index in wanted]
@@ -143,29 +165,43 @@ class _DeviceStage:
             if self.stream is not None:
                 uploaded = torch.cuda.Event()
                 uploaded.record(self.stream)
-        return found, images, uploaded
+        return found, images, uploaded, yuv
 
     def close(self):
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Pending:
-    """A batch on its way: `detections()` {frame index: (boxes, scores)}, `images()` for the pose work."""
+    """A batch on its way: `detections()` {frame index: (boxes, scores)}, `images()` for the pose work,
+    `draw(poses)` the frames with their poses drawn."""
 
-    def __init__(self, frames, detections, images):
-        self.frames, self.detections, self.images = frames, detections, images
+    def __init__(self, frames, detections, images, draw):
+        self.frames, self.detections, self.images, self.draw = frames, detections, images, draw
+
+
+def _draw_on_host(frames, poses, which=None) -> list:
+    """Frames (all, or those at positions `which`) drawn by cv2 into copies; None for the others."""
+    from .video_cli import draw_frame
+
+    drawn = [None] * len(frames)
+    for i in range(len(frames)) if which is None else which:
+        frame = frames[i]
+        drawn[i] = draw_frame(frame.yuv.copy() if frame.yuv is not None else frame.image, poses[i])
+    return drawn
 
 
 def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1, smooth: bool = False,
                  frames_per_batch: int | None = None, rotate: int = 0, oks_weight: float = 0.0,
-                 detector_workers: int | None = None) -> Iterator[tuple[Frame, Poses]]:
+                 detector_workers: int | None = None, draw: bool = False) -> Iterator[tuple[Frame, Poses]]:
     """(Frame, Poses) for each frame of `source` (a FrameSource, or anything open_source takes).
 
     tracker: 'bytetrack', 'sort' or 'none'. detect_every: run the detector on every Nth frame
     (tracking carries the boxes between; needs a tracker). smooth: One-Euro filter per track.
     frames_per_batch: frames whose people share one network batch (default 16 on GPUs, 4 on CPUs,
-    1 for live sources, which then lag by no more than one frame). Frames that cannot be read come
-    with an empty Poses and `frame.error` set.
+    1 for live sources, which then lag by no more than one frame). draw: each frame comes with
+    `frame.drawn`, its poses drawn (draw.draw_poses_i420 / draw_poses): on the GPU where the frames
+    are there (draws_on_device), else by cv2 on this thread. Frames that cannot be read come with an
+    empty Poses and `frame.error` set.
     """
     if tracker not in TRACKERS:
         raise InputError(f"unknown tracker '{tracker}': use one of {', '.join(TRACKERS)}")
@@ -190,17 +226,22 @@ def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1,
         while pending is not None:
             batch, work = pending
             pending = _start(next(batches, None), stage, detect_every, tracks)  # overlaps the pose work
-            yield from _finish_batch(est, batch, work, tracks, smoother, threshold, last_score, oks_weight)
+            yield from _finish_batch(est, batch, work, tracks, smoother, threshold, last_score, oks_weight, draw)
     finally:
         src.close()
         stage.close()
 
 
-def _make_stage(est, threshold, detector_workers):
-    """The GPU stage where the pose network and the detector can both run there, else the host's."""
+def draws_on_device(est) -> bool:
+    """Whether track_frames brings the frames to the GPU (the pose network and the detector can both
+    run there), where drawing them is nearly free."""
     from .detect import RTMDet
 
-    if est.on_gpu and (est.detector is None or type(est.detector) is RTMDet):
+    return est.on_gpu and (est.detector is None or type(est.detector) is RTMDet)
+
+
+def _make_stage(est, threshold, detector_workers):
+    if draws_on_device(est):
         return _DeviceStage(est, threshold)
     return _HostStage(est.detector, threshold, detector_workers)
 
@@ -213,7 +254,7 @@ def _start(batch, stage, detect_every, tracks):
     return batch, stage.submit(good, wanted)
 
 
-def _finish_batch(est, batch, work, tracks, smoother, threshold, last_score, oks_weight):
+def _finish_batch(est, batch, work, tracks, smoother, threshold, last_score, oks_weight, draw):
     good, found = work.frames, work.detections()
     boxes, ids = [], []
     for frame in good:
@@ -241,6 +282,9 @@ def _finish_batch(est, batch, work, tracks, smoother, threshold, last_score, oks
             if smoother is not None and len(poses):
                 poses.keypoints = smoother(t, poses.keypoints, frame.time).astype(np.float32)
         by_index[frame.index] = poses
+    if draw and good:
+        for frame, drawn in zip(good, work.draw([by_index[f.index] for f in good])):
+            frame.drawn = drawn
     if tracks is not None and oks_weight > 0 and good:
         last = by_index[good[-1].index]
         tracks.correct(last.track_ids, keypoints=last.keypoints, keypoint_scores=last.keypoint_scores)

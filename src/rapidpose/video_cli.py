@@ -81,7 +81,7 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
     by side (VideoWriter). Returns frames, people, bad_frames, seconds, frames_per_s, interrupted."""
     from .cli import progress
     from .records import FrameRecords, frame_record
-    from .video import track_frames
+    from .video import draws_on_device, track_frames
 
     header = {"source": source.name, "fps": source.fps, "width": source.size[0], "height": source.size[1],
               **(header or {}), "tracker": tracker, **est.skeleton.to_dict()}
@@ -97,9 +97,10 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
     draw_pool = ThreadPoolExecutor(2, thread_name_prefix="draw") if window else None
     drawn = deque()
     bar = progress(source.frame_count, source.name[-40:], unit="frame")
+    on_device = (writer is not None or window is not None) and draws_on_device(est)  # drawn on the GPU
     try:
         for frame, poses in track_frames(est, source, tracker, detect_every, smooth, frames_per_batch,
-                                         oks_weight=oks_weight):
+                                         oks_weight=oks_weight, draw=on_device):
             records.add(frame_record(frame.index, frame.time, poses, frame.error))
             frames += 1
             people += len(poses)
@@ -142,6 +143,8 @@ def draw_frame(pixels, poses):
 
 
 def _draw(frame, poses):
+    if frame.drawn is not None:  # drawn on the GPU
+        return frame.drawn
     return draw_frame(frame.yuv if frame.yuv is not None else frame.image, poses)
 
 

@@ -129,7 +129,7 @@ class VideoWriter:
             if self.error:
                 continue  # drain; write() reports the error
             if image.ndim == 2:  # I420: the encoder's own format, no conversion
-                frame = self._av.VideoFrame.from_ndarray(image, format="yuv420p")
+                frame = self._i420_frame(image)
             else:
                 if self._even != self.size:
                     image = np.pad(image, ((0, self._even[1] - self.size[1]), (0, self._even[0] - self.size[0]),
@@ -140,6 +140,18 @@ class VideoWriter:
             index += 1
         packets += ctx.encode(None)  # the encoder's delayed frames
         return packets
+
+    def _i420_frame(self, image: np.ndarray):
+        """An encoder frame of the I420 array's planes, copied by numpy (which lets go of the GIL while
+        it copies; PyAV's from_ndarray holds it for the whole frame)."""
+        w, h = self.size
+        frame = self._av.VideoFrame(w, h, "yuv420p")
+        flat, start = image.reshape(-1), 0
+        for plane, (pw, ph) in zip(frame.planes, ((w, h), (w // 2, h // 2), (w // 2, h // 2))):
+            rows = np.frombuffer(plane, np.uint8).reshape(ph, plane.line_size)[:, :pw]
+            np.copyto(rows, flat[start:start + pw * ph].reshape(ph, pw))
+            start += pw * ph
+        return frame
 
     def _mux(self):
         while (segment := self._order.get()) is not None:

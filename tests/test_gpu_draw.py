@@ -1,0 +1,75 @@
+"""Poses drawn into batches of I420 frames where they are (gpu_draw): the cv2 pictures, on the GPU by a
+Triton kernel to within cv2's anti-aliasing, on the CPU exactly."""
+import av
+import numpy as np
+import pytest
+import torch
+
+from conftest import ASSETS, assert_drawn_like
+from rapidpose.draw import draw_poses_i420
+from rapidpose.errors import InputError
+from rapidpose.gpu_draw import draw_poses_i420_batch
+from rapidpose.results import Poses
+from rapidpose.skeletons import SKELETONS
+
+TWO_PEOPLE = ASSETS / "video" / "two-people-1080p.mp4"
+BASKETBALL = ASSETS / "video" / "basketball-426x240.mp4"
+CUDA = torch.cuda.is_available()
+
+
+def frames_of(path, n):
+    with av.open(str(path)) as container:
+        return [f.to_ndarray() for _, f in zip(range(n), container.decode(video=0))]
+
+
+def people(w, h, seed, n=2, track_ids=True):
+    """n people spread over a w x h frame: a skeleton of plausible proportions, some joints unsure."""
+    rng = np.random.default_rng(seed)
+    template = np.array([[0, 0], [-1, -1], [1, -1], [-2, 0], [2, 0], [-4, 5], [4, 5], [-6, 11], [6, 11],
+                         [-6, 17], [6, 17], [-3, 18], [3, 18], [-3, 27], [3, 27], [-3, 36], [3, 36]], np.float64)
+    keypoints, boxes = [], []
+    for i in range(n):
+        size = h * rng.uniform(0.015, 0.025)
+        centre = np.array([w * (i + 0.5) / n, h * 0.15]) + rng.uniform(-0.05, 0.05, 2) * (w, h)
+        k = centre + template * size + rng.normal(0, size * 0.3, template.shape)
+        keypoints.append(k)
+        boxes.append([*(k.min(0) - size), *(k.max(0) + size)])
+    scores = rng.uniform(0.1, 1.0, (n, 17))
+    ids = np.arange(1, n + 1) * 7 if track_ids else None
+    return Poses(np.array(boxes), rng.uniform(0.3, 1, n), np.array(keypoints), scores, SKELETONS["coco"], ids)
+
+
+def test_on_the_cpu_a_batch_is_drawn_as_cv2_draws_each_frame():
+    frames = frames_of(BASKETBALL, 3)
+    poses = [people(426, 240, 0), Poses.empty(SKELETONS["coco"]), people(426, 240, 1, n=3, track_ids=False)]
+    batch = torch.from_numpy(np.stack(frames))
+    assert draw_poses_i420_batch(batch, poses) is batch
+    for got, frame, p in zip(batch.numpy(), frames, poses):
+        np.testing.assert_array_equal(got, draw_poses_i420(frame.copy(), p))
+    np.testing.assert_array_equal(batch[1].numpy(), frames[1])  # nobody: untouched
+
+
+def test_a_batch_that_is_not_i420_frames_is_refused():
+    with pytest.raises(InputError, match="uint8"):
+        draw_poses_i420_batch(torch.zeros((1, 360, 426), dtype=torch.float32), [people(426, 240, 0)])
+    with pytest.raises(InputError, match="1 poses"):
+        draw_poses_i420_batch(torch.zeros((2, 360, 426), dtype=torch.uint8), [people(426, 240, 0)])
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (and Triton)")
+@pytest.mark.parametrize("path", [TWO_PEOPLE, BASKETBALL], ids=["1080p", "426x240"])
+def test_on_the_gpu_the_pictures_are_cv2s_to_within_its_anti_aliasing(path):
+    """Every frame of a batch gets its own people; pixels cv2 leaves alone stay alone, and where either
+    draws, the two agree but for the edge pixels of the anti-aliasing."""
+    frames = frames_of(path, 6)
+    h, w = frames[0].shape[0] * 2 // 3, frames[0].shape[1]
+    poses = [people(w, h, i, n=1 + i % 3, track_ids=i % 2 == 0) for i in range(5)] + [Poses.empty(SKELETONS["coco"])]
+    batch = torch.from_numpy(np.stack(frames)).cuda()
+    got = draw_poses_i420_batch(batch, poses).cpu().numpy()
+    for i, (frame, p) in enumerate(zip(frames, poses)):
+        want = draw_poses_i420(frame.copy(), p)
+        if not len(p):
+            np.testing.assert_array_equal(got[i], frame)
+            continue
+        assert (got[i] != frame).sum() > 500
+        assert_drawn_like(got[i], want, frame, f"frame {i}")
