@@ -47,10 +47,23 @@ def gaussian_heatmap(h, w, x, y, sigma=2.0):
     return np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma ** 2)).astype(np.float32)
 
 
+def i420_planes(yuv):
+    """The Y, U and V planes of an I420 frame (H*3//2, W)."""
+    w, h = yuv.shape[1], yuv.shape[0] * 2 // 3
+    flat = yuv.reshape(-1)
+    return flat[:w * h].reshape(h, w), flat[w * h:w * h * 5 // 4].reshape(h // 2, w // 2), \
+        flat[w * h * 5 // 4:].reshape(h // 2, w // 2)
+
+
 def assert_drawn_like(got, want, original, what=""):
-    """`got` draws what `want` (cv2's drawing of `original`) draws, to within anti-aliasing: where either
-    draws, under 4 levels off on average and under 1% of the pixels more than 48 off."""
-    drawn = (want != original) | (got != original)
-    off = np.abs(got.astype(int) - want.astype(int))[drawn]
-    assert drawn.sum() == 0 or (off.mean() < 4 and (off > 48).mean() < 0.01), \
-        f"{what}: {off.mean():.2f} levels off on average, {(off > 48).mean():.2%} of the pixels far off"
+    """`got` (an I420 frame) draws what `want` (cv2's drawing of `original`) draws, to within anti-
+    aliasing: seen through a 3x3 blur, each plane within 24 levels everywhere and 3 on average where
+    either drew."""
+    import cv2
+
+    for name, g, w, o in zip("YUV", i420_planes(got), i420_planes(want), i420_planes(original)):
+        drawn = (g != o) | (w != o)
+        if drawn.any():
+            off = np.abs(cv2.blur(g.astype(np.float32), (3, 3)) - cv2.blur(w.astype(np.float32), (3, 3)))
+            assert off.max() < 24 and off[drawn].mean() < 3, \
+                f"{what} {name}: blurred, {off.max():.1f} levels off at most, {off[drawn].mean():.2f} on average"

@@ -188,17 +188,18 @@ def _paint(planes, w: int, h: int, poses: Poses, keypoint_threshold, boxes, scor
     again."""
     layers, labels = plan(w, h, poses, keypoint_threshold, boxes, scores, thickness)
     for plane in planes:
-        for lines, color, width, closed in layers:
+        for lines, color, width, closed, _ in layers:
             plane.polylines(lines, color, width, closed)
-        for label in labels:
+        for label, _ in labels:
             plane.label(*label)
 
 
 def plan(w: int, h: int, poses: Poses, keypoint_threshold=0.3, boxes=True, scores=True, thickness=None):
     """What to draw for `poses` on a w x h picture, in drawing order: `layers` (boxes, edges, white rims,
-    keypoints), each (lines, RGB colour, width in pixels, closed) with lines (n, 2) int32 points in cv2's
-    fixed point (2**_SHIFT per pixel; a line from a point to itself is a disc of diameter `width`), and
-    `labels`, each the arguments of _Plane.label. Shared by the cv2 drawing and gpu_draw."""
+    keypoints), each (lines, RGB colour, width in pixels, closed, owners) with lines (n, 2) int32 points
+    in cv2's fixed point (2**_SHIFT per pixel; a line from a point to itself is a disc of diameter
+    `width`) and owners the person of each line; `labels`, each (the arguments of _Plane.label, person).
+    Shared by the cv2 drawing and gpu_draw (which plans the people of many frames at once)."""
     n = len(poses)
     if thickness is None:
         thickness = max(1, int(round(max(h, w) / 320)))
@@ -224,22 +225,23 @@ def plan(w: int, h: int, poses: Poses, keypoint_threshold=0.3, boxes=True, score
     all_boxes = np.asarray(poses.boxes, np.float64).reshape(n, 4)
     box_ok = np.isfinite(all_boxes).all(axis=1) & (np.abs(np.nan_to_num(all_boxes, nan=_LIMIT)) < _LIMIT).all(axis=1)
 
-    layers = []  # (lines, colour, width, closed), in drawing order
+    layers = []  # (lines, colour, width, closed, owners), in drawing order
     if boxes:
         corners = _fixed(np.where(box_ok[:, None], all_boxes, 0.0)).astype(np.int32)
         for color, people in _by_color(colors, np.flatnonzero(box_ok)):
             layers.append(([c[[0, 1, 2, 1, 2, 3, 0, 3]].reshape(4, 2) for c in corners[people]], color,
-                           thickness, True))
+                           thickness, True, np.array(people)))
     drawn = visible[:, edges[:, 0]] & visible[:, edges[:, 1]]  # (n, edges)
     for color, which in _by_color(edge_colors, range(len(edges))):
-        segments = fixed[:, edges[which]][drawn[:, which]]  # (m, 2, 2)
-        layers.append((list(segments), color, thickness, False))
-    joints = [fixed[i, j][None].repeat(2, 0) for i, j in zip(*np.nonzero(visible))]  # points as zero-length lines
+        segments = fixed[:, edges[which]][drawn[:, which]]  # (m, 2, 2), person after person
+        layers.append((list(segments), color, thickness, False, np.nonzero(drawn[:, which])[0]))
+    owners, kinds = np.nonzero(visible)
+    joints = list(fixed[owners, kinds][:, None].repeat(2, 1))  # points as zero-length lines
     if radius >= 2:  # a light rim keeps joints apart from the limbs of the same colour
-        layers.append((joints, (255, 255, 255), 2 * radius + 2, False))
-    joint_colors = [point_colors[j] for j in np.nonzero(visible)[1]]
+        layers.append((joints, (255, 255, 255), 2 * radius + 2, False, owners))
+    joint_colors = [point_colors[j] for j in kinds]
     for color, which in _by_color(joint_colors, range(len(joints))):
-        layers.append(([joints[m] for m in which], color, 2 * radius, False))
+        layers.append(([joints[m] for m in which], color, 2 * radius, False, owners[which]))
 
     font = cv2.FONT_HERSHEY_SIMPLEX
     font_scale = max(0.35, 0.3 * thickness)
@@ -252,8 +254,8 @@ def plan(w: int, h: int, poses: Poses, keypoint_threshold=0.3, boxes=True, score
         if scores and np.isfinite(poses.box_scores[i]):
             text.append(f"{float(poses.box_scores[i]):.2f}")
         if text:
-            labels.append(_label_layout(" ".join(text), all_boxes[i], colors[i], w, h, font, font_scale,
-                                        font_thickness))
+            labels.append((_label_layout(" ".join(text), all_boxes[i], colors[i], w, h, font, font_scale,
+                                         font_thickness), i))
     return layers, labels
 
 

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing import shared_memory
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from .errors import InputError
@@ -52,8 +53,9 @@ class DrawnVideo:
         self.path, self.size, self.frames, self.error = Path(path), tuple(int(v) for v in size), 0, None
         self._settings = dict(path=str(path), fps=fps, size=self.size, crf=crf, preset=preset, encoders=encoders,
                               skeleton=skeleton)
-        self._slots, self._memory, self._shape, self._process = slots, None, None, None
+        self._slots, self._memory, self._shape, self._process, self._size = slots, None, None, None, None
         self._free: queue.Queue = queue.Queue()
+        self._waiting: queue.Queue = queue.Queue(maxsize=32)  # frames for the feeder thread
 
     def _start(self, shape):
         """The worker and the shared slots, sized by the first frame (I420 or RGB)."""
@@ -74,22 +76,41 @@ class DrawnVideo:
         self._listener.start()
 
     def write(self, frame, poses: Poses) -> None:
-        """Queue `frame` with `poses`; a frame already drawn (`frame.drawn`, video.track_frames(draw=True))
-        is only encoded."""
-        drawn = frame.drawn is not None
-        pixels = frame.drawn if drawn else frame.yuv if frame.yuv is not None else frame.image
-        if self._process is None:
-            self._start(pixels.shape)
-        if pixels.shape != self._shape:
-            if frame.yuv is not None and len(self._shape) == 3 and not drawn:  # RGB slots, an I420 frame
-                pixels = frame.image
-            else:
-                raise InputError(f"frame {frame.index} of shape {pixels.shape}: this video's frames are "
-                                 f"{self._shape}; all frames of one video need one size")
+        """Queue `frame` with `poses`. A frame that comes drawn (`frame.drawn`: video.track_frames(draw=
+        True)) is only encoded. A thread of this object copies the frames into the shared slots (and
+        waits for drawn frames still on their way from the GPU), so that the caller goes on at once."""
+        if self.error:
+            raise InputError(f"writing '{self.path}' failed: {self.error}")
+        w, h = size = frame.size
+        if self._process is None:  # slots of the first frame's kind: I420 as decoded, else RGB
+            self._start((h * 3 // 2, w) if frame.yuv is not None else (h, w, 3))
+            self._size = size
+            self._feeder = threading.Thread(target=self._feed, name="drawing feeder", daemon=True)
+            self._feeder.start()
+        if size != self._size:
+            raise InputError(f"frame {frame.index} of {w}x{h}: this video's frames are {self._size[0]}x"
+                             f"{self._size[1]}; all frames of one video need one size")
+        self._waiting.put((frame, poses))
+
+    def _feed(self) -> None:
+        while (item := self._waiting.get()) is not None:
+            if self.error:
+                continue  # drain; write() reports it
+            frame, poses = item
+            try:
+                self._send_frame(frame, poses)
+            except Exception as exc:  # noqa: BLE001 (a dead worker, say: the next write() says so)
+                self.error = self.error or f"{type(exc).__name__}: {exc}"
+
+    def _send_frame(self, frame, poses: Poses) -> None:
+        drawn = frame.drawn  # waits for one still on its way from the GPU
+        pixels = drawn if drawn is not None else frame.yuv if frame.yuv is not None else frame.image
+        if pixels.shape != self._shape:  # the frame came in the other kind (RGB, I420) of this size
+            pixels = cv2.cvtColor(pixels, cv2.COLOR_YUV2RGB_I420 if pixels.ndim == 2 else cv2.COLOR_RGB2YUV_I420)
         slot = self._take_slot()
         np.copyto(self._views[slot], pixels)
-        self._send(("frame", slot, None if drawn else (poses.boxes, poses.box_scores, poses.keypoints,
-                                                       poses.keypoint_scores, poses.track_ids)))
+        self._send(("frame", slot, None if drawn is not None else (poses.boxes, poses.box_scores, poses.keypoints,
+                                                                   poses.keypoint_scores, poses.track_ids)))
 
     def _take_slot(self) -> int:
         while True:
@@ -125,6 +146,8 @@ class DrawnVideo:
     def close(self) -> None:
         if self._process is None:
             return
+        self._waiting.put(None)
+        self._feeder.join()
         process, self._process = self._process, None
         try:
             pickle.dump(("close", None), process.stdin)

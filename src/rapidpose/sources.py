@@ -44,12 +44,25 @@ class Frame:
     as the frame came), where tracking was asked to draw (video.track_frames(draw=True)), else None.
     """
 
-    __slots__ = ("index", "time", "_image", "error", "yuv", "drawn")
+    __slots__ = ("index", "time", "_image", "error", "yuv", "_drawn")
 
     def __init__(self, index: int, time: float, image: np.ndarray | None = None, error: str | None = None,
                  yuv: np.ndarray | None = None):
         self.index, self.time, self._image, self.error, self.yuv = index, time, image, error, yuv
-        self.drawn = None
+        self._drawn = None
+
+    @property
+    def drawn(self) -> np.ndarray | None:
+        """The drawn frame; one still on its way from the GPU is waited for here, on first use."""
+        drawn = self._drawn
+        if callable(drawn):
+            drawn = self._drawn = drawn()
+        return drawn
+
+    @drawn.setter
+    def drawn(self, value) -> None:
+        """An array, or a callable that gives it (called once, when first asked for)."""
+        self._drawn = value
 
     @property
     def image(self) -> np.ndarray | None:

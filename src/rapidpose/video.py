@@ -17,6 +17,7 @@ refines the keypoints in those boxes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import weakref
@@ -129,13 +130,14 @@ class _DeviceStage:
         for members, batch in future.result()[3]:
             draw_poses_i420_batch(batch, [poses[i] for i in members])
             if self.stream is None:
-                host = batch
+                done, host = None, batch
             else:  # pinned: a fast copy; torch's host allocator reuses the buffer once it is free
                 host = torch.empty(batch.shape, dtype=batch.dtype, pin_memory=True)
                 host.copy_(batch, non_blocking=True)
-                torch.cuda.current_stream(self.device).synchronize()
-            for i, frame in zip(members, host.numpy()):
-                drawn[i] = frame
+                done = torch.cuda.Event()
+                done.record()
+            for i, frame in zip(members, host.numpy()):  # waited for by whoever asks first (the mp4's feeder)
+                drawn[i] = frame if done is None else functools.partial(_when_done, done, frame)
         return drawn
 
     def _work(self, frames, wanted):
@@ -177,6 +179,11 @@ class _Pending:
 
     def __init__(self, frames, detections, images, draw):
         self.frames, self.detections, self.images, self.draw = frames, detections, images, draw
+
+
+def _when_done(event, array):
+    event.synchronize()
+    return array
 
 
 def _draw_on_host(frames, poses, which=None) -> list:
