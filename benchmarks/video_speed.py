@@ -1,7 +1,8 @@
 """End-to-end video speed: read, detect (RTMDet-nano), track, pose, draw and write the H.264 mp4,
 as `rapidpose video` runs it, in frames/s. The first pass warms up (CUDA graphs, cuDNN choices);
 the figure is the median of the timed passes, each from opening the video to closing the mp4; "host
-cores busy" is the CPU time of the process and of its drawing process over the pass's wall time.
+cores busy" is the CPU time of the process and of its drawing process over the pass's wall time;
+"closing" the seconds of the pass after its last frame was tracked (the mp4's last segments).
 `--loops 5` also times the clip played five times in a row (remuxed, not re-encoded): the rate once
 the pipeline is full, without the start and the drain of a 2.4-second clip.
 
@@ -49,8 +50,8 @@ def main():
     print(f"ViTPose-{args.variant.upper()} ({type(est.runtime).__name__} {est.runtime.precision}), RTMDet-nano, "
           f"ByteTrack, {Path(args.video).name} ({src.size[0]}x{src.size[1]}, {src.frame_count} frames), {name}, "
           f"random weights (speed only)\n")
-    print("| frames | detect every | mp4 written (x264 preset, encoders) | frames/s (median) | passes | host cores busy |\n"
-          "|---:|---:|---|---:|---|---:|")
+    print("| frames | detect every | mp4 written (x264 preset, encoders) | frames/s (median) | passes | host cores busy "
+          "| of which closing (s) |\n|---:|---:|---|---:|---|---:|---:|")
     with tempfile.TemporaryDirectory() as folder:
         for loops in args.loops:
             video = args.video if loops == 1 else looped(args.video, loops, Path(folder) / "looped.mp4")
@@ -60,7 +61,7 @@ def main():
                     if interval:
                         sys.setswitchinterval(interval / 1000)
                     out = str(Path(folder) / "out.mp4") if encoders is not None else None
-                    rates, cores = [], []
+                    rates, cores, closing = [], [], []
                     for n in range(args.passes + 1):
                         cpu = sum(os.times()[:4])  # this process and its finished children (the drawing process)
                         stats = process_video(est, open_source(video), out=out, detect_every=every,
@@ -68,11 +69,13 @@ def main():
                         if n:  # pass 0 warms up
                             rates.append(stats["frames_per_s"])
                             cores.append((sum(os.times()[:4]) - cpu) / stats["seconds"])
+                            closing.append(stats["closing_seconds"])
                     written = "no" if encoders is None else f"yes ({preset}, {encoders or 'default'} encoders)"
                     if interval:
                         written += f", GIL switch {interval:g} ms"
                     print(f"| {stats['frames']} | {every} | {written} | {statistics.median(rates):.1f} | "
-                          f"{', '.join(f'{r:.0f}' for r in rates)} | {statistics.median(cores):.1f} |", flush=True)
+                          f"{', '.join(f'{r:.0f}' for r in rates)} | {statistics.median(cores):.1f} | "
+                          f"{statistics.median(closing):.2f} |", flush=True)
 
 
 def looped(video: str, loops: int, path: Path) -> str:

@@ -49,6 +49,35 @@ def test_on_the_cpu_a_batch_is_drawn_as_cv2_draws_each_frame():
     np.testing.assert_array_equal(batch[1].numpy(), frames[1])  # nobody: untouched
 
 
+def test_a_batch_is_planned_at_once_as_each_frame_alone():
+    """The kernel's shapes for frame i of a batch (the people of all frames planned together) are those
+    of frame i planned alone, in the same drawing order, with the same text."""
+    from rapidpose.gpu_draw import _OFFSET, _SPRITE, _WIDTH, _tables
+
+    # ids in some frames and not in others; overlapping heads; the same ids in another order
+    poses = [people(640, 360, i, n=1 + i % 3, track_ids=i % 2 == 0) for i in range(5)] + [Poses.empty(SKELETONS["coco"])]
+    poses.append(people(640, 360, 0, n=1)[[0]])
+    poses.append(poses[2][[2, 0, 1]])
+
+    def shapes(rows, starts, atlas, i):
+        mine = rows[starts[i]:starts[i + 1]]
+        texts = [atlas[int(r[_OFFSET]):int(r[_OFFSET]) + int(r[_WIDTH]) * int(r[4] - r[2] + 1)] for r in mine
+                 if r[0] == _SPRITE]
+        return np.delete(mine, _OFFSET, axis=1), texts
+
+    (luma, chroma, atlas) = _tables(poses, 640, 360, {})
+    for i, p in enumerate(poses):
+        alone_luma, alone_chroma, alone_atlas = _tables([p], 640, 360, {})
+        for together, alone in ((luma, alone_luma), (chroma, alone_chroma)):
+            got, got_texts = shapes(*together, atlas, i)
+            want, want_texts = shapes(*alone, alone_atlas, 0)
+            np.testing.assert_array_equal(got, want)
+            assert len(got_texts) == len(p)  # a label each
+            for a, b in zip(got_texts, want_texts, strict=True):
+                np.testing.assert_array_equal(a, b)
+    assert (luma[1][1:] - luma[1][:-1] > 0).sum() == 7  # every frame but the empty one has shapes
+
+
 def test_a_batch_that_is_not_i420_frames_is_refused():
     with pytest.raises(InputError, match="uint8"):
         draw_poses_i420_batch(torch.zeros((1, 360, 426), dtype=torch.float32), [people(426, 240, 0)])

@@ -240,7 +240,9 @@ def plan(w: int, h: int, poses: Poses, keypoint_threshold=0.3, boxes=True, score
     if radius >= 2:  # a light rim keeps joints apart from the limbs of the same colour
         layers.append((joints, (255, 255, 255), 2 * radius + 2, False, owners))
     joint_colors = [point_colors[j] for j in kinds]
-    for color, which in _by_color(joint_colors, range(len(joints))):
+    rank = {color: r for r, color in enumerate(dict.fromkeys(point_colors))}  # the skeleton's order: the
+    # same from frame to frame whichever joints show (overlapping joints do not swap on top)
+    for color, which in sorted(_by_color(joint_colors, range(len(joints))), key=lambda group: rank[group[0]]):
         layers.append(([joints[m] for m in which], color, 2 * radius, False, owners[which]))
 
     font = cv2.FONT_HERSHEY_SIMPLEX

@@ -53,12 +53,20 @@ class DrawnVideo:
         self.path, self.size, self.frames, self.error = Path(path), tuple(int(v) for v in size), 0, None
         self._settings = dict(path=str(path), fps=fps, size=self.size, crf=crf, preset=preset, encoders=encoders,
                               skeleton=skeleton)
-        self._slots, self._memory, self._shape, self._process, self._size = slots, None, None, None, None
+        self._slots, self._memory, self._shape, self._size, self._feeder = slots, None, None, None, None
         self._free: queue.Queue = queue.Queue()
         self._waiting: queue.Queue = queue.Queue(maxsize=32)  # frames for the feeder thread
+        # started now: it imports its modules while the first frames are tracked
+        replies, their_end = os.pipe()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "rapidpose.drawing_process", str(their_end)], stdin=subprocess.PIPE,
+            pass_fds=(their_end,), start_new_session=True)  # its own session: Ctrl-C reaches only us
+        os.close(their_end)
+        self._listener = threading.Thread(target=self._listen, args=(replies,), name="drawing replies", daemon=True)
+        self._listener.start()
 
     def _start(self, shape):
-        """The worker and the shared slots, sized by the first frame (I420 or RGB)."""
+        """The shared slots, sized by the first frame (I420 or RGB), and the worker's file."""
         self._shape = shape
         nbytes = int(np.prod(shape))
         slots = max(2, min(self._slots, _SLOTS_BYTES // nbytes))
@@ -66,14 +74,9 @@ class DrawnVideo:
         self._views = np.ndarray((slots,) + shape, np.uint8, self._memory.buf)
         for slot in range(slots):
             self._free.put(slot)
-        replies, their_end = os.pipe()
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "rapidpose.drawing_process", str(their_end)], stdin=subprocess.PIPE,
-            pass_fds=(their_end,), start_new_session=True)  # its own session: Ctrl-C reaches only us
-        os.close(their_end)
         self._send(("open", {**self._settings, "memory": self._memory.name, "shape": shape, "slots": slots}))
-        self._listener = threading.Thread(target=self._listen, args=(replies,), name="drawing replies", daemon=True)
-        self._listener.start()
+        self._feeder = threading.Thread(target=self._feed, name="drawing feeder", daemon=True)
+        self._feeder.start()
 
     def write(self, frame, poses: Poses) -> None:
         """Queue `frame` with `poses`. A frame that comes drawn (`frame.drawn`: video.track_frames(draw=
@@ -82,11 +85,9 @@ class DrawnVideo:
         if self.error:
             raise InputError(f"writing '{self.path}' failed: {self.error}")
         w, h = size = frame.size
-        if self._process is None:  # slots of the first frame's kind: I420 as decoded, else RGB
+        if self._shape is None:  # slots of the first frame's kind: I420 as decoded, else RGB
             self._start((h * 3 // 2, w) if frame.yuv is not None else (h, w, 3))
             self._size = size
-            self._feeder = threading.Thread(target=self._feed, name="drawing feeder", daemon=True)
-            self._feeder.start()
         if size != self._size:
             raise InputError(f"frame {frame.index} of {w}x{h}: this video's frames are {self._size[0]}x"
                              f"{self._size[1]}; all frames of one video need one size")
@@ -146,8 +147,9 @@ class DrawnVideo:
     def close(self) -> None:
         if self._process is None:
             return
-        self._waiting.put(None)
-        self._feeder.join()
+        if self._feeder is not None:
+            self._waiting.put(None)
+            self._feeder.join()
         process, self._process = self._process, None
         try:
             pickle.dump(("close", None), process.stdin)
@@ -157,8 +159,9 @@ class DrawnVideo:
         process.wait()
         self._listener.join(timeout=10)
         self._views = None
-        self._memory.close()
-        self._memory.unlink()
+        if self._memory is not None:
+            self._memory.close()
+            self._memory.unlink()
         if process.returncode and not self.error:
             self.error = f"the drawing process stopped (exit code {process.returncode})"
         if self.error:
@@ -185,6 +188,8 @@ def _attach(name: str) -> shared_memory.SharedMemory:
 
 def _serve(reply_fd: int) -> None:
     """The worker: frames from shared slots, drawn on a few threads, written in order."""
+    import av  # noqa: F401 (the writer's: imported while the first frames are tracked)
+
     from .video_cli import draw_frame
     from .video_writer import VideoWriter
 
@@ -197,7 +202,13 @@ def _serve(reply_fd: int) -> None:
             pickle.dump(message, replies, protocol=pickle.HIGHEST_PROTOCOL)
             replies.flush()
 
-    kind, settings = pickle.load(requests)
+    try:
+        kind, settings = pickle.load(requests)
+    except EOFError:
+        kind = "close"
+    if kind != "open":  # closed before any frame came: no file
+        reply(("done", (0, None)))
+        return
     memory = _attach(settings["memory"])
     views = np.ndarray((settings["slots"],) + tuple(settings["shape"]), np.uint8, memory.buf)
     skeleton, error = settings["skeleton"], None

@@ -30,6 +30,7 @@ log = logging.getLogger("rapidpose")
 _KIND, _X0, _Y0, _X1, _Y1, _RADIUS, _VALUE, _OFFSET, _WIDTH = 0, 1, 2, 3, 4, 5, 6, 8, 9
 _COLUMNS = 10  # _VALUE and _VALUE + 1: Y (luma rows), or U and V (chroma rows)
 _CAPSULE, _FILL, _SPRITE = 0.0, 1.0, 2.0
+_LABELS = 1 << 20  # the layer of the labels: the last
 
 try:
     import triton
@@ -58,6 +59,21 @@ def draw_poses_i420_batch(frames: torch.Tensor, poses: list[Poses], **options) -
 
 def _draw_with_triton(frames: torch.Tensor, poses, options) -> None:
     w, h = frames.shape[2], frames.shape[1] * 2 // 3
+    luma, chroma, atlas = _tables(poses, w, h, options)
+    atlas = torch.from_numpy(atlas).to(frames.device, non_blocking=True)
+    planes = (((0, w, h, 0),), ((w * h, w // 2, h // 2, 0), (w * h * 5 // 4, w // 2, h // 2, 1)))
+    for (table, starts), on in zip((luma, chroma), planes):
+        table = torch.from_numpy(table).to(frames.device, non_blocking=True)
+        starts = torch.from_numpy(starts).to(frames.device, non_blocking=True)
+        for offset, pw, ph, channel in on:
+            grid = (triton.cdiv(pw, _BLOCK_W), triton.cdiv(ph, _BLOCK_H), len(frames))
+            _draw_plane[grid](frames, offset, frames.shape[1] * w, pw, ph, table, starts, atlas, channel,
+                              COLUMNS=_COLUMNS, BLOCK_H=_BLOCK_H, BLOCK_W=_BLOCK_W)
+
+
+def _tables(poses: list[Poses], w: int, h: int, options):
+    """The shapes of a batch of w x h frames: (rows, starts) for the luma plane and for the chroma
+    planes (frame i's rows are rows[starts[i]:starts[i + 1]], in drawing order), and the text atlas."""
     luma, chroma, sprites = _Rows(), _Rows(), _Sprites()
     groups: dict = {}  # people with track ids and without are planned apart (colours and labels differ)
     for i, p in enumerate(poses):
@@ -69,13 +85,7 @@ def _draw_with_triton(frames: torch.Tensor, poses, options) -> None:
         layers, labels = plan(w, h, together, **options)
         _add_layers(luma, chroma, layers, frame_of)
         _add_labels(luma, chroma, sprites, labels, frame_of, w, h)
-    atlas = sprites.tensor(frames.device)
-    for rows, planes in ((luma, ((0, w, h, 0),)), (chroma, ((w * h, w // 2, h // 2, 0), (w * h * 5 // 4, w // 2, h // 2, 1)))):
-        table, starts = rows.tensors(frames.device, len(frames))
-        for offset, pw, ph, channel in planes:
-            grid = (triton.cdiv(pw, _BLOCK_W), triton.cdiv(ph, _BLOCK_H), len(frames))
-            _draw_plane[grid](frames, offset, frames.shape[1] * w, pw, ph, table, starts, atlas, channel,
-                              COLUMNS=_COLUMNS, BLOCK_H=_BLOCK_H, BLOCK_W=_BLOCK_W)
+    return luma.table(len(poses)), chroma.table(len(poses)), sprites.atlas()
 
 
 def _concatenate(poses: list[Poses]) -> Poses:
@@ -103,22 +113,24 @@ class _Rows:
 
     def __init__(self):
         self.chunks: list[np.ndarray] = []
-        self.frames: list[np.ndarray] = []
+        self.keys: list[np.ndarray] = []  # (frame, layer, person) of each row
 
-    def add(self, rows: np.ndarray, frames) -> None:
+    def add(self, rows: np.ndarray, frames, layer: int, people=0) -> None:
         self.chunks.append(rows)
-        self.frames.append(np.broadcast_to(np.asarray(frames, np.int64), len(rows)))
+        keys = np.empty((3, len(rows)), np.int64)
+        keys[0], keys[1], keys[2] = frames, layer, people
+        self.keys.append(keys)
 
-    def tensors(self, device, count: int):
+    def table(self, count: int):
+        """(rows, starts) for `count` frames."""
         if not self.chunks:
             table, starts = np.zeros((1, _COLUMNS), np.float32), np.zeros(count + 1, np.int32)
         else:
-            frames = np.concatenate(self.frames)
-            order = np.argsort(frames, kind="stable")
+            frames, layers, people = np.concatenate(self.keys, axis=1)
+            order = np.lexsort((people, layers, frames))  # stable: a layer's own order stays
             table = np.concatenate(self.chunks)[order]
             starts = np.searchsorted(frames[order], np.arange(count + 1)).astype(np.int32)
-        return (torch.from_numpy(np.ascontiguousarray(table, np.float32)).to(device, non_blocking=True),
-                torch.from_numpy(starts).to(device, non_blocking=True))
+        return np.ascontiguousarray(table, np.float32), starts
 
 
 def _rows(kind, boxes, radius, values, offset=0, width=0) -> np.ndarray:
@@ -139,19 +151,24 @@ def _colour(rgb):
 
 def _add_layers(luma: _Rows, chroma: _Rows, layers, frame_of) -> None:
     """Polylines (all of one point count within a layer) as capsules between consecutive points."""
-    for lines, rgb, width, closed, owners in layers:
+    for layer, (lines, rgb, width, closed, owners) in enumerate(layers, 1):
         if not lines:
             continue
         points = np.stack(lines).astype(np.float32) / _ONE  # (m, n, 2) pixels
         ends = np.roll(points, -1, axis=1) if closed else points[:, 1:]
         starts = points if closed else points[:, :-1]
         segments = np.concatenate([starts, ends], axis=2).reshape(-1, 4)
-        frames = np.repeat(frame_of[owners], len(segments) // len(lines))
+        per_line = len(segments) // len(lines)
+        frames = np.repeat(frame_of[owners], per_line)
+        # boxes (the closed lines), one layer per colour, go person by person as in a frame of their own
+        # (the colours of many frames come in another order); the other layers' order is the skeleton's
+        layer, people = (0, np.repeat(owners, per_line)) if closed else (layer, 0)
         y, uv = _colour(rgb)
         discs = points.shape[1] == 2 and not closed and (lines[0][0] == lines[0][1]).all()
-        luma.add(_rows(_CAPSULE, segments, _radius(width, discs), y), frames)
+        luma.add(_rows(_CAPSULE, segments, _radius(width, discs), y), frames, layer, people)
         # chroma sample j covers luma pixels 2j and 2j + 1: centre at 2j + 0.5
-        chroma.add(_rows(_CAPSULE, (segments - 0.5) / 2, _radius((width + 1) >> 1, discs), uv), frames)
+        chroma.add(_rows(_CAPSULE, (segments - 0.5) / 2, _radius((width + 1) >> 1, discs), uv), frames, layer,
+                   people)
 
 
 def _radius(width: int, discs: bool) -> float:
@@ -179,9 +196,8 @@ class _Sprites:
         self.size += mask.size
         return self.size - mask.size
 
-    def tensor(self, device):
-        atlas = np.concatenate([m.reshape(-1) for m in self.masks]) if self.masks else np.zeros(1, np.uint8)
-        return torch.from_numpy(atlas.astype(np.uint8)).to(device, non_blocking=True)
+    def atlas(self) -> np.ndarray:
+        return np.concatenate([m.reshape(-1) for m in self.masks]) if self.masks else np.zeros(1, np.uint8)
 
 
 @functools.lru_cache(maxsize=2048)
@@ -197,29 +213,29 @@ _half_cover = functools.lru_cache(maxsize=2048)(half_cover)
 
 def _add_labels(luma: _Rows, chroma: _Rows, sprites: _Sprites, labels, frame_of, w: int, h: int) -> None:
     """A label: its tag filled with the person's colour, then the text's cover in the text colour."""
-    on_luma, on_chroma = [], []  # (frame, kind, x0, y0, x1, y1, values, atlas offset, sprite width)
+    on_luma, on_chroma = [], []  # (person, kind, x0, y0, x1, y1, values, atlas offset, sprite width)
     for ((x1, y1, x2, y2), text, org, rgb, text_rgb, font, font_scale, font_thickness), person in labels:
-        frame = frame_of[person]
         (y,), uv = _colour(rgb)
         (ty,), tuv = _colour(text_rgb)
         cover = _text_cover(text, (org[0] - x1, org[1] - y1), (x2 - x1 + 1, y2 - y1 + 1), font, font_scale,
                             font_thickness)
-        on_luma += [(frame, _FILL, x1, y1, x2, y2, (y, 0), 0, 0),
-                    (frame, _SPRITE, x1, y1, x2, y2, (ty, 0), sprites.add(cover), x2 - x1 + 1)]
+        on_luma += [(person, _FILL, x1, y1, x2, y2, (y, 0), 0, 0),
+                    (person, _SPRITE, x1, y1, x2, y2, (ty, 0), sprites.add(cover), x2 - x1 + 1)]
         cx1, cy1, cx2, cy2 = x1 >> 1, y1 >> 1, x2 >> 1, y2 >> 1
-        on_chroma.append((frame, _FILL, cx1, cy1, cx2, cy2, uv, 0, 0))
+        on_chroma.append((person, _FILL, cx1, cy1, cx2, cy2, uv, 0, 0))
         cx1, cy1, cx2, cy2 = max(cx1, 0), max(cy1, 0), min(cx2 + 1, w // 2), min(cy2 + 1, h // 2)
         if cx2 > cx1 and cy2 > cy1:
             cover = _half_cover(text, (org[0] - 2 * cx1, org[1] - 2 * cy1), (cx2 - cx1, cy2 - cy1), font,
                                 font_scale, font_thickness).astype(np.uint8)
-            on_chroma.append((frame, _SPRITE, cx1, cy1, cx2 - 1, cy2 - 1, tuv, sprites.add(cover), cx2 - cx1))
+            on_chroma.append((person, _SPRITE, cx1, cy1, cx2 - 1, cy2 - 1, tuv, sprites.add(cover), cx2 - cx1))
     for rows, shapes in ((luma, on_luma), (chroma, on_chroma)):
         if shapes:
             table = np.zeros((len(shapes), _COLUMNS), np.float32)
             table[:, [_KIND, _X0, _Y0, _X1, _Y1]] = [s[1:6] for s in shapes]
             table[:, _VALUE:_VALUE + 2] = [s[6] for s in shapes]
             table[:, [_OFFSET, _WIDTH]] = [s[7:9] for s in shapes]
-            rows.add(table, [s[0] for s in shapes])
+            people = np.array([s[0] for s in shapes])
+            rows.add(table, frame_of[people], _LABELS, people)  # after every layer, person by person
 
 
 _BLOCK_H, _BLOCK_W = 16, 64

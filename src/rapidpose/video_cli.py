@@ -78,7 +78,8 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
                   header=None, encoders=None) -> dict:
     """Track `source` (a FrameSource) with `est`, drawing into an mp4 (drawing_process.DrawnVideo) and
     writing JSON / JSONL as it goes; the files are closed on every way out. encoders: x264 encoders side
-    by side (VideoWriter). Returns frames, people, bad_frames, seconds, frames_per_s, interrupted."""
+    by side (VideoWriter). Returns frames, people, bad_frames, seconds, frames_per_s, interrupted and
+    closing_seconds (of seconds, those after the last frame: the mp4's last segments, the JSON)."""
     from .cli import progress
     from .records import FrameRecords, frame_record
     from .video import draws_on_device, track_frames
@@ -119,6 +120,7 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
         interrupted = True
         log.warning("interrupted at frame %d: closing the outputs", frames)
     finally:
+        tracked = time.perf_counter()
         bar.close()
         if draw_pool is not None:
             draw_pool.shutdown(wait=True, cancel_futures=True)
@@ -129,9 +131,10 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
             import cv2
 
             cv2.destroyWindow(window)
-    seconds = time.perf_counter() - start
+    end = time.perf_counter()
+    seconds = end - start
     return {"frames": frames, "people": people, "bad_frames": bad, "seconds": seconds,
-            "frames_per_s": frames / max(seconds, 1e-9), "interrupted": interrupted}
+            "frames_per_s": frames / max(seconds, 1e-9), "interrupted": interrupted, "closing_seconds": end - tracked}
 
 
 def draw_frame(pixels, poses):

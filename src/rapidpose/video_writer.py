@@ -61,7 +61,9 @@ class VideoWriter:
         self.rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(30)
         cores = os.cpu_count() or 1
         self.encoders = max(1, encoders or min(4, cores // 4))
-        self._threads = max(1, cores // self.encoders)
+        # twice its share of the cores: while the video ends (or the frames come slowly) fewer segments
+        # are in flight, and the last one decides when the file is done
+        self._threads = max(1, min(cores, 2 * cores // self.encoders))
         in_flight = _BUFFER_BYTES // (3 * w * h * (self.encoders + 1))
         self.segment_frames = segment_frames or int(np.clip(in_flight, 16, max(16, round(2 * self.rate))))
         try:
