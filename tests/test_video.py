@@ -251,6 +251,17 @@ def test_segments_encoded_side_by_side_come_out_in_order(tmp_path, encoders, siz
     assert len(grey) == 50 and np.abs(np.array(grey) - 5 * np.arange(50)).max() <= 2
 
 
+def test_a_short_video_is_cut_so_that_every_encoder_gets_a_part(tmp_path):
+    from rapidpose.video_writer import VideoWriter
+
+    def segment(**kwargs):
+        with VideoWriter(tmp_path / "v.mp4", 24, (64, 48), encoders=4, **kwargs) as writer:
+            return writer.segment_frames
+
+    assert segment() == 48 and segment(frame_count=1000) == 48  # two seconds
+    assert segment(frame_count=72) == 18 and segment(frame_count=10) == 8  # no part of fewer than 8 frames
+
+
 def test_a_frame_converts_its_i420_once_when_asked_and_checking_it_converts_nothing():
     yuv = cv2.cvtColor(np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8), cv2.COLOR_RGB2YUV_I420)
     frame = Frame(3, 0.1, None, yuv=yuv)

@@ -41,18 +41,19 @@ _SLOTS_BYTES = 512 << 20  # frames in shared memory at most (about 170 frames of
 class DrawnVideo:
     """`write(frame, poses)` for each frame (sources.Frame: I420 or RGB, all of one size), `close()`.
 
-    The mp4 is what VideoWriter(path, fps, size, crf, preset, encoders) writes from the frames drawn by
-    video_cli's drawing (draw_poses / draw_poses_i420). `frames` after close: frames in the file.
+    The mp4 is what VideoWriter(path, fps, size, crf, preset, encoders, frame_count) writes from the
+    frames drawn by video_cli's drawing (draw_poses / draw_poses_i420). `frames` after close: frames
+    in the file.
     """
 
     def __init__(self, path, fps: float, size, skeleton, crf: int = 23, preset: str = "veryfast",
-                 encoders: int | None = None, slots: int = 64):
+                 encoders: int | None = None, slots: int = 64, frame_count: int | None = None):
         from .video_writer import check_preset
 
         check_preset(preset)  # here, before any frame: the worker's own errors come back later
         self.path, self.size, self.frames, self.error = Path(path), tuple(int(v) for v in size), 0, None
         self._settings = dict(path=str(path), fps=fps, size=self.size, crf=crf, preset=preset, encoders=encoders,
-                              skeleton=skeleton)
+                              skeleton=skeleton, frame_count=frame_count)
         self._slots, self._memory, self._shape, self._size, self._feeder = slots, None, None, None, None
         self._free: queue.Queue = queue.Queue()
         self._waiting: queue.Queue = queue.Queue(maxsize=32)  # frames for the feeder thread
@@ -214,7 +215,7 @@ def _serve(reply_fd: int) -> None:
     skeleton, error = settings["skeleton"], None
     try:
         writer = VideoWriter(settings["path"], settings["fps"], settings["size"], crf=settings["crf"],
-                             preset=settings["preset"], encoders=settings["encoders"])
+                             preset=settings["preset"], encoders=settings["encoders"], frame_count=settings["frame_count"])
     except Exception as exc:  # an unwritable path, say: the tracking process says so at its next frame
         memory.close()
         reply(("done", (0, str(exc))))

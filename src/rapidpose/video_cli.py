@@ -90,7 +90,8 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
     if out:  # drawn and encoded by a process of its own (drawing_process: the GIL)
         from .drawing_process import DrawnVideo
 
-        writer = DrawnVideo(out, source.fps, source.size, est.skeleton, crf=crf, preset=preset, encoders=encoders)
+        writer = DrawnVideo(out, source.fps, source.size, est.skeleton, crf=crf, preset=preset, encoders=encoders,
+                            frame_count=source.frame_count)
     records = FrameRecords(header, json_path, jsonl_path)
     frames = people = bad = 0
     interrupted = False

@@ -42,11 +42,12 @@ class VideoWriter:
     crf: x264 quality (18 visually lossless .. 28 small; 23 is x264's default). preset: x264's speed
     against file size. encoders: segments compressed at once (default: a quarter of the cores, 1 to 4).
     segment_frames: frames per segment (default about two seconds, fewer for large frames so that the
-    frames in flight stay within 1.5 GiB).
+    frames in flight stay within 1.5 GiB, and for a short video of `frame_count` frames so that every
+    encoder gets a part).
     """
 
     def __init__(self, path, fps: float, size, crf: int = 23, preset: str = "veryfast",
-                 encoders: int | None = None, segment_frames: int | None = None):
+                 encoders: int | None = None, segment_frames: int | None = None, frame_count: int | None = None):
         import av  # PyAV: FFmpeg with libx264 in its wheels (OpenCV's pip builds have no H.264 encoder)
 
         check_preset(preset)
@@ -65,7 +66,10 @@ class VideoWriter:
         # are in flight, and the last one decides when the file is done
         self._threads = max(1, min(cores, 2 * cores // self.encoders))
         in_flight = _BUFFER_BYTES // (3 * w * h * (self.encoders + 1))
-        self.segment_frames = segment_frames or int(np.clip(in_flight, 16, max(16, round(2 * self.rate))))
+        longest = int(np.clip(in_flight, 16, max(16, round(2 * self.rate))))
+        if frame_count:
+            longest = min(longest, max(8, -(-int(frame_count) // self.encoders)))
+        self.segment_frames = segment_frames or longest
         try:
             self._container = av.open(str(self.path), "w")
         except Exception as exc:
