@@ -40,6 +40,8 @@ def main():
     p.add_argument("--no-video", action="store_true", help="also time without writing the mp4")
     p.add_argument("--loops", type=int, nargs="+", default=[1], help="times the clip is played in a row")
     p.add_argument("--encoders", type=int, nargs="+", default=[0], help="x264 encoders side by side (0: default)")
+    p.add_argument("--frames-per-batch", type=int, nargs="+", default=[None],
+                   help="frames whose people share a network batch (default: rapidpose video's)")
     p.add_argument("--switch-interval", type=float, nargs="+", default=[None],
                    help="Python's GIL switch interval in ms to try (default: the interpreter's, 5 ms)")
     args = p.parse_args()
@@ -57,7 +59,8 @@ def main():
             video = args.video if loops == 1 else looped(args.video, loops, Path(folder) / "looped.mp4")
             for every in args.detect_every:
                 runs = [(e, p) for p in args.preset for e in args.encoders] + ([(None, None)] if args.no_video else [])
-                for (encoders, preset), interval in ((r, i) for i in args.switch_interval for r in runs):
+                for (encoders, preset), interval, batch in ((r, i, b) for i in args.switch_interval for r in runs
+                                                            for b in args.frames_per_batch):
                     if interval:
                         sys.setswitchinterval(interval / 1000)
                     out = str(Path(folder) / "out.mp4") if encoders is not None else None
@@ -65,7 +68,8 @@ def main():
                     for n in range(args.passes + 1):
                         cpu = sum(os.times()[:4])  # this process and its finished children (the drawing process)
                         stats = process_video(est, open_source(video), out=out, detect_every=every,
-                                              preset=preset or "veryfast", encoders=encoders or None)
+                                              preset=preset or "veryfast", encoders=encoders or None,
+                                              frames_per_batch=batch)
                         if n:  # pass 0 warms up
                             rates.append(stats["frames_per_s"])
                             cores.append((sum(os.times()[:4]) - cpu) / stats["seconds"])
@@ -73,6 +77,8 @@ def main():
                     written = "no" if encoders is None else f"yes ({preset}, {encoders or 'default'} encoders)"
                     if interval:
                         written += f", GIL switch {interval:g} ms"
+                    if batch:
+                        written += f", {batch} frames a batch"
                     print(f"| {stats['frames']} | {every} | {written} | {statistics.median(rates):.1f} | "
                           f"{', '.join(f'{r:.0f}' for r in rates)} | {statistics.median(cores):.1f} | "
                           f"{statistics.median(closing):.2f} |", flush=True)
