@@ -47,19 +47,13 @@ def gaussian_heatmap(h, w, x, y, sigma=2.0):
     return np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma ** 2)).astype(np.float32)
 
 
-def i420_planes(yuv):
-    """The Y, U and V planes of an I420 frame (H*3//2, W)."""
-    w, h = yuv.shape[1], yuv.shape[0] * 2 // 3
-    flat = yuv.reshape(-1)
-    return flat[:w * h].reshape(h, w), flat[w * h:w * h * 5 // 4].reshape(h // 2, w // 2), \
-        flat[w * h * 5 // 4:].reshape(h // 2, w // 2)
-
-
 def assert_drawn_like(got, want, original, what=""):
     """`got` (an I420 frame) draws what `want` (cv2's drawing of `original`) draws, to within anti-
     aliasing: seen through a 3x3 blur, each plane within 32 levels everywhere and 3 on average where
     either drew."""
     import cv2
+
+    from rapidpose.sources import i420_planes
 
     for name, g, w, o in zip("YUV", i420_planes(got), i420_planes(want), i420_planes(original)):
         drawn = (g != o) | (w != o)

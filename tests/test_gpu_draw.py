@@ -85,6 +85,7 @@ def test_a_batch_that_is_not_i420_frames_is_refused():
         draw_poses_i420_batch(torch.zeros((2, 360, 426), dtype=torch.uint8), [people(426, 240, 0)])
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (and Triton)")
 @pytest.mark.parametrize("path", [TWO_PEOPLE, BASKETBALL], ids=["1080p", "426x240"])
 def test_on_the_gpu_the_pictures_are_cv2s_to_within_its_anti_aliasing(path):

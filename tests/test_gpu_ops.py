@@ -143,6 +143,22 @@ def test_pinned_uploader_round_trips_in_turn():
         assert np.array_equal(got[1].cpu().numpy(), arrays[1])
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_page_locked_arrays_go_to_the_gpu_as_they_are():
+    from rapidpose.gpu_ops import pinned_empty
+
+    upload = PinnedUploader("cuda")
+    for seed in range(3):  # freed and reused by torch's host allocator in between
+        arrays = [pinned_empty((37, 53)), pinned_empty((5, 2, 3), np.float64)]
+        rng = np.random.default_rng(seed)
+        arrays[0][:] = rng.integers(0, 255, arrays[0].shape)
+        arrays[1][:] = rng.normal(size=arrays[1].shape)
+        got = upload(arrays)
+        assert np.array_equal(got[0].cpu().numpy(), arrays[0]) and np.array_equal(got[1].cpu().numpy(), arrays[1])
+    assert upload._buffers == [None, None]  # no staging buffer was needed
+
+
 def test_empty_warps(device, photo):
     image = torch.from_numpy(photo).to(device)
     assert warp_crops_torch(image, np.zeros((0, 2, 3), np.float32)).shape == (0, 3, 256, 192)

@@ -14,6 +14,7 @@ import numpy as np
 from .errors import InputError
 from .geometry import udp_matrices
 from .results import Poses
+from .sources import i420_planes
 
 _SHIFT = 4  # sub-pixel drawing: cv2 takes coordinates as integers scaled by 2**_SHIFT
 _ONE = 1 << _SHIFT
@@ -83,9 +84,8 @@ def draw_poses_i420(yuv, poses: Poses, *, keypoint_threshold: float = 0.3, boxes
     yuv = _check_i420(yuv)
     if len(poses):
         w, h = yuv.shape[1], yuv.shape[0] * 2 // 3
-        flat = yuv.reshape(-1)  # views all the way: the planes are the frame's own memory
-        y, u, v = flat[:w * h].reshape(h, w), flat[w * h:w * h * 5 // 4], flat[w * h * 5 // 4:]
-        u, v, masks = u.reshape(h // 2, w // 2), v.reshape(h // 2, w // 2), {}  # masks: label text, shared by U, V
+        y, u, v = i420_planes(yuv)  # views: the planes are the frame's own memory
+        masks = {}  # label text, shared by U and V
         planes = (_Plane(y, 0), _Plane(u, 1, masks), _Plane(v, 2, masks))
         _paint(planes, w, h, poses, keypoint_threshold, boxes, scores, thickness)
     return yuv

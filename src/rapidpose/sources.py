@@ -97,10 +97,29 @@ class Frame:
         return f"Frame({self.index}, {self.time:.3f} s, {pixels}{error})"
 
 
+def i420_planes(yuv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views of the Y (H, W), U and V (H/2, W/2) planes of an I420 frame (H*3//2, W), W and H even."""
+    w, h = yuv.shape[1], yuv.shape[0] * 2 // 3
+    flat = yuv.reshape(-1)
+    return (flat[:w * h].reshape(h, w), flat[w * h:w * h * 5 // 4].reshape(h // 2, w // 2),
+            flat[w * h * 5 // 4:].reshape(h // 2, w // 2))
+
+
+def av_planes(frame) -> list[np.ndarray]:
+    """Views of a PyAV yuv420p frame's Y, U and V planes (without FFmpeg's row padding)."""
+    views = []
+    for i, plane in enumerate(frame.planes):
+        pw, ph = (frame.width, frame.height) if i == 0 else (frame.width // 2, frame.height // 2)
+        views.append(np.frombuffer(plane, np.uint8)[:plane.line_size * ph].reshape(ph, plane.line_size)[:, :pw])
+    return views
+
+
 class FrameSource:
     """An opened source. Attributes: name, kind ('video', 'images', 'camera', 'stream'), fps, size
     (width, height) after rotation, frame_count (None when unknown or live), error (why reading
-    stopped early, else None). Iterate once; `close()` (or the end) stops the reader thread."""
+    stopped early, else None). Iterate once; `close()` (or the end) stops the reader thread.
+    `allocate(shape)` gives the arrays that decoded I420 frames are copied into (numpy's by default;
+    the GPU video path gives page-locked memory, which goes to the GPU without another copy)."""
 
     def __init__(self, name: str, kind: str, frames, fps: float, size, frame_count, rotate: int, read_ahead: int,
                  release=None):
@@ -110,6 +129,7 @@ class FrameSource:
         self._queue: queue.Queue = queue.Queue(maxsize=max(read_ahead, 1))
         self._stop = threading.Event()
         self._thread = None
+        self.allocate = _empty
 
     @property
     def live(self) -> bool:
@@ -188,6 +208,10 @@ def open_source(spec, rotate: int = 0, fps: float | None = None, read_ahead: int
     return _open_video_file(path, rotate, fps, read_ahead)
 
 
+def _empty(shape) -> np.ndarray:
+    return np.empty(shape, np.uint8)
+
+
 def _open_video_file(path: Path, rotate: int, fps_override, read_ahead) -> FrameSource:
     import av
 
@@ -219,7 +243,10 @@ def _open_video_file(path: Path, rotate: int, fps_override, read_ahead) -> Frame
                 # is not turned; full range (yuvj420p, color_range JPEG) and other formats go to RGB
                 if (turn is None and not rotate and frame.format.name == "yuv420p" and frame.color_range != 2
                         and not (frame.width % 2 or frame.height % 2)):
-                    yield Frame(index, t, None, yuv=frame.to_ndarray())
+                    yuv = (source.allocate if source is not None else _empty)((frame.height * 3 // 2, frame.width))
+                    for plane, decoded_plane in zip(i420_planes(yuv), av_planes(frame)):
+                        np.copyto(plane, decoded_plane)  # numpy lets go of the GIL while it copies
+                    yield Frame(index, t, None, yuv=yuv)
                 else:
                     image = frame.to_ndarray(format="rgb24")
                     if turn is not None:

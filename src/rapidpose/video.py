@@ -226,6 +226,10 @@ def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1,
     # ByteTrack matches low-score detections to existing tracks: ask the detector for them too
     low = min(threshold, _LOW_SCORE) if tracker == "bytetrack" else threshold
     stage = _make_stage(est, low, detector_workers)
+    if isinstance(stage, _DeviceStage) and stage.stream is not None:
+        from .gpu_ops import pinned_empty
+
+        src.allocate = pinned_empty  # frames decoded straight into page-locked memory: one copy less
     last_score: dict[int, float] = {}
     try:
         batches = chunked(src, max(int(frames_per_batch), 1))

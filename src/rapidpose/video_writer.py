@@ -148,15 +148,13 @@ class VideoWriter:
         return packets
 
     def _i420_frame(self, image: np.ndarray):
-        """An encoder frame of the I420 array's planes, copied by numpy (which lets go of the GIL while
-        it copies; PyAV's from_ndarray holds it for the whole frame)."""
-        w, h = self.size
-        frame = self._av.VideoFrame(w, h, "yuv420p")
-        flat, start = image.reshape(-1), 0
-        for plane, (pw, ph) in zip(frame.planes, ((w, h), (w // 2, h // 2), (w // 2, h // 2))):
-            rows = np.frombuffer(plane, np.uint8).reshape(ph, plane.line_size)[:, :pw]
-            np.copyto(rows, flat[start:start + pw * ph].reshape(ph, pw))
-            start += pw * ph
+        """An encoder frame of the I420 array's planes, copied by numpy (which lets go of the GIL while it
+        copies; PyAV's from_ndarray holds it for the whole frame)."""
+        from .sources import av_planes, i420_planes
+
+        frame = self._av.VideoFrame(*self.size, "yuv420p")
+        for plane, given in zip(av_planes(frame), i420_planes(image)):
+            np.copyto(plane, given)
         return frame
 
     def _mux(self):
