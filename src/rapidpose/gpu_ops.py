@@ -20,6 +20,7 @@ Everything is batched over people and keypoints; there is no Python loop over ei
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Sequence
 
 import numpy as np
@@ -271,11 +272,10 @@ class PinnedUploader:
         for a in arrays:
             offsets.append(total)
             total += -(-a.nbytes // self.ALIGN) * self.ALIGN
-        tensors = [torch.from_numpy(a) for a in arrays if a.flags.c_contiguous]
-        if len(tensors) == len(arrays) and all(t.is_pinned() for t in tensors):  # pinned_empty's: no staging
+        if all(_PINNED.get(id(a)) is a for a in arrays):  # pinned_empty's: no staging
             on_device = torch.empty(total, dtype=torch.uint8, device=self.device)
-            for t, start in zip(tensors, offsets):
-                on_device[start:start + t.nbytes].copy_(t.reshape(-1).view(torch.uint8), non_blocking=True)
+            for a, start in zip(arrays, offsets):
+                on_device[start:start + a.nbytes].copy_(a.base.view(-1).view(torch.uint8), non_blocking=True)
             return [on_device[start:start + a.nbytes].view(_torch_dtype(a.dtype)).view(a.shape)
                     for a, start in zip(arrays, offsets)]
         slot = self._turn
@@ -295,11 +295,17 @@ class PinnedUploader:
                 for a, start in zip(arrays, offsets)]
 
 
+_PINNED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> pinned_empty's arrays alive
+
+
 def pinned_empty(shape, dtype=np.uint8) -> np.ndarray:
     """An uninitialised array in page-locked host memory, which PinnedUploader sends to the GPU as it is
     (no staging copy). From torch's caching host allocator: the memory is reused once the array is gone
-    (and any copy from it has finished), without new page faults."""
-    return torch.empty(tuple(shape), dtype=_torch_dtype(np.dtype(dtype)), pin_memory=True).numpy()
+    (and any copy from it has finished), without new page faults. (Known by identity: asking CUDA
+    whether memory is page-locked costs about a millisecond.)"""
+    array = torch.empty(tuple(shape), dtype=_torch_dtype(np.dtype(dtype)), pin_memory=True).numpy()
+    _PINNED[id(array)] = array
+    return array
 
 
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
