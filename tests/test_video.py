@@ -467,36 +467,6 @@ def test_frames_drawn_before_the_drawing_process_are_only_encoded(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
-def test_frames_copied_from_the_gpu_into_the_shared_slots_are_encoded_as_they_are(tmp_path):
-    """The GPU path copies drawn frames straight into the drawing process's (page-locked) slots; the
-    mp4 is the one of those frames encoded here."""
-    import torch
-
-    from rapidpose.drawing_process import DrawnVideo
-    from rapidpose.skeletons import SKELETONS
-    from rapidpose.video_writer import VideoWriter
-
-    frames = list(np.random.default_rng(2).integers(0, 256, (20, 180, 160), np.uint8))
-    with DrawnVideo(tmp_path / "slots.mp4", 25, (160, 120), SKELETONS["coco"], encoders=1, slots=4) as video:
-        for i, yuv in enumerate(frames):
-            slot = video.slot_array(yuv.shape)
-            torch.from_numpy(slot).copy_(torch.from_numpy(yuv).cuda(), non_blocking=True)
-            copied = torch.cuda.Event()
-            copied.record()
-            frame = Frame(i, i / 25, None, yuv=yuv)
-            frame.drawn = lambda event=copied, pixels=slot: (event.synchronize(), pixels)[1]
-            video.write(frame, _moving_person(i))
-        assert video.slot_array((10, 10)) is None  # not this video's frames
-    assert video.frames == 20 and video.error is None
-    with VideoWriter(tmp_path / "here.mp4", 25, (160, 120), encoders=1) as writer:
-        for yuv in frames:
-            writer.write(yuv)
-    for a, b in zip(decoded(tmp_path / "slots.mp4"), decoded(tmp_path / "here.mp4"), strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_tracking_can_hand_out_the_frames_drawn(estimator):
     """draw=True on the host path: each frame comes with a drawn copy, the frame itself untouched."""
     from rapidpose.video import track_frames

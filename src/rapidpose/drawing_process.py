@@ -55,7 +55,6 @@ class DrawnVideo:
         self._settings = dict(path=str(path), fps=fps, size=self.size, crf=crf, preset=preset, encoders=encoders,
                               skeleton=skeleton, frame_count=frame_count)
         self._slots, self._memory, self._shape, self._size, self._feeder = slots, None, None, None, None
-        self._views, self._pinned = None, False
         self._free: queue.Queue = queue.Queue()
         self._waiting: queue.Queue = queue.Queue(maxsize=32)  # frames for the feeder thread
         # started now: it imports its modules while the first frames are tracked
@@ -70,7 +69,6 @@ class DrawnVideo:
     def _start(self, shape):
         """The shared slots, sized by the first frame (I420 or RGB), and the worker's file."""
         self._shape = shape
-        self._size = (shape[1], shape[0] * 2 // 3) if len(shape) == 2 else (shape[1], shape[0])
         nbytes = int(np.prod(shape))
         slots = max(2, min(self._slots, _SLOTS_BYTES // nbytes))
         self._memory = shared_memory.SharedMemory(create=True, size=nbytes * slots)
@@ -90,38 +88,11 @@ class DrawnVideo:
         w, h = size = frame.size
         if self._shape is None:  # slots of the first frame's kind: I420 as decoded, else RGB
             self._start((h * 3 // 2, w) if frame.yuv is not None else (h, w, 3))
+            self._size = size
         if size != self._size:
             raise InputError(f"frame {frame.index} of {w}x{h}: this video's frames are {self._size[0]}x"
                              f"{self._size[1]}; all frames of one video need one size")
         self._waiting.put((frame, poses))
-
-    def slot_array(self, shape) -> np.ndarray | None:
-        """A free slot of the shared memory, page-locked for the GPU, for a frame of `shape` drawn
-        elsewhere: the GPU path copies its drawn frames straight into these (video.track_frames'
-        drawn_memory), and write() then hands the slot over without copying the frame. None when the
-        frames of this video are kept in another shape. Blocks while every slot is taken."""
-        shape = tuple(shape)
-        if self._shape is None:
-            self._start(shape)
-        if shape != self._shape:
-            return None
-        if not self._pinned:
-            import torch
-
-            self._pinned = torch.cuda.cudart().cudaHostRegister(self._views.ctypes.data, self._views.nbytes, 0) == 0
-            if not self._pinned:
-                return None
-        return self._views[self._take_slot()]
-
-    def _slot_of(self, array: np.ndarray) -> int | None:
-        """The slot that `array` is, if it is one (slot_array's)."""
-        if self._views is None or array.shape != self._shape:
-            return None
-        offset = array.ctypes.data - self._views.ctypes.data
-        size = self._views[0].nbytes
-        if 0 <= offset < self._views.nbytes and offset % size == 0:
-            return offset // size
-        return None
 
     def _feed(self) -> None:
         while (item := self._waiting.get()) is not None:
@@ -135,10 +106,6 @@ class DrawnVideo:
 
     def _send_frame(self, frame, poses: Poses) -> None:
         drawn = frame.drawn  # waits for one still on its way from the GPU
-        slot = self._slot_of(drawn) if drawn is not None else None
-        if slot is not None:  # copied there from the GPU
-            self._send(("frame", slot, None))
-            return
         pixels = drawn if drawn is not None else frame.yuv if frame.yuv is not None else frame.image
         if pixels.shape != self._shape:  # the frame came in the other kind (RGB, I420) of this size
             pixels = cv2.cvtColor(pixels, cv2.COLOR_YUV2RGB_I420 if pixels.ndim == 2 else cv2.COLOR_RGB2YUV_I420)
@@ -192,11 +159,6 @@ class DrawnVideo:
             pass
         process.wait()
         self._listener.join(timeout=10)
-        if self._pinned:
-            import torch
-
-            torch.cuda.synchronize()  # copies into slots whose frames never came (an interrupt) are done
-            torch.cuda.cudart().cudaHostUnregister(self._views.ctypes.data)
         self._views = None
         if self._memory is not None:
             self._memory.close()

@@ -75,7 +75,7 @@ class _HostStage:
             # the worker converts a decoded I420 frame to RGB (frame.image), off the main thread
             futures[frame.index] = self.pool.submit(lambda d, f: d(f.image), self.copies[i % len(self.copies)], frame)
         return _Pending(frames, lambda: {k: f.result() for k, f in futures.items()},
-                        lambda: [f.image for f in frames], lambda poses, memory: _draw_on_host(frames, poses))
+                        lambda: [f.image for f in frames], lambda poses: _draw_on_host(frames, poses))
 
     def close(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -118,13 +118,11 @@ class _DeviceStage:
                 self.pose_stream.wait_event(uploaded)  # the pose work starts once the frames are there
             return images
 
-        return _Pending(frames, lambda: future.result()[0], images,
-                        lambda poses, memory: self._draw(future, frames, poses, memory))
+        return _Pending(frames, lambda: future.result()[0], images, lambda poses: self._draw(future, frames, poses))
 
-    def _draw(self, future, frames, poses, memory) -> list:
+    def _draw(self, future, frames, poses) -> list:
         """The frames with their poses drawn: the I420 ones on the GPU (gpu_draw) into the frames
-        uploaded for the crops, then copied back (into memory(shape) where given, else page-locked
-        buffers of torch's); any others on the host."""
+        uploaded for the crops, then copied back in one piece; any others on the host."""
         torch = self.torch
         from .gpu_draw import draw_poses_i420_batch
 
@@ -132,19 +130,13 @@ class _DeviceStage:
         for members, batch in future.result()[3]:
             draw_poses_i420_batch(batch, [poses[i] for i in members])
             if self.stream is None:
-                done, host = None, batch.numpy()
-            else:
-                host = [memory(batch.shape[1:]) for _ in members] if memory is not None else []
-                if any(h is None for h in host) or not host:  # pinned: torch's host allocator reuses it
-                    host = torch.empty(batch.shape, dtype=batch.dtype, pin_memory=True)
-                    host.copy_(batch, non_blocking=True)
-                    host = host.numpy()
-                else:
-                    for target, frame in zip(host, batch):
-                        torch.from_numpy(target).copy_(frame, non_blocking=True)
+                done, host = None, batch
+            else:  # pinned: a fast copy; torch's host allocator reuses the buffer once it is free
+                host = torch.empty(batch.shape, dtype=batch.dtype, pin_memory=True)
+                host.copy_(batch, non_blocking=True)
                 done = torch.cuda.Event()
                 done.record()
-            for i, frame in zip(members, host):  # waited for by whoever asks first (the mp4's feeder)
+            for i, frame in zip(members, host.numpy()):  # waited for by whoever asks first (the mp4's feeder)
                 drawn[i] = frame if done is None else functools.partial(_when_done, done, frame)
         return drawn
 
@@ -183,7 +175,7 @@ class _DeviceStage:
 
 class _Pending:
     """A batch on its way: `detections()` {frame index: (boxes, scores)}, `images()` for the pose work,
-    `draw(poses, memory)` the frames with their poses drawn."""
+    `draw(poses)` the frames with their poses drawn."""
 
     def __init__(self, frames, detections, images, draw):
         self.frames, self.detections, self.images, self.draw = frames, detections, images, draw
@@ -207,8 +199,7 @@ def _draw_on_host(frames, poses, which=None) -> list:
 
 def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1, smooth: bool = False,
                  frames_per_batch: int | None = None, rotate: int = 0, oks_weight: float = 0.0,
-                 detector_workers: int | None = None, draw: bool = False,
-                 drawn_memory=None) -> Iterator[tuple[Frame, Poses]]:
+                 detector_workers: int | None = None, draw: bool = False) -> Iterator[tuple[Frame, Poses]]:
     """(Frame, Poses) for each frame of `source` (a FrameSource, or anything open_source takes).
 
     tracker: 'bytetrack', 'sort' or 'none'. detect_every: run the detector on every Nth frame
@@ -216,9 +207,8 @@ def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1,
     frames_per_batch: frames whose people share one network batch (default 16 on GPUs, 4 on CPUs,
     1 for live sources, which then lag by no more than one frame). draw: each frame comes with
     `frame.drawn`, its poses drawn (draw.draw_poses_i420 / draw_poses): on the GPU where the frames
-    are there (draws_on_device), else by cv2 on this thread. drawn_memory(shape): page-locked arrays
-    that frames drawn on the GPU are copied back into (DrawnVideo.slot_array), or None for that frame.
-    Frames that cannot be read come with an empty Poses and `frame.error` set.
+    are there (draws_on_device), else by cv2 on this thread. Frames that cannot be read come with an
+    empty Poses and `frame.error` set.
     """
     if tracker not in TRACKERS:
         raise InputError(f"unknown tracker '{tracker}': use one of {', '.join(TRACKERS)}")
@@ -247,8 +237,7 @@ def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1,
         while pending is not None:
             batch, work = pending
             pending = _start(next(batches, None), stage, detect_every, tracks)  # overlaps the pose work
-            yield from _finish_batch(est, batch, work, tracks, smoother, threshold, last_score, oks_weight, draw,
-                                     drawn_memory)
+            yield from _finish_batch(est, batch, work, tracks, smoother, threshold, last_score, oks_weight, draw)
     finally:
         src.close()
         stage.close()
@@ -276,7 +265,7 @@ def _start(batch, stage, detect_every, tracks):
     return batch, stage.submit(good, wanted)
 
 
-def _finish_batch(est, batch, work, tracks, smoother, threshold, last_score, oks_weight, draw, drawn_memory):
+def _finish_batch(est, batch, work, tracks, smoother, threshold, last_score, oks_weight, draw):
     good, found = work.frames, work.detections()
     boxes, ids = [], []
     for frame in good:
@@ -305,7 +294,7 @@ def _finish_batch(est, batch, work, tracks, smoother, threshold, last_score, oks
                 poses.keypoints = smoother(t, poses.keypoints, frame.time).astype(np.float32)
         by_index[frame.index] = poses
     if draw and good:
-        for frame, drawn in zip(good, work.draw([by_index[f.index] for f in good], drawn_memory)):
+        for frame, drawn in zip(good, work.draw([by_index[f.index] for f in good])):
             frame.drawn = drawn
     if tracks is not None and oks_weight > 0 and good:
         last = by_index[good[-1].index]

@@ -101,11 +101,8 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
     bar = progress(source.frame_count, source.name[-40:], unit="frame")
     on_device = (writer is not None or window is not None) and draws_on_device(est)  # drawn on the GPU
     try:
-        # frames drawn on the GPU come back straight into the drawing process's slots (not when a
-        # window shows them too: the slots are given back once the mp4 has them)
-        into = writer.slot_array if writer is not None and window is None else None
         for frame, poses in track_frames(est, source, tracker, detect_every, smooth, frames_per_batch,
-                                         oks_weight=oks_weight, draw=on_device, drawn_memory=into):
+                                         oks_weight=oks_weight, draw=on_device):
             records.add(frame_record(frame.index, frame.time, poses, frame.error))
             frames += 1
             people += len(poses)
