@@ -480,6 +480,21 @@ def test_tracking_can_hand_out_the_frames_drawn(estimator):
         assert (frame.drawn != frame.yuv).any() == (len(poses) > 0)
 
 
+def test_a_worker_started_ahead_is_the_next_videos(tmp_path):
+    from rapidpose import drawing_process
+    from rapidpose.drawing_process import DrawnVideo, start_worker
+    from rapidpose.skeletons import SKELETONS
+
+    start_worker()
+    start_worker()  # one spare at most
+    assert len(drawing_process._SPARE) == 1
+    spare = drawing_process._SPARE[0][0]
+    with DrawnVideo(tmp_path / "v.mp4", 25, (64, 48), SKELETONS["coco"], encoders=1) as video:
+        assert video._process is spare and not drawing_process._SPARE
+        video.write(Frame(0, 0.0, np.zeros((48, 64, 3), np.uint8)), _moving_person(0))
+    assert video.frames == 1 and spare.returncode == 0
+
+
 def test_a_drawing_process_that_dies_is_reported_not_waited_for(tmp_path):
     from rapidpose.drawing_process import DrawnVideo
     from rapidpose.skeletons import SKELETONS

@@ -57,12 +57,8 @@ class DrawnVideo:
         self._slots, self._memory, self._shape, self._size, self._feeder = slots, None, None, None, None
         self._free: queue.Queue = queue.Queue()
         self._waiting: queue.Queue = queue.Queue(maxsize=32)  # frames for the feeder thread
-        # started now: it imports its modules while the first frames are tracked
-        replies, their_end = os.pipe()
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "rapidpose.drawing_process", str(their_end)], stdin=subprocess.PIPE,
-            pass_fds=(their_end,), start_new_session=True)  # its own session: Ctrl-C reaches only us
-        os.close(their_end)
+        # started now (or earlier, by start_worker): it imports its modules while the first frames are tracked
+        self._process, replies = _SPARE.pop() if _SPARE else _spawn()
         self._listener = threading.Thread(target=self._listen, args=(replies,), name="drawing replies", daemon=True)
         self._listener.start()
 
@@ -173,6 +169,25 @@ class DrawnVideo:
 
     def __exit__(self, *exc):
         self.close()
+
+
+_SPARE: list = []  # a worker started ahead of its video (start_worker), with the end of its reply pipe
+
+
+def _spawn():
+    replies, their_end = os.pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rapidpose.drawing_process", str(their_end)], stdin=subprocess.PIPE,
+        pass_fds=(their_end,), start_new_session=True)  # its own session: Ctrl-C reaches only us
+    os.close(their_end)
+    return process, replies
+
+
+def start_worker() -> None:
+    """Start the next DrawnVideo's worker now (`rapidpose video` does while the model loads): a Python
+    process takes a fraction of a second to import what it needs. One unused ends with this process."""
+    if not _SPARE:
+        _SPARE.append(_spawn())
 
 
 def _attach(name: str) -> shared_memory.SharedMemory:

@@ -57,6 +57,10 @@ def run_video(args) -> int:
         log.warning("no output asked for (--out, --json, --jsonl or --show): poses are computed and dropped")
     window = _open_window() if args.show else None
     source = open_source(args.input, rotate=args.rotate, fps=args.fps)  # a bad input fails before the model loads
+    if args.out:
+        from .drawing_process import start_worker
+
+        start_worker()  # the mp4's worker process gets ready while the model loads
     est = PoseEstimator(args.model, detector=args.detector, device=args.device, flip_test=args.flip,
                         detector_threshold=args.threshold, dataset_index=args.dataset_index,
                         backend=args.backend, precision=args.precision, compile=args.compile)
