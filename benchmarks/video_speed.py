@@ -21,6 +21,7 @@ import av
 import torch
 
 from rapidpose.bench import random_model
+from rapidpose.drawing_process import start_worker
 from rapidpose.pipeline import PoseEstimator
 from rapidpose.sources import open_source
 from rapidpose.video_cli import process_video
@@ -40,6 +41,9 @@ def main():
     p.add_argument("--no-video", action="store_true", help="also time without writing the mp4")
     p.add_argument("--loops", type=int, nargs="+", default=[1], help="times the clip is played in a row")
     p.add_argument("--encoders", type=int, nargs="+", default=[0], help="x264 encoders side by side (0: default)")
+    p.add_argument("--ready-worker", action="store_true",
+                   help="start the mp4's worker process before each pass and wait until it is ready, as `rapidpose "
+                        "video` starts it while the model loads (default: the pass starts it)")
     p.add_argument("--frames-per-batch", type=int, nargs="+", default=[None],
                    help="frames whose people share a network batch (default: rapidpose video's)")
     p.add_argument("--switch-interval", type=float, nargs="+", default=[None],
@@ -66,6 +70,8 @@ def main():
                     out = str(Path(folder) / "out.mp4") if encoders is not None else None
                     rates, cores, closing = [], [], []
                     for n in range(args.passes + 1):
+                        if args.ready_worker and out:
+                            start_worker(wait=True)
                         cpu = sum(os.times()[:4])  # this process and its finished children (the drawing process)
                         stats = process_video(est, open_source(video), out=out, detect_every=every,
                                               preset=preset or "veryfast", encoders=encoders or None,
@@ -79,6 +85,8 @@ def main():
                         written += f", GIL switch {interval:g} ms"
                     if batch:
                         written += f", {batch} frames a batch"
+                    if args.ready_worker and out:
+                        written += ", worker ready"
                     print(f"| {stats['frames']} | {every} | {written} | {statistics.median(rates):.1f} | "
                           f"{', '.join(f'{r:.0f}' for r in rates)} | {statistics.median(cores):.1f} | "
                           f"{statistics.median(closing):.2f} |", flush=True)

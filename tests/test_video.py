@@ -486,8 +486,8 @@ def test_a_worker_started_ahead_is_the_next_videos(tmp_path):
     from rapidpose.skeletons import SKELETONS
 
     start_worker()
-    start_worker()  # one spare at most
-    assert len(drawing_process._SPARE) == 1
+    start_worker(wait=True)  # one spare at most; ready once its imports are done
+    assert len(drawing_process._SPARE) == 1 and drawing_process._SPARE[0][0].poll() is None
     spare = drawing_process._SPARE[0][0]
     with DrawnVideo(tmp_path / "v.mp4", 25, (64, 48), SKELETONS["coco"], encoders=1) as video:
         assert video._process is spare and not drawing_process._SPARE

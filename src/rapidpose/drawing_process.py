@@ -128,8 +128,8 @@ class DrawnVideo:
             self.error = self.error or f"the drawing process stopped ({exc})"
             raise InputError(f"writing '{self.path}' failed: {self.error}") from None
 
-    def _listen(self, fd: int) -> None:
-        with os.fdopen(fd, "rb") as replies:
+    def _listen(self, replies) -> None:
+        with replies:
             while True:
                 try:
                     kind, value = pickle.load(replies)
@@ -180,14 +180,24 @@ def _spawn():
         [sys.executable, "-m", "rapidpose.drawing_process", str(their_end)], stdin=subprocess.PIPE,
         pass_fds=(their_end,), start_new_session=True)  # its own session: Ctrl-C reaches only us
     os.close(their_end)
-    return process, replies
+    return process, os.fdopen(replies, "rb")
 
 
-def start_worker() -> None:
+def start_worker(wait: bool = False) -> None:
     """Start the next DrawnVideo's worker now (`rapidpose video` does while the model loads): a Python
-    process takes a fraction of a second to import what it needs. One unused ends with this process."""
+    process takes a fraction of a second to import what it needs. wait: until it is ready. One that is
+    never used ends with this process."""
     if not _SPARE:
         _SPARE.append(_spawn())
+    if wait:
+        process, replies = _SPARE[0]
+        try:
+            kind, _ = pickle.load(replies)  # its first word, once its imports are done
+        except (EOFError, pickle.UnpicklingError, OSError):
+            kind = None
+        if kind != "ready":
+            _SPARE.clear()
+            raise InputError(f"the drawing process did not start (exit code {process.poll()})")
 
 
 def _attach(name: str) -> shared_memory.SharedMemory:
@@ -218,6 +228,7 @@ def _serve(reply_fd: int) -> None:
             pickle.dump(message, replies, protocol=pickle.HIGHEST_PROTOCOL)
             replies.flush()
 
+    reply(("ready", None))
     try:
         kind, settings = pickle.load(requests)
     except EOFError:
