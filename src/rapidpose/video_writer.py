@@ -135,7 +135,7 @@ class VideoWriter:
             if self.error:
                 continue  # drain; write() reports the error
             if image.ndim == 2:  # I420: the encoder's own format, no conversion
-                frame = self._i420_frame(image)
+                frame = self._av.VideoFrame.from_ndarray(image, format="yuv420p")
             else:
                 if self._even != self.size:
                     image = np.pad(image, ((0, self._even[1] - self.size[1]), (0, self._even[0] - self.size[0]),
@@ -146,16 +146,6 @@ class VideoWriter:
             index += 1
         packets += ctx.encode(None)  # the encoder's delayed frames
         return packets
-
-    def _i420_frame(self, image: np.ndarray):
-        """An encoder frame of the I420 array's planes, copied by numpy (which lets go of the GIL while it
-        copies; PyAV's from_ndarray holds it for the whole frame)."""
-        from .sources import av_planes, i420_planes
-
-        frame = self._av.VideoFrame(*self.size, "yuv420p")
-        for plane, given in zip(av_planes(frame), i420_planes(image)):
-            np.copyto(plane, given)
-        return frame
 
     def _mux(self):
         while (segment := self._order.get()) is not None:
