@@ -7,7 +7,9 @@ waiting for the GIL, 3-4 of 16 cores busy, 110-150 frames/s against 490 without 
 `DrawnVideo` copies each frame into a slot of shared memory and sends its poses down a pipe; a worker
 process (`python -m rapidpose.drawing_process`, started with subprocess: a user's script without a
 `__main__` guard is never run twice) copies the slot out, hands the slot back, draws and feeds
-video_writer.VideoWriter. The file and the drawing are those of the in-process path.
+video_writer.VideoWriter. The file and the drawing are those of the in-process path. Frames that
+come drawn already (on the GPU: video.track_frames(draw=True)) are only encoded there. A feeder
+thread of DrawnVideo does the copying, so that the tracking thread only queues frames.
 
 A worker that dies is reported at the next `write()` (and `close()`); the worker ignores Ctrl-C and
 finishes the file when the tracking process closes it or exits.
