@@ -7,6 +7,7 @@ exception, `draw_poses_i420`, draws the pictures of `draw_poses` into an I420 vi
 from __future__ import annotations
 
 import colorsys
+import functools
 
 import cv2
 import numpy as np
@@ -85,8 +86,7 @@ def draw_poses_i420(yuv, poses: Poses, *, keypoint_threshold: float = 0.3, boxes
     if len(poses):
         w, h = yuv.shape[1], yuv.shape[0] * 2 // 3
         y, u, v = i420_planes(yuv)  # views: the planes are the frame's own memory
-        masks = {}  # label text, shared by U and V
-        planes = (_Plane(y, 0), _Plane(u, 1, masks), _Plane(v, 2, masks))
+        planes = (_Plane(y, 0), _Plane(u, 1), _Plane(v, 2))
         _paint(planes, w, h, poses, keypoint_threshold, boxes, scores, thickness)
     return yuv
 
@@ -101,22 +101,15 @@ def _check_i420(yuv) -> np.ndarray:
     return yuv
 
 
-_YUV = ({}, {}, {})  # per plane Y, U, V: RGB colour -> its drawing value (v,), BT.601 limited range
-
-
+@functools.lru_cache(maxsize=4096)  # track colours of a long stream: a bounded cache
 def _yuv(rgb) -> tuple:
-    """The (Y,), (U,), (V,) values of an RGB colour, as cv2.COLOR_YUV2RGB_I420 inverts them."""
+    """The (Y,), (U,), (V,) values of an RGB colour, BT.601 limited range, as cv2.COLOR_YUV2RGB_I420
+    inverts them."""
     r, g, b = (c / 255.0 for c in rgb)
     y = 16 + 65.481 * r + 128.553 * g + 24.966 * b
     u = 128 - 37.797 * r - 74.203 * g + 112.0 * b
     v = 128 + 112.0 * r - 93.786 * g - 18.214 * b
-    values = tuple((min(max(int(round(c)), 0), 255),) for c in (y, u, v))
-    if len(_YUV[0]) > 4096:  # track colours of a long stream: keep the tables small
-        for table in _YUV:
-            table.clear()
-    for table, value in zip(_YUV, values):
-        table[rgb] = value
-    return values
+    return tuple((min(max(int(round(c)), 0), 255),) for c in (y, u, v))
 
 
 class _Plane:
@@ -129,20 +122,15 @@ class _Plane:
     sample j covers luma pixels 2j and 2j + 1, its centre is at 2j + 0.5.
     """
 
-    __slots__ = ("image", "channel", "half", "shift", "_table", "_masks")
+    __slots__ = ("image", "channel", "half", "shift")
 
-    def __init__(self, image: np.ndarray, channel: int | None = None, masks: dict | None = None):
-        self.image, self.channel, self._masks = image, channel, masks
+    def __init__(self, image: np.ndarray, channel: int | None = None):
+        self.image, self.channel = image, channel
         self.half = channel is not None and channel > 0
         self.shift = _SHIFT + self.half
-        self._table = None if channel is None else _YUV[channel]
 
     def color(self, rgb):
-        table = self._table
-        if table is None:
-            return rgb
-        value = table.get(rgb)
-        return value if value is not None else _yuv(rgb)[self.channel]
+        return rgb if self.channel is None else _yuv(rgb)[self.channel]
 
     def _width(self, width: int) -> int:
         return (width + 1) >> 1 if self.half else width
@@ -171,13 +159,8 @@ class _Plane:
         x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2 + 1, w), min(y2 + 1, h)
         if x2 <= x1 or y2 <= y1:
             return
-        key = (text, org, x1, y1, x2, y2)
-        cover = self._masks.get(key) if self._masks is not None else None
-        if cover is None:
-            cover = half_cover(text, (org[0] - 2 * x1, org[1] - 2 * y1), (x2 - x1, y2 - y1), font, font_scale,
-                               font_thickness)
-            if self._masks is not None:
-                self._masks[key] = cover
+        cover = half_cover(text, (org[0] - 2 * x1, org[1] - 2 * y1), (x2 - x1, y2 - y1), font, font_scale,
+                           font_thickness).astype(np.uint16)
         region = image[y1:y2, x1:x2]
         region[:] = (region * (255 - cover) + self.color(text_rgb)[0] * cover + 127) // 255
 
@@ -261,15 +244,18 @@ def plan(w: int, h: int, poses: Poses, keypoint_threshold=0.3, boxes=True, score
     return layers, labels
 
 
+@functools.lru_cache(maxsize=2048)  # the same label (text, size, place on the 2x2 grid) frame after frame
 def half_cover(text, org, size, font, font_scale, font_thickness) -> np.ndarray:
-    """How much `text` covers each pixel of a half-resolution region of `size` (w, h), uint16 0..255: the
-    text drawn at full resolution (`org` relative to the region's top-left, in full-resolution pixels)
-    and each 2x2 block averaged. Hershey glyph advances, rounded per character, do not halve: text drawn
-    at half scale would drift off the text on the Y plane."""
+    """How much `text` covers each pixel of a half-resolution region of `size` (w, h), uint8 0..255 (read
+    only: cached): the text drawn at full resolution (`org` relative to the region's top-left, in full-
+    resolution pixels) and each 2x2 block averaged. Hershey glyph advances, rounded per character, do
+    not halve: text drawn at half scale would drift off the text on the Y plane."""
     w, h = size
     mask = np.zeros((2 * h, 2 * w), np.uint8)
     cv2.putText(mask, text, org, font, font_scale, 255, font_thickness, cv2.LINE_AA)
-    return cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA).astype(np.uint16)
+    cover = cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA)
+    cover.flags.writeable = False
+    return cover
 
 
 def _by_color(colors, members):

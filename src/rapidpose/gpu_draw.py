@@ -14,7 +14,6 @@ On a CPU tensor (or without Triton) the frames are drawn by cv2 through numpy vi
 from __future__ import annotations
 
 import functools
-import logging
 
 import cv2
 import numpy as np
@@ -23,8 +22,6 @@ import torch
 from .draw import _ONE, _yuv, draw_poses_i420, half_cover, plan
 from .errors import InputError
 from .results import Poses
-
-log = logging.getLogger("rapidpose")
 
 # one row per shape, in drawing order; columns:
 _KIND, _X0, _Y0, _X1, _Y1, _RADIUS, _VALUE, _OFFSET, _WIDTH = 0, 1, 2, 3, 4, 5, 6, 8, 9
@@ -133,16 +130,14 @@ class _Rows:
         return np.ascontiguousarray(table, np.float32), starts
 
 
-def _rows(kind, boxes, radius, values, offset=0, width=0) -> np.ndarray:
-    """Rows of one kind and colour: boxes (m, 4) x0, y0, x1, y1; values: the colour's plane values."""
-    rows = np.zeros((len(boxes), _COLUMNS), np.float32)
-    rows[:, _KIND], rows[:, _X0:_Y1 + 1], rows[:, _RADIUS] = kind, boxes, radius
+def _capsules(segments, radius, values) -> np.ndarray:
+    """Rows of capsules of one colour: segments (m, 4) x0, y0, x1, y1; values: the colour's plane values."""
+    rows = np.zeros((len(segments), _COLUMNS), np.float32)
+    rows[:, _KIND], rows[:, _X0:_Y1 + 1], rows[:, _RADIUS] = _CAPSULE, segments, radius
     rows[:, _VALUE:_VALUE + len(values)] = values
-    rows[:, _OFFSET], rows[:, _WIDTH] = offset, width
     return rows
 
 
-@functools.lru_cache(maxsize=4096)
 def _colour(rgb):
     """((Y,), (U, V)) of an RGB colour as the cv2 drawing fills the planes."""
     (y,), (u,), (v,) = _yuv(rgb)
@@ -165,10 +160,9 @@ def _add_layers(luma: _Rows, chroma: _Rows, layers, frame_of) -> None:
         layer, people = (0, np.repeat(owners, per_line)) if closed else (layer, 0)
         y, uv = _colour(rgb)
         discs = points.shape[1] == 2 and not closed and (lines[0][0] == lines[0][1]).all()
-        luma.add(_rows(_CAPSULE, segments, _radius(width, discs), y), frames, layer, people)
+        luma.add(_capsules(segments, _radius(width, discs), y), frames, layer, people)
         # chroma sample j covers luma pixels 2j and 2j + 1: centre at 2j + 0.5
-        chroma.add(_rows(_CAPSULE, (segments - 0.5) / 2, _radius((width + 1) >> 1, discs), uv), frames, layer,
-                   people)
+        chroma.add(_capsules((segments - 0.5) / 2, _radius((width + 1) >> 1, discs), uv), frames, layer, people)
 
 
 def _radius(width: int, discs: bool) -> float:
@@ -208,9 +202,6 @@ def _text_cover(text, org, size, font, font_scale, font_thickness) -> np.ndarray
     return mask
 
 
-_half_cover = functools.lru_cache(maxsize=2048)(half_cover)
-
-
 def _add_labels(luma: _Rows, chroma: _Rows, sprites: _Sprites, labels, frame_of, w: int, h: int) -> None:
     """A label: its tag filled with the person's colour, then the text's cover in the text colour."""
     on_luma, on_chroma = [], []  # (person, kind, x0, y0, x1, y1, values, atlas offset, sprite width)
@@ -225,8 +216,8 @@ def _add_labels(luma: _Rows, chroma: _Rows, sprites: _Sprites, labels, frame_of,
         on_chroma.append((person, _FILL, cx1, cy1, cx2, cy2, uv, 0, 0))
         cx1, cy1, cx2, cy2 = max(cx1, 0), max(cy1, 0), min(cx2 + 1, w // 2), min(cy2 + 1, h // 2)
         if cx2 > cx1 and cy2 > cy1:
-            cover = _half_cover(text, (org[0] - 2 * cx1, org[1] - 2 * cy1), (cx2 - cx1, cy2 - cy1), font,
-                                font_scale, font_thickness).astype(np.uint8)
+            cover = half_cover(text, (org[0] - 2 * cx1, org[1] - 2 * cy1), (cx2 - cx1, cy2 - cy1), font,
+                               font_scale, font_thickness)
             on_chroma.append((person, _SPRITE, cx1, cy1, cx2 - 1, cy2 - 1, tuv, sprites.add(cover), cx2 - cx1))
     for rows, shapes in ((luma, on_luma), (chroma, on_chroma)):
         if shapes:

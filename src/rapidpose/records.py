@@ -30,6 +30,7 @@ class FrameRecords:
     def __init__(self, header: dict, json_path=None, jsonl_path=None):
         self._json = self._jsonl = None
         self.frames = 0
+        self.writing = bool(json_path or jsonl_path)  # else there is no need to make records
         if json_path:
             Path(json_path).parent.mkdir(parents=True, exist_ok=True)
             self._json = open(json_path, "w", encoding="utf-8")

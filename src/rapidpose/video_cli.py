@@ -107,7 +107,8 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
     try:
         for frame, poses in track_frames(est, source, tracker, detect_every, smooth, frames_per_batch,
                                          oks_weight=oks_weight, draw=on_device):
-            records.add(frame_record(frame.index, frame.time, poses, frame.error))
+            if records.writing:
+                records.add(frame_record(frame.index, frame.time, poses, frame.error))
             frames += 1
             people += len(poses)
             bad += not frame.ok
