@@ -11,6 +11,7 @@ the pipeline is full, without the start and the drain of a 2.4-second clip.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -22,8 +23,10 @@ import torch
 
 from rapidpose.bench import random_model
 from rapidpose.drawing_process import start_worker
+from rapidpose.nvdec import unavailable
 from rapidpose.pipeline import PoseEstimator
 from rapidpose.sources import open_source
+from rapidpose.video import DECODERS
 from rapidpose.video_cli import process_video
 
 ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
@@ -46,6 +49,8 @@ def main():
                         "video` starts it while the model loads (default: the pass starts it)")
     p.add_argument("--frames-per-batch", type=int, nargs="+", default=[None],
                    help="frames whose people share a network batch (default: rapidpose video's)")
+    p.add_argument("--decoder", nargs="+", default=["auto"], choices=DECODERS,
+                   help="video decoders to time (auto: NVDEC on the GPU where PyNvVideoCodec is installed)")
     p.add_argument("--switch-interval", type=float, nargs="+", default=[None],
                    help="Python's GIL switch interval in ms to try (default: the interpreter's, 5 ms)")
     args = p.parse_args()
@@ -55,16 +60,16 @@ def main():
     name = torch.cuda.get_device_name() if est.on_gpu else "cpu"
     print(f"ViTPose-{args.variant.upper()} ({type(est.runtime).__name__} {est.runtime.precision}), RTMDet-nano, "
           f"ByteTrack, {Path(args.video).name} ({src.size[0]}x{src.size[1]}, {src.frame_count} frames), {name}, "
-          f"random weights (speed only)\n")
-    print("| frames | detect every | mp4 written (x264 preset, encoders) | frames/s (median) | passes | host cores busy "
-          "| of which closing (s) |\n|---:|---:|---|---:|---|---:|---:|")
+          f"random weights (speed only); NVDEC: {unavailable() or 'available'}\n")
+    print("| frames | detect every | decoder | mp4 written (x264 preset, encoders) | frames/s (median) | passes "
+          "| host cores busy | of which closing (s) |\n|---:|---:|---|---|---:|---|---:|---:|")
     with tempfile.TemporaryDirectory() as folder:
         for loops in args.loops:
             video = args.video if loops == 1 else looped(args.video, loops, Path(folder) / "looped.mp4")
             for every in args.detect_every:
                 runs = [(e, p) for p in args.preset for e in args.encoders] + ([(None, None)] if args.no_video else [])
-                for (encoders, preset), interval, batch in ((r, i, b) for i in args.switch_interval for r in runs
-                                                            for b in args.frames_per_batch):
+                for (encoders, preset), interval, batch, decoder in itertools.product(
+                        runs, args.switch_interval, args.frames_per_batch, args.decoder):
                     if interval:
                         sys.setswitchinterval(interval / 1000)
                     out = str(Path(folder) / "out.mp4") if encoders is not None else None
@@ -75,7 +80,7 @@ def main():
                         cpu = sum(os.times()[:4])  # this process and its finished children (the drawing process)
                         stats = process_video(est, open_source(video), out=out, detect_every=every,
                                               preset=preset or "veryfast", encoders=encoders or None,
-                                              frames_per_batch=batch)
+                                              frames_per_batch=batch, decoder=decoder)
                         if n:  # pass 0 warms up
                             rates.append(stats["frames_per_s"])
                             cores.append((sum(os.times()[:4]) - cpu) / stats["seconds"])
@@ -87,7 +92,7 @@ def main():
                         written += f", {batch} frames a batch"
                     if args.ready_worker and out:
                         written += ", worker ready"
-                    print(f"| {stats['frames']} | {every} | {written} | {statistics.median(rates):.1f} | "
+                    print(f"| {stats['frames']} | {every} | {decoder} | {written} | {statistics.median(rates):.1f} | "
                           f"{', '.join(f'{r:.0f}' for r in rates)} | {statistics.median(cores):.1f} | "
                           f"{statistics.median(closing):.2f} |", flush=True)
 

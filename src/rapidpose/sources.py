@@ -40,8 +40,10 @@ class Frame:
     the U and V planes at half resolution, as decoded from most videos. A frame that holds only `yuv`
     converts it to RGB (BT.601 limited range, cv2.COLOR_YUV2RGB_I420) the first time `image` is read
     and keeps the result; setting `image` replaces the pixels (and drops `yuv`). `ok` and `size` never
-    convert. Neither: the frame could not be read. `drawn`: the frame with its poses drawn (I420 or RGB,
-    as the frame came), where tracking was asked to draw (video.track_frames(draw=True)), else None.
+    convert. Neither: the frame could not be read. `yuv` is a CUDA tensor where the frame was decoded
+    on the GPU (FrameSource.decode_on_gpu); `image` is then still numpy. `drawn`: the frame with its
+    poses drawn (I420 or RGB, as the frame came), where tracking was asked to draw
+    (video.track_frames(draw=True)), else None.
     """
 
     __slots__ = ("index", "time", "_image", "error", "yuv", "_drawn")
@@ -69,7 +71,8 @@ class Frame:
         """RGB uint8 (H, W, 3), converted from `yuv` on first use; None when the frame could not be read."""
         image = self._image
         if image is None and self.yuv is not None:
-            image = self._image = cv2.cvtColor(self.yuv, cv2.COLOR_YUV2RGB_I420)
+            yuv = self.yuv if isinstance(self.yuv, np.ndarray) else self.yuv.cpu().numpy()  # decoded on the GPU
+            image = self._image = cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_I420)
         return image
 
     @image.setter
@@ -119,7 +122,8 @@ class FrameSource:
     (width, height) after rotation, frame_count (None when unknown or live), error (why reading
     stopped early, else None). Iterate once; `close()` (or the end) stops the reader thread.
     `allocate(shape)` gives the arrays that decoded I420 frames are copied into (numpy's by default;
-    the GPU video path gives page-locked memory, which goes to the GPU without another copy)."""
+    the GPU video path gives page-locked memory, which goes to the GPU without another copy), unless
+    `decode_on_gpu(device)` moved the decoding to the GPU."""
 
     def __init__(self, name: str, kind: str, frames, fps: float, size, frame_count, rotate: int, read_ahead: int,
                  release=None):
@@ -130,10 +134,33 @@ class FrameSource:
         self._stop = threading.Event()
         self._thread = None
         self.allocate = _empty
+        # (device) -> (frames, release) decoding on that GPU, or why this source cannot be decoded there
+        self._gpu_frames = "only video files are decoded on the GPU"
 
     @property
     def live(self) -> bool:
         return self.kind in ("camera", "stream")
+
+    def decode_on_gpu(self, device) -> str | None:
+        """Decode with `device`'s NVDEC (nvdec.py) instead of FFmpeg on the CPU, from the first frame
+        (call before iterating). Returns None when it will, else why it cannot (and nothing changes):
+        a source that is not a video file, frames that are not 8-bit I420, no PyNvVideoCodec, or a
+        codec the GPU does not decode."""
+        from . import nvdec
+
+        if self._thread is not None:
+            return "its frames are being read already"
+        reason = self._gpu_frames if isinstance(self._gpu_frames, str) else nvdec.unavailable()
+        if reason is not None:
+            return reason
+        try:
+            frames, release = self._gpu_frames(device)
+        except Exception as exc:  # noqa: BLE001 (PyNvVideoCodec's own errors: an unsupported codec, say)
+            return f"NVDEC cannot decode it: {str(exc).strip().splitlines()[0]}"
+        if self._release is not None:
+            self._release()  # FFmpeg's reader, which gave the first frame
+        self._frames, self._release = frames, release
+        return None
 
     def __iter__(self):
         self._thread = threading.Thread(target=self._read, name=f"read {self.name}", daemon=True)
@@ -231,12 +258,15 @@ def _open_video_file(path: Path, rotate: int, fps_override, read_ahead) -> Frame
     fps = fps_override or (float(rate) if rate else 30.0)
     count = stream.frames or 0
     source = None
+    timed = True  # the frames have timestamps (raw H.264 streams have none)
 
     def decoded():
+        nonlocal timed
         index = 0
         try:
             for frame in container.decode(stream):
-                t = frame.time if frame.time is not None else index / fps
+                timed = frame.time is not None
+                t = frame.time if timed else index / fps
                 # the file's display rotation, as players apply it
                 turn = ROTATIONS.get((-int(frame.rotation or 0)) % 360)
                 # I420 as decoded (no conversion on the host): limited-range yuv420p with even sides that
@@ -256,11 +286,28 @@ def _open_video_file(path: Path, rotate: int, fps_override, read_ahead) -> Frame
         except av.FFmpegError as exc:  # corrupt data: keep what was decoded
             if source is None:
                 raise InputError(f"could not open video '{path}': its first frame cannot be decoded ({exc})") from None
-            source.error = f"decoding stopped at frame {index}: {exc}; the file is truncated or corrupt from there"
+            source.error = _stopped_at(index, exc)
             return
-        if count and index < count:
-            source.error = (f"read {index} of the {count} frames the file announces: it is truncated or "
-                            f"corrupt from frame {index} on")
+        source.error = _fewer_than(index, count)
+
+    def on_gpu(device):
+        from .nvdec import NvdecReader
+
+        reader = NvdecReader(path, device)
+        time_base = float(stream.time_base) if timed and stream.time_base else None
+
+        def frames():
+            index = 0
+            try:
+                for pts, yuv in reader:
+                    yield Frame(index, pts * time_base if time_base else index / fps, None, yuv=yuv)
+                    index += 1
+            except Exception as exc:  # noqa: BLE001 (PyNvVideoCodec's own exception type; the decoder skips corrupt data)
+                source.error = _stopped_at(index, exc)
+                return
+            source.error = _fewer_than(index, count)
+
+        return frames, None
 
     frames = decoded()
     first = next(frames, None)  # the size as shown (after the file's own rotation), and a check that it decodes
@@ -277,7 +324,21 @@ def _open_video_file(path: Path, rotate: int, fps_override, read_ahead) -> Frame
 
     source = FrameSource(str(path), "video", all_frames, fps, (w, h), count or None, rotate, read_ahead,
                          container.close)
+    if first.yuv is not None:  # NVDEC gives 8-bit I420 frames (as NV12): the same pixels
+        source._gpu_frames = on_gpu
+    else:
+        source._gpu_frames = "its frames are not 8-bit I420 as decoded (another pixel format, full range, or turned)"
     return source
+
+
+def _stopped_at(index: int, exc: Exception) -> str:
+    return f"decoding stopped at frame {index}: {exc}; the file is truncated or corrupt from there"
+
+
+def _fewer_than(index: int, count: int) -> str | None:
+    if count and index < count:
+        return f"read {index} of the {count} frames the file announces: it is truncated or corrupt from frame {index} on"
+    return None
 
 
 def _open_capture(target, kind: str, name: str, rotate: int, fps_override, read_ahead) -> FrameSource:

@@ -5,9 +5,10 @@ thread decodes frames ahead (sources.FrameSource); the next batch of frames is p
 pose work of this one runs; the pose network sees all people of all frames of a batch in one run.
 Tracking is sequential by nature and cheap. Where the frames are prepared:
 
-- on a GPU (pose network there, RTMDet or no detector): the frames go to the GPU as decoded (I420),
-  are converted there, RTMDet runs on the whole batch, and the pose crops are cut from those frames;
-  the host only decodes, tracks and encodes (_DeviceStage).
+- on a GPU (pose network there, RTMDet or no detector): the frames are decoded there by NVDEC where
+  PyNvVideoCodec is installed (nvdec.py), else go to the GPU as FFmpeg decoded them (I420); they are
+  converted there, RTMDet runs on the whole batch, and the pose crops are cut from those frames; the
+  host only tracks and encodes (_DeviceStage).
 - otherwise on the host: copies of the ONNX detector run frames in parallel (_HostStage).
 
 Tracking with `--detect-every N`: on the frames between detections the tracker's Kalman filter
@@ -36,6 +37,7 @@ from .tracking import Tracker
 log = logging.getLogger("rapidpose")
 
 TRACKERS = ("bytetrack", "sort", "none")
+DECODERS = ("auto", "ffmpeg", "nvdec")  # auto: NVDEC where the frames go to a GPU and it can, else FFmpeg
 _LOW_SCORE = 0.1  # ByteTrack's second stage looks at detections down to this score
 # per detector: its host copies by (threshold, copies), its GPU version by device; loading them takes longer
 # than tracking a short clip
@@ -151,7 +153,12 @@ class _DeviceStage:
                 by_size.setdefault((frame.size, frame.yuv is not None), []).append(i)
             for (_, is_yuv), members in by_size.items():
                 arrays = [frames[i].yuv if is_yuv else frames[i].image for i in members]
-                batch = torch.stack(self.uploader(arrays))
+                if isinstance(arrays[0], torch.Tensor):  # decoded on this GPU (NVDEC)
+                    for array in arrays:  # read here: not to be reused by the decoder's stream before that
+                        array.record_stream(torch.cuda.current_stream(self.device))
+                    batch = torch.stack(arrays)
+                else:
+                    batch = torch.stack(self.uploader(arrays))
                 rgb = i420_to_rgb(batch) if is_yuv else batch.permute(0, 3, 1, 2).float()
                 if is_yuv:
                     yuv.append((members, batch))  # drawn into, when asked to draw
@@ -199,7 +206,8 @@ def _draw_on_host(frames, poses, which=None) -> list:
 
 def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1, smooth: bool = False,
                  frames_per_batch: int | None = None, rotate: int = 0, oks_weight: float = 0.0,
-                 detector_workers: int | None = None, draw: bool = False) -> Iterator[tuple[Frame, Poses]]:
+                 detector_workers: int | None = None, draw: bool = False,
+                 decoder: str = "auto") -> Iterator[tuple[Frame, Poses]]:
     """(Frame, Poses) for each frame of `source` (a FrameSource, or anything open_source takes).
 
     tracker: 'bytetrack', 'sort' or 'none'. detect_every: run the detector on every Nth frame
@@ -207,11 +215,15 @@ def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1,
     frames_per_batch: frames whose people share one network batch (default 16 on GPUs, 4 on CPUs,
     1 for live sources, which then lag by no more than one frame). draw: each frame comes with
     `frame.drawn`, its poses drawn (draw.draw_poses_i420 / draw_poses): on the GPU where the frames
-    are there (draws_on_device), else by cv2 on this thread. Frames that cannot be read come with an
-    empty Poses and `frame.error` set.
+    are there (draws_on_device), else by cv2 on this thread. decoder: 'auto' decodes a video file
+    on the GPU (NVDEC) where the frames go there and PyNvVideoCodec can decode it, else with FFmpeg on
+    the CPU; 'ffmpeg' always on the CPU; 'nvdec' on the GPU or fail. Frames that cannot be read come
+    with an empty Poses and `frame.error` set.
     """
     if tracker not in TRACKERS:
         raise InputError(f"unknown tracker '{tracker}': use one of {', '.join(TRACKERS)}")
+    if decoder not in DECODERS:
+        raise InputError(f"unknown decoder '{decoder}': use one of {', '.join(DECODERS)}")
     if detect_every < 1:
         raise InputError(f"--detect-every must be at least 1; got {detect_every}")
     if detect_every > 1 and tracker == "none":
@@ -226,12 +238,9 @@ def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1,
     # ByteTrack matches low-score detections to existing tracks: ask the detector for them too
     low = min(threshold, _LOW_SCORE) if tracker == "bytetrack" else threshold
     stage = _make_stage(est, low, detector_workers)
-    if isinstance(stage, _DeviceStage) and stage.stream is not None:
-        from .gpu_ops import pinned_empty
-
-        src.allocate = pinned_empty  # frames decoded straight into page-locked memory: one copy less
     last_score: dict[int, float] = {}
     try:
+        _choose_decoder(src, stage, decoder)
         batches = chunked(src, max(int(frames_per_batch), 1))
         pending = _start(next(batches, None), stage, detect_every, tracks)
         while pending is not None:
@@ -249,6 +258,28 @@ def draws_on_device(est) -> bool:
     from .detect import RTMDet
 
     return est.on_gpu and (est.detector is None or type(est.detector) is RTMDet)
+
+
+def _choose_decoder(src, stage, decoder: str) -> None:
+    """NVDEC where the frames go to a CUDA GPU anyway and it can decode them (decoder 'auto' or
+    'nvdec'), else FFmpeg, into page-locked memory when the frames go to a GPU."""
+    on_cuda = isinstance(stage, _DeviceStage) and stage.stream is not None
+    if decoder == "nvdec" and not on_cuda:
+        raise InputError("--decoder nvdec decodes into the GPU that prepares the frames: that needs the pose model "
+                         "on a CUDA device and RTMDet or no detector; use --decoder ffmpeg (or auto) here")
+    if not on_cuda:
+        return
+    if decoder != "ffmpeg":
+        why = src.decode_on_gpu(stage.device)
+        if why is None:
+            log.info("decoding %s on the GPU (NVDEC)", src.name)
+            return
+        if decoder == "nvdec":
+            raise InputError(f"--decoder nvdec: '{src.name}' cannot be decoded on the GPU: {why}")
+        log.info("decoding %s with FFmpeg on the CPU: %s", src.name, why)
+    from .gpu_ops import pinned_empty
+
+    src.allocate = pinned_empty  # frames decoded straight into page-locked memory: one copy less
 
 
 def _make_stage(est, threshold, detector_workers):

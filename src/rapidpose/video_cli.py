@@ -14,7 +14,7 @@ log = logging.getLogger("rapidpose")
 def add_video_parser(sub) -> None:
     from .runtime import BACKENDS
     from .runtime.torch_runtime import PRECISIONS
-    from .video import TRACKERS
+    from .video import DECODERS, TRACKERS
     from .video_writer import PRESETS
 
     p = sub.add_parser("video", help="track people and their keypoints through a video, camera or stream",
@@ -41,6 +41,9 @@ def add_video_parser(sub) -> None:
     p.add_argument("--show", action="store_true", help="show the drawn frames in a window (q quits)")
     p.add_argument("--flip", action="store_true", help="flip test (twice the network work)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--decoder", default="auto", choices=DECODERS,
+                   help="video decoding: nvdec on the GPU (pip install 'rapidpose[nvdec]'), ffmpeg on the CPU, or "
+                        "auto (nvdec when the frames go to a CUDA GPU and it can decode the file)")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--compile", action="store_true")
@@ -67,7 +70,7 @@ def run_video(args) -> int:
     stats = process_video(est, source, out=args.out, json_path=args.json, jsonl_path=args.jsonl, window=window,
                           tracker=args.track, detect_every=args.detect_every, smooth=args.smooth,
                           frames_per_batch=args.frames_per_batch, oks_weight=args.oks_weight, crf=args.crf,
-                          preset=args.preset, header={"model": str(args.model)})
+                          preset=args.preset, header={"model": str(args.model)}, decoder=args.decoder)
     log.info("%d frames, %d people in %.1f s (%.1f frames/s)%s", stats["frames"], stats["people"], stats["seconds"],
              stats["frames_per_s"], f"; wrote {args.out}" if args.out else "")
     if source.error:
@@ -79,10 +82,10 @@ def run_video(args) -> int:
 
 def process_video(est, source, out=None, json_path=None, jsonl_path=None, window=None, tracker="bytetrack",
                   detect_every=1, smooth=False, frames_per_batch=None, oks_weight=0.0, crf=23, preset="veryfast",
-                  header=None, encoders=None) -> dict:
+                  header=None, encoders=None, decoder="auto") -> dict:
     """Track `source` (a FrameSource) with `est`, drawing into an mp4 (drawing_process.DrawnVideo) and
     writing JSON / JSONL as it goes; the files are closed on every way out. encoders: x264 encoders side
-    by side (VideoWriter). Returns frames, people, bad_frames, seconds, frames_per_s, interrupted and
+    by side (VideoWriter); decoder: video.track_frames's. Returns frames, people, bad_frames, seconds, frames_per_s, interrupted and
     closing_seconds (of seconds, those after the last frame: the mp4's last segments, the JSON)."""
     from .cli import progress
     from .records import FrameRecords, frame_record
@@ -106,7 +109,7 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
     on_device = (writer is not None or window is not None) and draws_on_device(est)  # drawn on the GPU
     try:
         for frame, poses in track_frames(est, source, tracker, detect_every, smooth, frames_per_batch,
-                                         oks_weight=oks_weight, draw=on_device):
+                                         oks_weight=oks_weight, draw=on_device, decoder=decoder):
             if records.writing:
                 records.add(frame_record(frame.index, frame.time, poses, frame.error))
             frames += 1
