@@ -307,7 +307,7 @@ def _open_video_file(path: Path, rotate: int, fps_override, read_ahead) -> Frame
                 return
             source.error = _fewer_than(index, count)
 
-        return frames, None
+        return frames, reader.close
 
     frames = decoded()
     first = next(frames, None)  # the size as shown (after the file's own rotation), and a check that it decodes

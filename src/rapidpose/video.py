@@ -110,6 +110,8 @@ class _DeviceStage:
         self.pose_stream = torch.cuda.current_stream(self.device) if on_cuda else None  # where the pose work runs
         self.uploader = PinnedUploader(self.device)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="device")
+        self.draw_stream = torch.cuda.Stream(self.device) if on_cuda else None
+        self.drawer = ThreadPoolExecutor(1, thread_name_prefix="draw")
 
     def submit(self, frames: list[Frame], wanted: set[int]) -> "_Pending":
         future = self.pool.submit(self._work, frames, wanted)
@@ -123,23 +125,34 @@ class _DeviceStage:
         return _Pending(frames, lambda: future.result()[0], images, lambda poses: self._draw(future, frames, poses))
 
     def _draw(self, future, frames, poses) -> list:
-        """The frames with their poses drawn: the I420 ones on the GPU (gpu_draw) into the frames
-        uploaded for the crops, then copied back in one piece; any others on the host."""
+        """The frames with their poses drawn, on a thread of its own (the tracking thread goes on): for
+        each frame a callable that waits for its drawing (Frame.drawn calls it on first use)."""
+        drawing = self.drawer.submit(self._draw_batch, future, frames, poses)
+        return [functools.partial(_drawn, drawing, i) for i in range(len(frames))]
+
+    def _draw_batch(self, future, frames, poses) -> list:
+        """The I420 frames drawn on the GPU (gpu_draw) into the frames uploaded for the crops, then
+        copied back in one piece; any others on the host."""
         torch = self.torch
         from .gpu_draw import draw_poses_i420_batch
 
         drawn = _draw_on_host(frames, poses, [i for i, f in enumerate(frames) if f.yuv is None])
-        for members, batch in future.result()[3]:
-            draw_poses_i420_batch(batch, [poses[i] for i in members])
-            if self.stream is None:
-                done, host = None, batch
-            else:  # pinned: a fast copy; torch's host allocator reuses the buffer once it is free
-                host = torch.empty(batch.shape, dtype=batch.dtype, pin_memory=True)
-                host.copy_(batch, non_blocking=True)
-                done = torch.cuda.Event()
-                done.record()
-            for i, frame in zip(members, host.numpy()):  # waited for by whoever asks first (the mp4's feeder)
-                drawn[i] = frame if done is None else functools.partial(_when_done, done, frame)
+        _, _, uploaded, batches = future.result()
+        with torch.cuda.stream(self.draw_stream) if self.draw_stream is not None else contextlib.nullcontext():
+            if uploaded is not None:
+                self.draw_stream.wait_event(uploaded)
+            for members, batch in batches:
+                draw_poses_i420_batch(batch, [poses[i] for i in members])
+                if self.draw_stream is None:
+                    done, host = None, batch
+                else:  # pinned: a fast copy; torch's host allocator reuses the buffer once it is free
+                    batch.record_stream(self.draw_stream)  # drawn here: not to be reused before that is done
+                    host = torch.empty(batch.shape, dtype=batch.dtype, pin_memory=True)
+                    host.copy_(batch, non_blocking=True)
+                    done = torch.cuda.Event()
+                    done.record()
+                for i, frame in zip(members, host.numpy()):  # waited for by whoever asks first (the mp4's feeder)
+                    drawn[i] = frame if done is None else functools.partial(_when_done, done, frame)
         return drawn
 
     def _work(self, frames, wanted):
@@ -178,6 +191,7 @@ class _DeviceStage:
 
     def close(self):
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.drawer.shutdown(wait=True)  # frames handed out already wait for their drawing
 
 
 class _Pending:
@@ -191,6 +205,12 @@ class _Pending:
 def _when_done(event, array):
     event.synchronize()
     return array
+
+
+def _drawn(drawing, i):
+    """Frame i of a batch whose drawing is under way (a Future of _draw_batch's list)."""
+    drawn = drawing.result()[i]
+    return drawn() if callable(drawn) else drawn
 
 
 def _draw_on_host(frames, poses, which=None) -> list:
