@@ -37,7 +37,6 @@ from .results import Poses
 
 log = logging.getLogger("rapidpose")
 
-_NICENESS = 10  # the worker's, added to the tracking process's
 _SLOTS_BYTES = 512 << 20  # frames in shared memory at most (about 170 frames of 1080p I420)
 
 
@@ -223,10 +222,6 @@ def _serve(reply_fd: int) -> None:
     from .video_writer import VideoWriter
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the tracking process decides when the file ends
-    # the tracking process feeds the GPU and waits on it: its threads go first, x264 takes the cores
-    # left (with 64 frames buffered it catches up); at equal priority its 30-odd threads delay the
-    # tracking thread's turns
-    os.nice(_NICENESS)
     requests, replies = sys.stdin.buffer, os.fdopen(reply_fd, "wb")
     reply_lock = threading.Lock()
 
