@@ -1,8 +1,8 @@
 """Video decoding on the GPU's own decoder (NVDEC), through NVIDIA's PyNvVideoCodec.
 
-Frames arrive on the GPU as I420 tensors: the host neither decodes (0.6 core-ms a 1080p H.264 frame
-against 7.4 for FFmpeg on the CPU, measured on an H100 host) nor uploads them, which leaves its cores
-to the mp4's encoder. H.264 decoding is exact: the pixels are the ones FFmpeg gives (tests/test_nvdec.py).
+Frames arrive on the GPU as I420 tensors: the host neither decodes nor uploads them, which leaves its
+cores to the mp4's encoder (benchmarks/video_speed.py on an H100 host, 1080p, no mp4: 1.5 host cores
+busy against 4.8 with FFmpeg). H.264 decoding is exact: the pixels are the ones FFmpeg gives (tests/test_nvdec.py).
 The decoder waits for the hardware without holding the GIL. Install with `pip install rapidpose[nvdec]`;
 the GPU video path uses it when it is there (sources.FrameSource.decode_on_gpu).
 """
