@@ -20,10 +20,13 @@ needs_nvdec = pytest.mark.skipif(NVDEC is not None, reason=f"needs NVDEC: {NVDEC
 
 
 def test_nv12_becomes_i420_with_the_same_planes():
-    yuv = np.random.default_rng(0).integers(0, 256, (240 * 3 // 2, 426), np.uint8)
-    y, u, v = i420_planes(yuv)
-    nv12 = np.concatenate([y, np.stack([u, v], -1).reshape(120, 426)])
-    np.testing.assert_array_equal(nv12_to_i420(torch.from_numpy(nv12)).numpy(), yuv)
+    frames = np.random.default_rng(0).integers(0, 256, (3, 240 * 3 // 2, 426), np.uint8)
+    nv12 = []
+    for yuv in frames:
+        y, u, v = i420_planes(yuv)
+        nv12.append(np.concatenate([y, np.stack([u, v], -1).reshape(120, 426)]))
+    np.testing.assert_array_equal(nv12_to_i420(torch.from_numpy(nv12[1])).numpy(), frames[1])
+    np.testing.assert_array_equal(nv12_to_i420(torch.from_numpy(np.stack(nv12))).numpy(), frames)  # a batch
 
 
 def test_a_source_says_why_it_is_not_decoded_on_the_gpu_and_still_reads(tmp_path):

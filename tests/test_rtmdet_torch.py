@@ -101,10 +101,11 @@ def test_an_operator_the_torch_runner_lacks_is_named(tmp_path):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_i420_to_rgb_gives_cv2s_bytes(device):
-    frames = decoded_frames(BASKETBALL, 3) + [np.random.default_rng(0).integers(0, 256, (360, 426), np.uint8)]
-    for frame in frames:
-        got = i420_to_rgb(torch.from_numpy(frame)[None].to(device))[0].permute(1, 2, 0).cpu().numpy()
-        np.testing.assert_array_equal(got, cv2.cvtColor(frame, cv2.COLOR_YUV2RGB_I420))
+    noise = np.random.default_rng(0).integers(0, 256, (2, 360, 426), np.uint8)  # every value, chroma width odd
+    for batch in (np.stack(decoded_frames(BASKETBALL, 3)), noise, noise[:, :6, :4]):
+        got = i420_to_rgb(torch.from_numpy(batch).to(device)).permute(0, 2, 3, 1).cpu().numpy()
+        for frame, rgb in zip(batch, got, strict=True):
+            np.testing.assert_array_equal(rgb, cv2.cvtColor(frame, cv2.COLOR_YUV2RGB_I420))
 
 
 def test_the_device_path_tracks_like_the_host_path(tiny_checkpoint):

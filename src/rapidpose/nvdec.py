@@ -31,25 +31,27 @@ def unavailable() -> str | None:
 
 
 def nv12_to_i420(nv12):
-    """An NV12 frame (H*3//2, W: Y, then U and V interleaved) as I420 (Y, then all U, then all V), in a
-    new tensor on the same device."""
+    """NV12 frames (B, H*3//2, W: Y, then U and V interleaved; or one frame without B) as I420 (Y, then
+    all U, then all V), in a new tensor on the same device."""
     import torch
 
-    h, w = nv12.shape[0] * 2 // 3, nv12.shape[1]
-    out = torch.empty_like(nv12)
-    flat = out.view(-1)
-    out[:h] = nv12[:h]
-    uv = nv12[h:].view(h // 2, w // 2, 2)
-    flat[w * h:w * h * 5 // 4].view(h // 2, w // 2).copy_(uv[..., 0])
-    flat[w * h * 5 // 4:].view(h // 2, w // 2).copy_(uv[..., 1])
-    return out
+    frames = nv12.reshape(-1, *nv12.shape[-2:])
+    b, h, w = len(frames), nv12.shape[-2] * 2 // 3, nv12.shape[-1]
+    out = torch.empty_like(frames)
+    flat = out.view(b, -1)
+    out[:, :h] = frames[:, :h]
+    uv = frames[:, h:].reshape(b, h // 2, w // 2, 2)
+    flat[:, w * h:w * h * 5 // 4].view(b, h // 2, w // 2).copy_(uv[..., 0])
+    flat[:, w * h * 5 // 4:].view(b, h // 2, w // 2).copy_(uv[..., 1])
+    return out.view(nv12.shape)
 
 
 class NvdecReader:
     """The frames of a video file, decoded by NVDEC on `device` (a CUDA torch.device). Iterating gives
-    (pts, I420 uint8 tensor (H*3//2, W)) in display order, each in memory of its own, ready to use on
-    any stream (the copies out of the decoder's surfaces are waited for here). Opening fails with the
-    decoder's error for a file or codec it cannot take (the caller then decodes on the CPU).
+    (pts, I420 uint8 tensor (H*3//2, W)) in display order (the frames of one decoder call share their
+    memory), ready to use on any stream (the copies out of the decoder's surfaces are waited for here).
+    Opening fails with the decoder's error for a file or codec it cannot take (the caller then decodes
+    on the CPU).
 
     PyNvVideoCodec's threaded decoder decodes ahead on a thread of its own, without the GIL, and hands
     frames over `batch` at a time: a Python thread that asked for every frame (and waited for the
@@ -77,10 +79,11 @@ class NvdecReader:
         decoded, self._first = self._first, None
         with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             while decoded:
-                # the surfaces are the decoder's again at the next call: copied out before that
-                frames = [(frame.timestamp, nv12_to_i420(torch.from_dlpack(frame))) for frame in decoded]
+                # the surfaces are the decoder's again at the next call: copied out (all of a call in
+                # one tensor: two copies a call, not a frame) before that
+                frames = nv12_to_i420(torch.stack([torch.from_dlpack(frame) for frame in decoded]))
                 self.stream.synchronize()
-                yield from frames
+                yield from zip((frame.timestamp for frame in decoded), frames)
                 decoded = self.decoder.get_batch_frames(self.batch)
 
     def close(self) -> None:

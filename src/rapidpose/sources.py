@@ -213,16 +213,20 @@ class FrameSource:
         return f"FrameSource({self.name!r}, {self.kind}, {self.size[0]}x{self.size[1]}, {self.fps:.2f} fps, {count})"
 
 
-def open_source(spec, rotate: int = 0, fps: float | None = None, read_ahead: int = 16) -> FrameSource:
+def open_source(spec, rotate: int = 0, fps: float | None = None, read_ahead: int | None = None) -> FrameSource:
     """A FrameSource for: a video file; a folder of images or a glob ('frames/*.jpg'); a webcam index
     (0, '0'); a stream URL (rtsp://, http(s)://, ...). rotate: 0, 90, 180 or 270 degrees clockwise.
-    fps: the frame rate of image sequences (default 30), or an override for videos without one."""
+    fps: the frame rate of image sequences (default 30), or an override for videos without one.
+    read_ahead: frames read before they are asked for (default 32, a GPU batch; 16 for live sources,
+    whose frames wait there when the work is slower than the camera)."""
     if rotate not in ROTATIONS:
         raise InputError(f"--rotate must be 0, 90, 180 or 270 (degrees clockwise); got {rotate}")
     text = str(spec)
-    if isinstance(spec, int) or re.fullmatch(r"\d+", text):
+    camera, stream = isinstance(spec, int) or re.fullmatch(r"\d+", text), text.lower().startswith(STREAM_SCHEMES)
+    read_ahead = read_ahead or (16 if camera or stream else 32)
+    if camera:
         return _open_capture(int(text), "camera", f"camera {text}", rotate, fps, read_ahead)
-    if text.lower().startswith(STREAM_SCHEMES):
+    if stream:
         return _open_capture(text, "stream", text, rotate, fps, read_ahead)
     path = Path(text).expanduser()
     if glob.has_magic(text) or path.is_dir():

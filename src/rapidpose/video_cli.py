@@ -48,7 +48,8 @@ def add_video_parser(sub) -> None:
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--frames-per-batch", type=int, default=None,
-                   help="frames whose people share a network batch (default 16 on GPUs, 4 on CPUs, 1 live)")
+                   help="frames whose people share a network batch (default on GPUs 32 up to 1080p, fewer for "
+                        "larger frames; 4 on CPUs; 1 live)")
     p.add_argument("--dataset-index", type=int, default=0)
 
 
