@@ -422,21 +422,25 @@ def decoded(path):
 
 def test_the_drawing_process_writes_what_drawing_in_process_writes(tmp_path):
     """Same frames, same poses: the mp4 of the worker process decodes to the very frames of the mp4
-    drawn and encoded in this process."""
+    of frames drawn in this process (encoded by a fresh process: see the next test)."""
+    import subprocess
+    import sys
+
     from rapidpose.drawing_process import DrawnVideo
     from rapidpose.skeletons import SKELETONS
     from rapidpose.sources import Frame
     from rapidpose.video_cli import draw_frame
-    from rapidpose.video_writer import VideoWriter
 
     frames = list(np.random.default_rng(0).integers(0, 256, (30, 180, 160), np.uint8))
     with DrawnVideo(tmp_path / "process.mp4", 25, (160, 120), SKELETONS["coco"], encoders=2, slots=4) as video:
         for i, yuv in enumerate(frames):
             video.write(Frame(i, i / 25, None, yuv=yuv), _moving_person(i))
     assert video.frames == 30 and video.error is None
-    with VideoWriter(tmp_path / "here.mp4", 25, (160, 120), encoders=2) as writer:
-        for i, yuv in enumerate(frames):
-            writer.write(draw_frame(yuv.copy(), _moving_person(i)))
+    np.save(tmp_path / "drawn.npy", np.stack([draw_frame(yuv.copy(), _moving_person(i)) for i, yuv in enumerate(frames)]))
+    subprocess.run([sys.executable, "-c", "import sys, numpy as np; from rapidpose.video_writer import VideoWriter\n"
+                    "with VideoWriter(sys.argv[2], 25, (160, 120), encoders=2) as writer:\n"
+                    "    for pixels in np.load(sys.argv[1]): writer.write(pixels)",
+                    str(tmp_path / "drawn.npy"), str(tmp_path / "here.mp4")], check=True)
     process, here = decoded(tmp_path / "process.mp4"), decoded(tmp_path / "here.mp4")
     assert len(process) == 30
     for a, b in zip(process, here):
@@ -447,23 +451,25 @@ def test_the_drawing_process_writes_what_drawing_in_process_writes(tmp_path):
 
 def test_frames_drawn_before_the_drawing_process_are_only_encoded(tmp_path):
     """A frame that comes drawn (track_frames(draw=True), on a GPU) is encoded as it is: the mp4 is the
-    one of frames drawn and encoded in this process, drawn once."""
+    one of the same frames drawn by the drawing process, drawn once.
+
+    Both files come from drawing processes: x264 in this process (after the other tests) has now and
+    then encoded the first frames a little differently from a fresh process, all settings equal."""
     from rapidpose.drawing_process import DrawnVideo
     from rapidpose.skeletons import SKELETONS
     from rapidpose.video_cli import draw_frame
-    from rapidpose.video_writer import VideoWriter
 
     frames = list(np.random.default_rng(1).integers(0, 256, (12, 180, 160), np.uint8))
-    drawn = [draw_frame(yuv.copy(), _moving_person(i)) for i, yuv in enumerate(frames)]
-    with DrawnVideo(tmp_path / "process.mp4", 25, (160, 120), SKELETONS["coco"], encoders=1, slots=3) as video:
-        for i, (yuv, pixels) in enumerate(zip(frames, drawn)):
-            frame = Frame(i, i / 25, None, yuv=yuv)
-            frame.drawn = pixels
-            video.write(frame, _moving_person(i))
-    with VideoWriter(tmp_path / "here.mp4", 25, (160, 120), encoders=1) as writer:
-        for pixels in drawn:
-            writer.write(pixels)
-    for a, b in zip(decoded(tmp_path / "process.mp4"), decoded(tmp_path / "here.mp4"), strict=True):
+    for name, drawn_here in (("drawn-here.mp4", True), ("drawn-there.mp4", False)):
+        with DrawnVideo(tmp_path / name, 25, (160, 120), SKELETONS["coco"], encoders=1, slots=3) as video:
+            for i, yuv in enumerate(frames):
+                frame = Frame(i, i / 25, None, yuv=yuv)
+                if drawn_here:
+                    frame.drawn = draw_frame(yuv.copy(), _moving_person(i))
+                video.write(frame, _moving_person(i))
+    here, there = decoded(tmp_path / "drawn-here.mp4"), decoded(tmp_path / "drawn-there.mp4")
+    assert len(here) == len(frames)
+    for a, b in zip(here, there, strict=True):
         np.testing.assert_array_equal(a, b)
 
 

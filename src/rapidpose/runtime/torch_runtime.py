@@ -58,7 +58,9 @@ class CudaGraph:
                 model(self.x)
         torch.cuda.current_stream(device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        # thread_local: other threads go on meanwhile (video: the detector's thread, the pose work, the
+        # drawing's pinned buffers, NVDEC); a global capture fails at the first such call of theirs
+        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
             self.y = model(self.x)
 
     def __call__(self, x):
