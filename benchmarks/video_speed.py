@@ -13,9 +13,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import queue
 import statistics
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import av
@@ -26,7 +29,7 @@ from rapidpose.drawing_process import start_worker
 from rapidpose.nvdec import unavailable
 from rapidpose.pipeline import PoseEstimator
 from rapidpose.sources import open_source
-from rapidpose.video import DECODERS
+from rapidpose.video import DECODERS, draws_on_device, track_frames
 from rapidpose.video_cli import process_video
 
 ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
@@ -42,6 +45,8 @@ def main():
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--preset", nargs="+", default=["veryfast"], help="x264 presets to time, one after another")
     p.add_argument("--no-video", action="store_true", help="also time without writing the mp4")
+    p.add_argument("--drawn-only", action="store_true",
+                   help="also time the frames drawn (on the GPU) and fetched to the host, without the mp4's process")
     p.add_argument("--loops", type=int, nargs="+", default=[1], help="times the clip is played in a row")
     p.add_argument("--encoders", type=int, nargs="+", default=[0], help="x264 encoders side by side (0: default)")
     p.add_argument("--ready-worker", action="store_true",
@@ -67,7 +72,8 @@ def main():
         for loops in args.loops:
             video = args.video if loops == 1 else looped(args.video, loops, Path(folder) / "looped.mp4")
             for every in args.detect_every:
-                runs = [(e, p) for p in args.preset for e in args.encoders] + ([(None, None)] if args.no_video else [])
+                runs = ([(e, p) for p in args.preset for e in args.encoders] + ([(None, None)] if args.no_video else [])
+                        + ([(None, "drawn")] if args.drawn_only else []))
                 for (encoders, preset), interval, batch, decoder in itertools.product(
                         runs, args.switch_interval, args.frames_per_batch, args.decoder):
                     if interval:
@@ -78,14 +84,18 @@ def main():
                         if args.ready_worker and out:
                             start_worker(wait=True)
                         cpu = sum(os.times()[:4])  # this process and its finished children (the drawing process)
-                        stats = process_video(est, open_source(video), out=out, detect_every=every,
-                                              preset=preset or "veryfast", encoders=encoders or None,
-                                              frames_per_batch=batch, decoder=decoder)
+                        if preset == "drawn":
+                            stats = drawn_only(est, open_source(video), every, batch, decoder)
+                        else:
+                            stats = process_video(est, open_source(video), out=out, detect_every=every,
+                                                  preset=preset or "veryfast", encoders=encoders or None,
+                                                  frames_per_batch=batch, decoder=decoder)
                         if n:  # pass 0 warms up
                             rates.append(stats["frames_per_s"])
                             cores.append((sum(os.times()[:4]) - cpu) / stats["seconds"])
                             closing.append(stats["closing_seconds"])
-                    written = "no" if encoders is None else f"yes ({preset}, {encoders or 'default'} encoders)"
+                    written = ("no" if encoders is None else f"yes ({preset}, {encoders or 'default'} encoders)"
+                               ) if preset != "drawn" else "no: drawn on the GPU and fetched, not written"
                     if interval:
                         written += f", GIL switch {interval:g} ms"
                     if batch:
@@ -95,6 +105,30 @@ def main():
                     print(f"| {stats['frames']} | {every} | {decoder} | {written} | {statistics.median(rates):.1f} | "
                           f"{', '.join(f'{r:.0f}' for r in rates)} | {statistics.median(cores):.1f} | "
                           f"{statistics.median(closing):.2f} |", flush=True)
+
+
+def drawn_only(est, source, every, batch, decoder) -> dict:
+    """The frames tracked and drawn as for the mp4 (on the GPU), each drawn frame fetched to the host by a
+    thread of its own as the mp4's feeder does, nothing written: what the mp4's process adds is the rest."""
+    fetched: queue.Queue = queue.Queue(maxsize=32)
+
+    def fetch():
+        while (frame := fetched.get()) is not None:
+            frame.drawn  # noqa: B018 (waits for the drawing and its copy to the host)
+
+    thread = threading.Thread(target=fetch)
+    thread.start()
+    start, frames = time.perf_counter(), 0
+    try:
+        for frame, _ in track_frames(est, source, detect_every=every, frames_per_batch=batch,
+                                     draw=draws_on_device(est), decoder=decoder):
+            fetched.put(frame)
+            frames += 1
+    finally:
+        fetched.put(None)
+        thread.join()
+    seconds = time.perf_counter() - start
+    return {"frames": frames, "seconds": seconds, "frames_per_s": frames / seconds, "closing_seconds": 0.0}
 
 
 def looped(video: str, loops: int, path: Path) -> str:
