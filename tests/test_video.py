@@ -262,6 +262,21 @@ def test_a_short_video_is_cut_so_that_every_encoder_gets_a_part(tmp_path):
     assert segment(frame_count=72) == 18 and segment(frame_count=10) == 8  # no part of fewer than 8 frames
 
 
+def test_a_gpu_batch_holds_32_frames_up_to_1080p_and_fewer_of_larger_ones():
+    from rapidpose.video import gpu_batch
+
+    assert gpu_batch((426, 240)) == gpu_batch((1920, 1080)) == 32
+    assert gpu_batch((2560, 1440)) == 18 and gpu_batch((3840, 2160)) == 8  # about 1080p's pixels a batch
+    assert gpu_batch((7680, 4320)) == 4 and gpu_batch((0, 0)) == 32  # never fewer than 4; no size: no limit
+
+
+def test_files_are_read_a_gpu_batch_ahead():
+    for asked, ahead in ((None, 32), (5, 5)):
+        source = open_source(BASKETBALL, read_ahead=asked)
+        assert source._queue.maxsize == ahead
+        source.close()
+
+
 def test_a_frame_converts_its_i420_once_when_asked_and_checking_it_converts_nothing():
     yuv = cv2.cvtColor(np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8), cv2.COLOR_RGB2YUV_I420)
     frame = Frame(3, 0.1, None, yuv=yuv)
