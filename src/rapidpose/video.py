@@ -234,12 +234,11 @@ def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1,
     (tracking carries the boxes between; needs a tracker). smooth: One-Euro filter per track.
     frames_per_batch: frames whose people share one network batch (default on GPUs 32 frames up to
     1080p, fewer for larger ones; 4 on CPUs; 1 for live sources, which then lag by no more than one
-    frame). draw: each frame comes with
-    `frame.drawn`, its poses drawn (draw.draw_poses_i420 / draw_poses): on the GPU where the frames
-    are there (draws_on_device), else by cv2 on this thread. decoder: 'auto' decodes a video file
-    on the GPU (NVDEC) where the frames go there and PyNvVideoCodec can decode it, else with FFmpeg on
-    the CPU; 'ffmpeg' always on the CPU; 'nvdec' on the GPU or fail. Frames that cannot be read come
-    with an empty Poses and `frame.error` set.
+    frame). draw: each frame comes with `frame.drawn`, its poses drawn (draw.draw_poses_i420 /
+    draw_poses): on the GPU where the frames are there (draws_on_device), else by cv2 on this thread.
+    decoder: 'auto' decodes a video file on the GPU (NVDEC) where the frames go there and
+    PyNvVideoCodec can decode it, else with FFmpeg on the CPU; 'ffmpeg' always on the CPU; 'nvdec' on
+    the GPU or fail. Frames that cannot be read come with an empty Poses and `frame.error` set.
     """
     if tracker not in TRACKERS:
         raise InputError(f"unknown tracker '{tracker}': use one of {', '.join(TRACKERS)}")
@@ -275,8 +274,8 @@ def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1,
 
 def gpu_batch(size) -> int:
     """Frames a batch on a GPU for frames of `size` (w, h): 32 up to 1080p (a batch's per-call costs
-    spread over more frames: 16 -> 32 frames, 345 -> 365 frames/s on an H100 with the mp4), fewer for
-    larger frames, whose 32 would take 3 GB as float RGB at 4K."""
+    spread over more frames: 16 -> 32 frames, 344 -> 360 and 322 -> 371 frames/s on an H100 with the
+    mp4), fewer for larger frames, whose 32 would take 3 GB as float RGB at 4K."""
     w, h = size
     return int(np.clip(32 * 1920 * 1080 // max(int(w) * int(h), 1), 4, 32))
 
