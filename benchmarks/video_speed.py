@@ -29,7 +29,7 @@ from rapidpose.drawing_process import start_worker
 from rapidpose.nvdec import unavailable
 from rapidpose.pipeline import PoseEstimator
 from rapidpose.sources import open_source
-from rapidpose.video import DECODERS, draws_on_device, track_frames
+from rapidpose.video import DECODERS, track_frames
 from rapidpose.video_cli import process_video
 
 ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
@@ -46,7 +46,7 @@ def main():
     p.add_argument("--preset", nargs="+", default=["veryfast"], help="x264 presets to time, one after another")
     p.add_argument("--no-video", action="store_true", help="also time without writing the mp4")
     p.add_argument("--drawn-only", action="store_true",
-                   help="also time the frames drawn (on the GPU) and fetched to the host, without the mp4's process")
+                   help="also time the frames drawn (on the GPU where it runs) and fetched, without the mp4's process")
     p.add_argument("--loops", type=int, nargs="+", default=[1], help="times the clip is played in a row")
     p.add_argument("--encoders", type=int, nargs="+", default=[0], help="x264 encoders side by side (0: default)")
     p.add_argument("--ready-worker", action="store_true",
@@ -94,8 +94,12 @@ def main():
                             rates.append(stats["frames_per_s"])
                             cores.append((sum(os.times()[:4]) - cpu) / stats["seconds"])
                             closing.append(stats["closing_seconds"])
-                    written = ("no" if encoders is None else f"yes ({preset}, {encoders or 'default'} encoders)"
-                               ) if preset != "drawn" else "no: drawn on the GPU and fetched, not written"
+                    if preset == "drawn":
+                        written = "no: drawn and fetched, not written"
+                    elif encoders is None:
+                        written = "no"
+                    else:
+                        written = f"yes ({preset}, {encoders or 'default'} encoders)"
                     if interval:
                         written += f", GIL switch {interval:g} ms"
                     if batch:
@@ -108,8 +112,9 @@ def main():
 
 
 def drawn_only(est, source, every, batch, decoder) -> dict:
-    """The frames tracked and drawn as for the mp4 (on the GPU), each drawn frame fetched to the host by a
-    thread of its own as the mp4's feeder does, nothing written: what the mp4's process adds is the rest."""
+    """The frames tracked and drawn as for the mp4 (on the GPU where it runs there, else by cv2 on the
+    tracking thread), each drawn frame fetched by a thread of its own as the mp4's feeder does, nothing
+    written: what the mp4's process adds is the rest."""
     fetched: queue.Queue = queue.Queue(maxsize=32)
 
     def fetch():
@@ -121,7 +126,7 @@ def drawn_only(est, source, every, batch, decoder) -> dict:
     start, frames = time.perf_counter(), 0
     try:
         for frame, _ in track_frames(est, source, detect_every=every, frames_per_batch=batch,
-                                     draw=draws_on_device(est), decoder=decoder):
+                                     draw=True, decoder=decoder):
             fetched.put(frame)
             frames += 1
     finally:

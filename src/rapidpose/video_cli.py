@@ -86,8 +86,9 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
                   header=None, encoders=None, decoder="auto") -> dict:
     """Track `source` (a FrameSource) with `est`, drawing into an mp4 (drawing_process.DrawnVideo) and
     writing JSON / JSONL as it goes; the files are closed on every way out. encoders: x264 encoders side
-    by side (VideoWriter); decoder: video.track_frames's. Returns frames, people, bad_frames, seconds, frames_per_s, interrupted and
-    closing_seconds (of seconds, those after the last frame: the mp4's last segments, the JSON)."""
+    by side (VideoWriter); decoder: video.track_frames's. Returns frames, people, bad_frames, seconds,
+    frames_per_s, interrupted and closing_seconds (of seconds, those after the last frame: the mp4's
+    last segments, the JSON)."""
     from .cli import progress
     from .records import FrameRecords, frame_record
     from .video import draws_on_device, track_frames
