@@ -61,3 +61,11 @@ def assert_drawn_like(got, want, original, what=""):
             off = np.abs(cv2.blur(g.astype(np.float32), (3, 3)) - cv2.blur(w.astype(np.float32), (3, 3)))
             assert off.max() < 32 and off[drawn].mean() < 3, \
                 f"{what} {name}: blurred, {off.max():.1f} levels off at most, {off[drawn].mean():.2f} on average"
+
+
+def pytest_configure(config):
+    """The shared assets are part of the test setup: without them the run stops with one clear message
+    rather than failing (or skipping) test by test."""
+    if not RTMDET.is_file():
+        raise pytest.UsageError(f"the shared test assets are not at {ASSETS}: the tests read photos, videos and "
+                                "detectors from ../shared/assets beside the checkout (see README)")

@@ -73,7 +73,7 @@ def test_vectorised_decode_equals_official_steps():
     center, scale = boxes_to_center_scale(boxes)
     keypoints, scores = decode_heatmaps(heatmaps, center, scale)
     want = official_reference(heatmaps, center, scale)
-    assert np.abs(keypoints - want).max() < 1e-3 * np.abs(want).max()
+    assert np.abs(keypoints - want).max() < 2e-4  # pixels: float32 rounding of coordinates up to ~700 (4.3e-5 seen)
     assert np.allclose(scores, heatmaps.reshape(5, 17, -1).max(-1))
 
 

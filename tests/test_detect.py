@@ -1,7 +1,6 @@
 """Person detectors on real COCO photos, name resolution and errors; offline, CPU only."""
 import json
 import urllib.request
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,12 +10,9 @@ from rapidpose.detect import Detector, KNOWN_DETECTORS, load_detector
 from rapidpose.detect.base import box_iou, letterbox, nms
 from rapidpose.errors import CheckpointError, DownloadError, InputError
 
-ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
-RTMDET = ASSETS / "detectors" / "rtmdet-nano-person.onnx"
-YOLOX = ASSETS / "detectors" / "yolox-nano.onnx"
-COCO = ASSETS / "images" / "coco-mmpose"
+from conftest import ASSETS, RTMDET, YOLOX
 
-pytestmark = pytest.mark.skipif(not RTMDET.exists(), reason="shared assets not found")
+COCO = ASSETS / "images" / "coco-mmpose"
 
 
 @pytest.fixture(scope="module")

@@ -76,8 +76,8 @@ def test_moved_keypoints_score_as_pycocotools_does_and_worse_with_distance(tmp_p
 
 
 def test_one_oks_by_hand():
-    """COCOeval's OKS of a person whose labelled keypoints all moved 3 px right: the mean over them of
-    exp(-d^2 / (2 * area * (2 sigma)^2))."""
+    """A person whose labelled keypoints all moved 3 px right: COCOeval's OKS and rapidpose's (over the
+    same keypoints and area) are both the mean over them of exp(-d^2 / (2 * area * (2 sigma)^2))."""
     coco = load_annotations(MINI_ANNOTATIONS)
     image_id = next(im["id"] for im in coco.dataset["images"] if gt_people(coco, im["id"]))
     obj, _ = gt_people(coco, image_id)[0]
@@ -92,14 +92,16 @@ def test_one_oks_by_hand():
     labelled = keypoints[:, 2] > 0
     expected = np.mean(np.exp(-9.0 / (2 * obj["area"] * (2 * SIGMAS[labelled]) ** 2)))
     assert ev.ious[(image_id, 1)][0, 0] == pytest.approx(expected, rel=1e-12)
+    ours = oks_iou(keypoints[labelled, :2], moved[None, labelled, :2], obj["area"], [obj["area"]], SIGMAS[labelled])
+    assert ours[0] == pytest.approx(expected, rel=1e-9)
 
 
 def test_rescoring_by_hand():
     scores = np.zeros((2, 17), np.float32)
-    scores[0, :3] = [0.9, 0.1, 0.5]
+    scores[0, :7] = [0.9, 0.1, 0.5, 0.21, 0.19, 0.25, 0.35]  # around the threshold: 0.2 exactly sorts them
     scores[1, :] = 0.2  # nothing above the threshold
     poses = Poses(np.array([[0, 0, 10, 10]] * 2), np.array([0.8, 1.0]), np.zeros((2, 17, 2)), scores)
-    np.testing.assert_allclose(rescore(poses), [0.7 * 0.8, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(rescore(poses), [np.mean([0.9, 0.5, 0.21, 0.25, 0.35]) * 0.8, 0.0], rtol=1e-6)
 
 
 def _pose(x0=100.0, y0=100.0):
@@ -205,13 +207,15 @@ def test_eval_cli_on_coco_mmpose(tiny_checkpoint, tmp_path, capsys):
             "--model", str(tiny_checkpoint), "--device", "cpu"]
     assert main(args + ["--json", str(metrics_path)]) == 0
     doc = json.loads(metrics_path.read_text())
-    assert list(doc["metrics"]) == list(METRICS) and all(0 <= v <= 1 for v in doc["metrics"].values())
+    assert list(doc["metrics"]) == list(METRICS)
     assert doc["images"] == 4 and doc["people"] == 12 and doc["seconds"] > 0
     assert doc["settings"]["boxes"] == "gt" and doc["settings"]["precision"] == "fp32"
     predictions = tmp_path / "m.keypoints.json"
     assert doc["predictions"] == str(predictions)
     gt = COCO(str(MMPOSE_ANNOTATIONS))
     assert len(gt.loadRes(str(predictions)).getAnnIds()) == len(json.loads(predictions.read_text())) > 0
+    # the metrics are pycocotools' for the predictions written beside them
+    assert doc["metrics"] == evaluate_predictions(str(MMPOSE_ANNOTATIONS), json.loads(predictions.read_text()))
     out = capsys.readouterr().out
     assert "AP50" in out and "4 images, 12 people" in out
 
@@ -223,7 +227,7 @@ def test_eval_cli_on_coco_mmpose(tiny_checkpoint, tmp_path, capsys):
     detections = json.loads(DETECTIONS.read_text())
     assert doc["people"] == len(detections) == 118
     assert 0 < len(json.loads(det_predictions.read_text())) <= len(detections)
-    assert all(0 <= v <= 1 for v in doc["metrics"].values())
+    assert doc["metrics"] == evaluate_predictions(str(MMPOSE_ANNOTATIONS), json.loads(det_predictions.read_text()))
 
     # --limit 2: the first two images of the file, and only they are scored
     assert main(args + ["--backend", "torch", "--limit", "2", "--json", str(tmp_path / "l.json")]) == 0

@@ -66,6 +66,56 @@ def test_flip_test_runs_mirrors_in_the_same_batch(tiny_checkpoint, monkeypatch):
     assert not np.allclose(flipped.keypoint_scores, plain.keypoint_scores)
 
 
+class MirrorAwareNetwork:
+    """A stand-in network that sees the mirror image as a trained one does: on a mirrored crop, the
+    heatmap of a person's left_X is the mirror of what the original crop gives for right_X. Each pair
+    of channels weighs the crop by its own left-right ramp (the pairs found from the keypoint names,
+    not from the skeleton's flip pairs), so any wrong channel swap changes the averaged heatmaps."""
+
+    def __init__(self, skeleton, batch_size=64):
+        self.skeleton, self.input_size, self.batch_size, self.device = skeleton, (192, 256), batch_size, "cpu"
+        names = skeleton.keypoints
+        x = (np.arange(48) + 0.5) / 48
+        self.ramps = np.empty((len(names), 48))
+        for i, name in enumerate(names):
+            if name.startswith(("left_", "right_")):
+                side, part = name.split("_", 1)
+                power = 1 + sorted(n.split("_", 1)[1] for n in names if n.startswith("left_")).index(part)
+                # a person's left is on the image's right: weigh the right of the crop for left_X
+                self.ramps[i] = x ** power if side == "left" else x[::-1] ** power
+            else:
+                self.ramps[i] = 1 - np.abs(x - 0.5)  # mirror-symmetric for points on the midline
+
+    def __call__(self, crops):
+        n = len(crops)
+        brightness = crops.mean(1).reshape(n, 64, 4, 48, 4).mean((2, 4))  # 4x4 pooling: mirrors exactly
+        return (brightness[:, None] * self.ramps[None, :, None, :]).astype(np.float32)
+
+    def run(self, crops):
+        return torch.from_numpy(self(crops.numpy()))
+
+
+@pytest.mark.parametrize("path", ["host", "device"])
+def test_flip_test_swaps_left_and_right_channels(tiny_checkpoint, path):
+    """With a network that knows left from right in the mirror image, the flip test's average of the
+    crop and its mirror equals the crop's own heatmaps: the left/right channels were swapped right."""
+    est = PoseEstimator(tiny_checkpoint, backend="torch", precision="fp32", flip_test=True, batch_size=2)
+    est.runtime = MirrorAwareNetwork(est.skeleton, batch_size=2)
+    est.on_gpu = path == "device"  # the torch path (flip_back_torch), driven on the CPU
+    image = rgb()
+    boxes = np.array([[280, 44, 499, 391], [10, 10, 200, 300], [300, 100, 360, 250]])
+    flipped = est.predict([image], [boxes], return_heatmaps=True)[0]
+    est.flip_test = False
+    plain = est.predict([image], [boxes], return_heatmaps=True)[0]
+    assert np.abs(plain.heatmaps).max() > 0.1
+    np.testing.assert_allclose(flipped.heatmaps, plain.heatmaps, atol=1e-5)
+    np.testing.assert_allclose(flipped.keypoints, plain.keypoints, atol=1e-3)
+    # and the stand-in is not blind to the swap: without it the averages differ
+    est.flip_test, est._flip_index = True, np.arange(17)
+    unswapped = est.predict([image], [boxes], return_heatmaps=True)[0]
+    assert np.abs(unswapped.heatmaps - plain.heatmaps).max() > 0.01
+
+
 def test_flip_test_is_exact_for_a_mirror_symmetric_input(tiny_checkpoint):
     """Flip test averages h(x) and flip_back(h(mirror x)): on a mirror-symmetric crop with a
     symmetric network output the two halves agree, so the result equals the plain one."""

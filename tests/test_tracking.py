@@ -184,8 +184,6 @@ def test_correct_lets_pose_boxes_steer_predicted_frames_without_counting_as_dete
 # --- real people: PoseTrack18 -------------------------------------------------------------------------
 
 def _posetrack_people():
-    if not POSETRACK.exists():
-        pytest.skip(f"PoseTrack18 annotations not found at {POSETRACK}")
     boxes, ids = [], []
     for ann in json.loads(POSETRACK.read_text())["annotations"]:
         bbox = ann["bbox"]

@@ -67,6 +67,47 @@ def test_video_gives_one_record_per_frame_and_an_h264_of_the_same_rate_and_size(
     assert longest[0] >= 250 and len([n for n in longest if n >= 20]) <= 4, lengths
 
 
+def first_frames(src, dst, n):
+    """The first n frames of a video, re-encoded (a short clip for quick runs)."""
+    with av.open(str(src)) as i, av.open(str(dst), "w") as o:
+        stream = i.streams.video[0]
+        out = o.add_stream("libx264", rate=stream.average_rate)
+        out.width, out.height, out.pix_fmt = stream.width, stream.height, "yuv420p"
+        for _, frame in zip(range(n), i.decode(stream)):
+            o.mux(out.encode(av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")))
+        o.mux(out.encode())
+
+
+def test_smooth_filters_each_tracks_keypoints_with_one_euro(estimator, tiny_checkpoint, tmp_path):
+    """--smooth gives the raw keypoints of the same run passed through a One-Euro filter per track id,
+    at the frames' times; people without a track (-1) pass unchanged."""
+    from rapidpose.smoothing import KeypointSmoother
+    from rapidpose.video import track_frames
+
+    clip = tmp_path / "clip.mp4"
+    first_frames(BASKETBALL, clip, 40)
+    raw = [(f.time, p) for f, p in track_frames(estimator, clip)]
+    smoothed = [p for _, p in track_frames(estimator, clip, smooth=True)]
+    smoother, moved, tracked = KeypointSmoother(), 0.0, 0
+    for (time, a), b in zip(raw, smoothed, strict=True):
+        np.testing.assert_array_equal(a.track_ids, b.track_ids)
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        if not len(a):
+            continue
+        np.testing.assert_allclose(b.keypoints, smoother(a.track_ids, a.keypoints, time), atol=1e-4)
+        np.testing.assert_array_equal(b.keypoints[a.track_ids < 0], a.keypoints[a.track_ids < 0])
+        moved += np.abs(b.keypoints - a.keypoints).sum()
+        tracked += (a.track_ids >= 0).sum()
+    assert tracked > 40 and moved > 100  # tracks were there, and smoothing moved their keypoints
+    # the command line's --smooth is this smoothing
+    js = tmp_path / "smooth.json"
+    assert main(["video", str(clip), "--model", str(tiny_checkpoint), "--detector", str(RTMDET), "--json", str(js),
+                 "--smooth", "--device", "cpu", "--backend", "torch", "--precision", "fp32"]) == 0
+    for record, poses in zip(json.loads(js.read_text())["frames"], smoothed, strict=True):
+        got = np.array([p["keypoints"] for p in record["people"]]).reshape(-1, 17, 3)
+        np.testing.assert_allclose(got[..., :2], poses.keypoints, atol=0.006)  # the JSON rounds to 0.01 px
+
+
 def test_a_truncated_video_is_read_up_to_the_cut_and_the_outputs_are_valid(tiny_checkpoint, tmp_path, caplog):
     whole = tmp_path / "whole.mp4"
     faststart_copy(BASKETBALL, whole)
@@ -85,6 +126,20 @@ def test_a_truncated_video_is_read_up_to_the_cut_and_the_outputs_are_valid(tiny_
     plain.write_bytes(BASKETBALL.read_bytes()[:300_000])
     with pytest.raises(InputError, match="moov"):
         open_source(plain)
+
+
+def test_json_lines_can_be_read_while_the_video_runs(tmp_path):
+    """Each frame's line is on disk once the frame is added, before the file is closed (a live stream's
+    reader, or a run that dies, sees every finished frame)."""
+    from rapidpose.records import FrameRecords, frame_record
+
+    path = tmp_path / "live.jsonl"
+    with FrameRecords({"source": "camera"}, jsonl_path=path) as records:
+        for index in range(3):
+            records.add(frame_record(index, index / 30, None))
+            with open(path, encoding="utf-8") as reader:  # another reader, as `tail -f` would be
+                lines = reader.read().splitlines()
+            assert [json.loads(line)["frame"] for line in lines] == list(range(index + 1))
 
 
 def test_interrupting_closes_the_files_cleanly(tiny_checkpoint, tmp_path, monkeypatch):
@@ -163,7 +218,6 @@ def panned_clip(tmp_path, frames=12, step=(6, 3)):
     return path, boxes, ids
 
 
-@pytest.mark.skipif(not (POSETRACK / "annotations").is_dir(), reason="PoseTrack18 assets missing")
 def test_identities_on_posetrack18_people_match_the_annotations(estimator, tmp_path):
     path, gt_boxes, gt_ids = panned_clip(tmp_path)
     gt_per_frame, predicted_per_frame, matched = [], [], 0
