@@ -133,3 +133,89 @@ def test_folders_are_searched_below_and_an_empty_one_is_an_error(tiny_checkpoint
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     assert main(["predict", str(tmp_path / "empty"), "--model", str(tiny_checkpoint)]) == 2
     assert "holds no images" in caplog.text and "download" not in caplog.text  # fails before loading
+
+
+def _detections(path, image_ids):
+    path.write_text(json.dumps([{"image_id": i, "category_id": 1, "bbox": [280.79, 44.73, 218.7, 346.68],
+                                 "score": 0.9} for i in image_ids]))
+    return path
+
+
+def test_boxes_that_match_no_image_stop_the_run_and_say_how_entries_are_matched(tmp_path, caplog):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(COCO_MMPOSE / "000000000785.jpg", folder / "000000000785.jpg")
+    shutil.copy(COCO_MMPOSE / "000000040083.jpg", folder / "street.jpg")
+    boxes = _detections(tmp_path / "dets.json", [11, 12, 13, 14])
+    # the model does not exist: the boxes are checked first, before anything loads
+    assert main(["predict", str(folder), "--model", str(tmp_path / "absent.pth"), "--boxes", str(boxes)]) == 2
+    assert "does not exist" not in caplog.text
+    message = caplog.text
+    assert "no entry of boxes file" in message and "dets.json" in message and "4 entries" in message
+    assert "'11', '12', '13' and 1 more" in message and "'000000000785.jpg'" in message
+    assert "000000000785.jpg is image id 785" in message and "position among the inputs" in message
+
+    caplog.clear()
+    (tmp_path / "empty.json").write_text("[]")
+    assert main(["predict", str(folder), "--model", str(tmp_path / "absent.pth"),
+                 "--boxes", str(tmp_path / "empty.json")]) == 2
+    assert "empty.json' lists no images" in caplog.text
+
+
+def test_boxes_that_match_some_images_warn_about_the_rest(tiny_checkpoint, tmp_path, caplog, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(COCO_MMPOSE / "000000000785.jpg", folder / "000000000785.jpg")
+    shutil.copy(COCO_MMPOSE / "000000040083.jpg", folder / "000000040083.jpg")
+    shutil.copy(COCO_MMPOSE / "000000196141.jpg", folder / "street.jpg")  # 3rd input: position id 2
+    boxes = _detections(tmp_path / "dets.json", [785, 785, 11, 12, 13, 14])
+    out = tmp_path / "poses.json"
+    code = main(["predict", str(folder), "--model", str(tiny_checkpoint), "--boxes", str(boxes),
+                 "--backend", "torch", "--json", str(out)])
+    assert code == 0
+    people = {e["image"].split("/")[-1]: len(e["people"]) for e in json.loads(out.read_text())["images"]}
+    assert people == {"000000000785.jpg": 2, "000000040083.jpg": 0, "street.jpg": 0}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    entries = next(w for w in warnings if "entries of boxes file" in w)
+    assert "4 of the 5 entries" in entries and "'11', '12', '13' and 1 more" in entries and "'785'" not in entries
+    assert "000000000785.jpg is image id 785" in entries
+    images = next(w for w in warnings if "input images have no entry" in w)
+    assert "2 of the 3 input images" in images and "000000040083.jpg" in images and "street.jpg" in images
+    assert "000000000785.jpg" not in images
+    assert "3 of 3 images processed, 2 people" in capsys.readouterr().err
+
+    # every image matched (COCO annotations list each image): no warning at all
+    caplog.clear()
+    assert main(["predict", str(COCO_MMPOSE), "--model", str(tiny_checkpoint), "--backend", "torch",
+                 "--boxes", str(COCO_MMPOSE / "test_coco.json")]) == 0
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_model_file_without_metadata_needs_its_keypoint_set(tiny_checkpoint, tmp_path, caplog):
+    import onnx
+
+    from rapidpose.export import export_onnx
+    from rapidpose.model.weights import load_model
+
+    path = export_onnx(load_model(tiny_checkpoint, "cpu"), tmp_path / "tiny.onnx", check=False)
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]  # as a file from another tool
+    onnx.save(proto, str(path))
+    image = str(COCO_MMPOSE / "000000000785.jpg")
+    assert main(["predict", image, "--model", str(path), "--detector", "none"]) == 2
+    assert "no rapidpose metadata" in caplog.text and "--keypoint-set coco" in caplog.text
+    out = tmp_path / "poses.json"
+    assert main(["predict", image, "--model", str(path), "--detector", "none", "--keypoint-set", "ap10k",
+                 "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["name"] == "ap10k" and doc["keypoint_names"][0] == "left_eye"
+    caplog.clear()
+    # a checkpoint knows its keypoint set: naming another one is an error, not ignored
+    assert main(["predict", image, "--model", str(tiny_checkpoint), "--detector", "none",
+                 "--keypoint-set", "ap10k"]) == 2
+    assert "keypoint_set 'ap10k' is for exported .onnx/.xml files" in caplog.text and "'coco'" in caplog.text
+
+
+def test_compile_with_an_exported_model_stops_the_run(tmp_path, caplog):
+    assert main(["predict", str(COCO_MMPOSE), "--model", str(tmp_path / "model.xml"), "--compile"]) == 2
+    assert "torch.compile" in caplog.text and "model.xml" in caplog.text and "leave --compile out" in caplog.text

@@ -6,19 +6,24 @@ heatmap with torch's > 0.99 and the same argmax for at least 90% of the heatmaps
 2-block model: cosine >= 0.9999, all argmaxes equal, max abs difference about 0.7% of the peak).
 """
 import argparse
+import logging
+import re
+import shutil
 
 import numpy as np
+import onnx
+import openvino as ov
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("onnx")
-
-import rapidpose.skeletons as sk  # noqa: E402
-from rapidpose.errors import CheckpointError, InputError  # noqa: E402
-from rapidpose.export import (ExportError, add_export_parser, export_onnx, export_openvino,  # noqa: E402
-                              read_metadata, run_export, tolerance)
-from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random  # noqa: E402
-from rapidpose.runtime.onnx_runtime import OnnxRuntime  # noqa: E402
+import rapidpose.skeletons as sk
+from rapidpose.errors import CheckpointError, InputError
+from rapidpose.export import (ExportError, add_export_parser, export_onnx, export_openvino, read_metadata,
+                              run_export, tolerance)
+from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random
+from rapidpose.pipeline import PoseEstimator
+from rapidpose.runtime.onnx_runtime import OnnxRuntime
+from rapidpose.runtime.openvino_runtime import OpenVinoRuntime
 
 
 def small(seed=0, **kwargs):
@@ -39,6 +44,38 @@ def assert_close(ours, ref):
     assert np.abs(ours - ref).max() <= tolerance(ref)
 
 
+def strip_metadata(onnx_path, out):
+    """A copy of an ONNX file without its metadata, as other tools write them."""
+    proto = onnx.load(str(onnx_path))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(out))
+    return out
+
+
+def with_metadata(onnx_path, out, **changes):
+    """A copy of an ONNX file with some metadata values changed (None: removed)."""
+    proto = onnx.load(str(onnx_path))
+    kept = [(e.key, changes.get(e.key, e.value)) for e in proto.metadata_props]
+    del proto.metadata_props[:]
+    for key, value in kept:
+        if value is not None:
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+    onnx.save(proto, str(out))
+    return out
+
+
+def edited_ir(xml, out, *edits):
+    """A copy of an IR whose .xml text has each (pattern, replacement) applied once or more."""
+    text = xml.read_text()
+    for pattern, replacement in edits:
+        text, n = re.subn(pattern, replacement, text, flags=re.S)
+        assert n, pattern
+    out.write_text(text)
+    shutil.copy(xml.with_suffix(".bin"), out.with_suffix(".bin"))
+    return out
+
+
 @pytest.fixture(scope="module")
 def model():
     m = small()
@@ -53,7 +90,6 @@ def onnx_file(model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def openvino_file(model, tmp_path_factory):
-    pytest.importorskip("openvino")
     return export_openvino(model, tmp_path_factory.mktemp("ov") / "vitpose.xml")
 
 
@@ -77,8 +113,6 @@ def test_onnx_metadata(onnx_file):
     assert meta["skeleton"] == "coco" and meta["num_keypoints"] == 17
     assert meta["input_size"] == (192, 256) and meta["dataset_index"] == 0
     assert meta["rapidpose_version"]
-    import onnx
-
     proto = onnx.load(str(onnx_file))
     assert [i.name for i in proto.graph.input] == ["crops"]
     assert [o.name for o in proto.graph.output] == ["heatmaps"]
@@ -99,7 +133,7 @@ def test_vitpose_plus_expert(tmp_path):
     assert m.dataset_index == 0  # the module itself is unchanged
 
 
-def test_25_keypoints_without_skeleton_attribute(tmp_path):
+def test_25_keypoints_without_skeleton_attribute(tmp_path, caplog):
     m = small(seed=4, num_keypoints=25)
     assert not hasattr(m, "skeleton")  # built by hand: export falls back to skeleton_for(25)
     path = export_onnx(m, tmp_path / "k25.onnx")
@@ -111,6 +145,11 @@ def test_25_keypoints_without_skeleton_attribute(tmp_path):
     assert out.shape == (2, 25, 64, 48) and runtime.num_keypoints == 25
     assert runtime.skeleton is sk.COCO_25
     assert_close(out, torch_heatmaps(m, x))
+    # without metadata, 25 keypoints are still unambiguous (only coco_25 has 25): used, and said so
+    bare = strip_metadata(path, tmp_path / "bare25.onnx")
+    with caplog.at_level(logging.WARNING, logger="rapidpose"):
+        assert OnnxRuntime(bare).skeleton is sk.COCO_25
+    assert "bare25.onnx' has no rapidpose metadata" in caplog.text and "'coco_25'" in caplog.text
 
 
 def test_fixed_batch_export(model, tmp_path):
@@ -122,7 +161,6 @@ def test_fixed_batch_export(model, tmp_path):
 
 
 def test_dynamo_exporter(model, tmp_path):
-    pytest.importorskip("onnxscript")
     path = export_onnx(model, tmp_path / "dynamo.onnx", exporter="dynamo")
     x = crops(3, seed=7)
     assert_close(OnnxRuntime(path)(x), torch_heatmaps(model, x))
@@ -160,11 +198,6 @@ def test_corrupt_onnx(tmp_path):
     xml.with_suffix(".bin").write_bytes(b"")
     with pytest.raises(CheckpointError, match="corrupt.xml"):
         read_metadata(xml)
-    try:
-        from rapidpose.runtime.openvino_runtime import OpenVinoRuntime
-        import openvino  # noqa: F401
-    except ImportError:
-        return
     with pytest.raises(CheckpointError, match="corrupt.onnx"):
         OpenVinoRuntime(bad)
     with pytest.raises(CheckpointError, match="corrupt.xml"):
@@ -174,8 +207,6 @@ def test_corrupt_onnx(tmp_path):
 # ---------------------------------------------------------------- OpenVINO
 
 def test_openvino_fp32(model, openvino_file):
-    from rapidpose.runtime.openvino_runtime import OpenVinoRuntime
-
     assert openvino_file.with_suffix(".bin").is_file()
     meta = read_metadata(openvino_file)
     assert meta["skeleton"] == "coco" and meta["num_keypoints"] == 17 and meta["input_size"] == (192, 256)
@@ -189,9 +220,6 @@ def test_openvino_fp32(model, openvino_file):
 
 
 def test_openvino_from_onnx(model, onnx_file, tmp_path):
-    from rapidpose.runtime.openvino_runtime import OpenVinoRuntime
-
-    pytest.importorskip("openvino")
     runtime = OpenVinoRuntime(onnx_file, device="cpu", precision="fp32")  # an .onnx works directly
     assert runtime.skeleton is sk.COCO and runtime.metadata["skeleton"] == "coco"
     x = crops(2, seed=20)
@@ -201,7 +229,7 @@ def test_openvino_from_onnx(model, onnx_file, tmp_path):
 
 
 def test_openvino_bf16(model, openvino_file):
-    from rapidpose.runtime.openvino_runtime import OpenVinoRuntime, cpu_supports_bf16
+    from rapidpose.runtime.openvino_runtime import cpu_supports_bf16
 
     if not cpu_supports_bf16():
         pytest.skip("this CPU has no bf16 support in OpenVINO (needs AVX512-BF16 or AMX)")
@@ -216,6 +244,102 @@ def test_openvino_bf16(model, openvino_file):
     assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.9
 
 
+# ---------------------------------------------------------------- what the file says it is
+
+@pytest.fixture(scope="module")
+def ap10k_model():
+    m = small(seed=5)
+    m.skeleton = sk.AP10K  # 17 keypoints, like COCO, but other left/right pairs
+    return m
+
+
+@pytest.fixture(scope="module")
+def ap10k_files(ap10k_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ap10k")
+    onnx_path = export_onnx(ap10k_model, folder / "ap10k.onnx")
+    return onnx_path, export_openvino(onnx_path, folder / "ap10k.xml")
+
+
+def test_ap10k_metadata_decodes_with_ap10k_flip_pairs(ap10k_model, ap10k_files):
+    import copy
+
+    image = np.random.default_rng(0).integers(0, 256, (300, 240, 3), dtype=np.uint8)
+    box = np.array([[20, 30, 200, 280]], np.float32)
+    ref = PoseEstimator(ap10k_model, backend="torch", precision="fp32", flip_test=True)(image, box)
+    as_coco = copy.deepcopy(ap10k_model)
+    as_coco.skeleton = sk.COCO
+    wrong = PoseEstimator(as_coco, backend="torch", precision="fp32", flip_test=True)(image, box)
+    assert np.abs(wrong.keypoints - ref.keypoints).max() > 2  # the flip pairs matter for these weights
+    for path in ap10k_files:
+        est = PoseEstimator(str(path), device="cpu", precision="fp32", flip_test=True)
+        assert est.skeleton is sk.AP10K and est.skeleton.name == "ap10k", path
+        assert (est._flip_index == sk.AP10K.flip_index()).all()
+        got = est(image, box)
+        assert np.abs(got.keypoints - ref.keypoints).max() < 0.5, path
+    # OpenVINO reads the .onnx file's metadata too
+    assert OpenVinoRuntime(ap10k_files[0], precision="fp32").skeleton is sk.AP10K
+
+
+def test_a_file_without_metadata_is_refused_not_taken_for_coco(onnx_file, tmp_path):
+    bare = strip_metadata(onnx_file, tmp_path / "bare.onnx")
+    bare_ir = tmp_path / "bare.xml"  # an IR converted by hand from it: no rapidpose section either
+    ov.save_model(ov.convert_model(str(bare)), str(bare_ir), compress_to_fp16=False)
+    assert read_metadata(bare) == {} and read_metadata(bare_ir) == {}
+    for make, path in ((OnnxRuntime, bare), (OpenVinoRuntime, bare), (OpenVinoRuntime, bare_ir)):
+        with pytest.raises(InputError, match=rf"'{re.escape(str(path))}' has no rapidpose metadata, and its 17 "
+                                             rf"keypoints fit several keypoint sets \(coco, ap10k, apt36k\).*"
+                                             rf"`rapidpose export`.*keypoint_set='coco'.*--keypoint-set"):
+            make(path)
+        assert make(path, keypoint_set="ap10k").skeleton is sk.AP10K
+        assert make(path, keypoint_set="coco").skeleton is sk.COCO
+        with pytest.raises(InputError, match=r"keypoint_set 'mpii' has 16 keypoints but .* predicts 17: "
+                                             r"use one of coco, ap10k, apt36k"):
+            make(path, keypoint_set="mpii")
+    with pytest.raises(InputError, match="unknown keypoint_set 'horse' for .*bare.onnx'"):
+        OnnxRuntime(bare, keypoint_set="horse")
+    with pytest.raises(InputError, match="has no rapidpose metadata"):
+        PoseEstimator(str(bare), device="cpu")
+    # a keypoint set that contradicts the file's own metadata is an error, not a silent override
+    with pytest.raises(InputError, match="keypoint_set 'ap10k' contradicts .*vitpose.onnx', whose metadata says 'coco'"):
+        OnnxRuntime(onnx_file, keypoint_set="ap10k")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"skeleton": "horse"}, "its metadata names keypoint set 'horse', which this rapidpose does not know"),
+    ({"skeleton": "mpii"}, "gives 17 heatmaps, but its metadata names keypoint set 'mpii' of 16"),
+    ({"skeleton": None}, "has rapidpose metadata without a keypoint set"),
+    ({"num_keypoints": "seventeen"}, "num_keypoints 'seventeen' is not a number"),
+    ({"num_keypoints": "25"}, "gives 17 heatmaps, but its metadata says 25 keypoints"),
+    ({"input_size": "[192]"}, r"input_size \(192,\) is not \[width, height\]"),
+    ({"input_size": "[256, 192]"}, "takes 192x256 crops, but its metadata says 256x192"),
+])
+def test_broken_onnx_metadata_is_refused(onnx_file, tmp_path, changes, message):
+    path = with_metadata(onnx_file, tmp_path / "broken.onnx", **changes)
+    for make in (OnnxRuntime, OpenVinoRuntime):  # both backends read the file's metadata alike
+        with pytest.raises(CheckpointError, match=rf"broken.onnx.*{message}.*`rapidpose export`"):
+            make(path)
+
+
+def test_unreadable_openvino_metadata_is_refused(ap10k_files, tmp_path):
+    xml = ap10k_files[1]
+    # the rapidpose section is there but is one value, not keys, and nothing else says what the file is:
+    # this IR once ran as COCO
+    single = edited_ir(xml, tmp_path / "single.xml", (r"<framework>.*?</framework>", ""),
+                       (r"<rapidpose>.*?</rapidpose>", '<rapidpose value="ap10k" />'))
+    with pytest.raises(CheckpointError, match=r"the 'rapidpose' metadata of '.*single.xml' cannot be read "
+                                              r"\(it is a single value, not a section of keys\).*`rapidpose export`"):
+        OpenVinoRuntime(single)
+    # the rapidpose section is authoritative: a good copy under "framework" does not stand in for it
+    with_framework = edited_ir(xml, tmp_path / "with_framework.xml",
+                               (r"<rapidpose>.*?</rapidpose>", '<rapidpose value="ap10k" />'))
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        OpenVinoRuntime(with_framework)
+    wrong = edited_ir(xml, tmp_path / "wrong.xml", (r'(<rapidpose>.*?<skeleton value=")ap10k(")', r"\1wholebody\2"))
+    with pytest.raises(CheckpointError, match="'.*wrong.xml' gives 17 heatmaps, but its metadata names keypoint "
+                                              "set 'wholebody' of 133"):
+        OpenVinoRuntime(wrong)
+
+
 # ---------------------------------------------------------------- command line
 
 def _parse(argv):
@@ -226,8 +350,6 @@ def _parse(argv):
 
 @pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("openvino", ".xml")])
 def test_run_export(tiny_checkpoint, tmp_path, fmt, suffix):
-    if fmt == "openvino":
-        pytest.importorskip("openvino")
     out = tmp_path / "sub" / f"tiny{suffix}"
     args = _parse(["export", "--model", str(tiny_checkpoint), "--format", fmt, "--output", str(out)])
     assert run_export(args) == 0

@@ -1,4 +1,7 @@
 """Backends: precisions agree with the fp32 reference; CUDA graphs equal eager; clear errors."""
+import logging
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -46,7 +49,6 @@ def test_cpu_bf16_autocast_agrees_with_fp32(model):
 
 def test_precision_and_device_errors(model):
     assert resolve_precision("auto", "cuda") == "fp16"
-    assert resolve_precision("auto", "cpu") in ("bf16", "fp32")
     with pytest.raises(InputError, match="fp16 runs on GPUs only"):
         TorchRuntime(model, precision="fp16")
     with pytest.raises(InputError, match="unknown precision 'int3'"):
@@ -58,6 +60,61 @@ def test_precision_and_device_errors(model):
             TorchRuntime(model, device="cuda")
     with pytest.raises(InputError, match="unknown device 'tpu'"):
         TorchRuntime(model, device="tpu")
+
+
+def _cpu_flags() -> set:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+def test_auto_precision_on_the_cpu_follows_its_bf16_support(monkeypatch):
+    import rapidpose.runtime.torch_runtime as torch_runtime
+
+    monkeypatch.setattr(torch_runtime, "cpu_has_bf16", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(torch_runtime, "cpu_has_bf16", lambda: False)
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    monkeypatch.undo()
+    # the probe itself, against the CPU's own flags: native bf16 instructions mean oneDNN runs bf16
+    if _cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+        assert cpu_has_bf16() and resolve_precision("auto", "cpu") == "bf16"
+
+
+def test_compile_with_the_auto_backend_runs_torch_and_says_so(model, monkeypatch, caplog):
+    import rapidpose.runtime as runtime
+
+    monkeypatch.setattr(runtime, "default_backend", lambda device: "openvino")  # the CPU default with openvino
+    caplog.set_level(logging.INFO, logger="rapidpose")
+    compiled = make_runtime(model, backend="auto", device="cpu", precision="fp32", compile=True)
+    assert isinstance(compiled, TorchRuntime)
+    assert compiled.forward is not compiled.model  # torch.compile's wrapper, not the module itself
+    assert "--compile" in caplog.text and "torch backend" in caplog.text and "openvino" in caplog.text
+    plain = make_runtime(model, backend="torch", device="cpu", precision="fp32")
+    assert plain.forward is plain.model
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnx"])
+def test_compile_with_a_backend_that_cannot_compile_is_refused(model, backend):
+    with pytest.raises(InputError, match=f"backend '{backend}'.*use backend 'torch'"):
+        make_runtime(model, backend=backend, device="cpu", compile=True)
+
+
+@pytest.mark.parametrize("name, runs", [("model.onnx", "onnxruntime"), ("model.xml", "OpenVINO")])
+def test_compile_with_an_exported_model_is_refused(tmp_path, name, runs):
+    path = tmp_path / name  # refused before the file is even looked at
+    with pytest.raises(InputError, match=f"exported model '.*{name}' \\(it runs on {runs}\\).*checkpoint"):
+        make_runtime(str(path), compile=True)
+
+
+@pytest.mark.parametrize("name, backend, use", [("model.onnx", "torch", "onnx or openvino"),
+                                                ("model.xml", "torch", "openvino"), ("model.xml", "onnx", "openvino")])
+def test_a_backend_that_cannot_run_an_exported_model_is_refused(tmp_path, name, backend, use):
+    with pytest.raises(InputError, match=f"backend '{backend}'.*cannot run the exported model.*--backend {use}"):
+        make_runtime(str(tmp_path / name), backend=backend)
 
 
 @pytest.mark.gpu

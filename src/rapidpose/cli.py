@@ -11,6 +11,7 @@ import cv2
 
 from .errors import RapidPoseError
 from .io import coco_image_id
+from .skeletons import SKELETONS
 
 log = logging.getLogger("rapidpose")
 
@@ -33,6 +34,9 @@ def _predict_parser(sub) -> None:
     p.add_argument("--threshold", type=float, default=0.3, help="minimum person box score (default 0.3)")
     p.add_argument("--keypoint-threshold", type=float, default=0.3, help="minimum keypoint score to draw")
     p.add_argument("--dataset-index", type=int, default=0, help="ViTPose++ expert: 0 COCO, 1 AIC, 2 MPII, ...")
+    p.add_argument("--keypoint-set", choices=sorted(SKELETONS),
+                   help="keypoint set of an .onnx/.xml model without rapidpose metadata (17 keypoints: "
+                        "coco or ap10k); files from `rapidpose export` name their own")
     p.add_argument("--batch-size", type=int, default=64, help="crops per network batch")
     p.add_argument("--images-per-batch", type=int, default=16, help="images whose people share a network batch")
     p.add_argument("--json", help="write all results to this JSON file")
@@ -82,11 +86,13 @@ def run_predict(args) -> int:
 
     paths = expand_paths(args.paths)  # before loading anything: a wrong path fails at once
     box_table = load_boxes(args.boxes) if args.boxes else None
+    if box_table is not None:
+        _check_boxes_match(box_table, paths)
     detector = "none" if box_table is not None else args.detector
     est = PoseEstimator(args.model, detector=detector, device=args.device, flip_test=args.flip,
                         detector_threshold=args.threshold, batch_size=args.batch_size,
                         dataset_index=args.dataset_index, backend=args.backend, precision=args.precision,
-                        compile=args.compile)
+                        compile=args.compile, keypoint_set=args.keypoint_set)
     if not paths:
         log.error("no images found in %s", " ".join(args.paths))
         return 1
@@ -126,6 +132,21 @@ def run_predict(args) -> int:
     print(f"{len(paths) - failed} of {len(paths)} images processed, {found} people"
           + (f"; {failed} failed (see messages above)" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
+
+
+def _check_boxes_match(box_table, paths) -> None:
+    """Say which boxes entries and which images found no partner; none at all is an error."""
+    from .io import MATCHING, match_boxes, name_a_few
+
+    lonely_images, lonely_entries = match_boxes(box_table, paths)
+    if lonely_entries:
+        log.warning("%d of the %d entries of boxes file '%s' match no input image: %s (%s)",
+                    len(lonely_entries), len(box_table.entries), box_table.source, name_a_few(lonely_entries),
+                    MATCHING)
+    if lonely_images:
+        log.warning("%d of the %d input images have no entry in boxes file '%s', so nobody is looked for "
+                    "in them: %s", len(lonely_images), len(paths), box_table.source,
+                    name_a_few([str(p) for p in lonely_images]))
 
 
 def _predict_chunk(est, good, box_table, args):

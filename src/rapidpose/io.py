@@ -88,10 +88,24 @@ def coco_image_id(path, fallback: int) -> int:
     return int(digits.group()) if digits else fallback
 
 
-def load_boxes(path) -> dict[str, np.ndarray]:
+class BoxTable(dict):
+    """Boxes per key (an image's path, file name or COCO id as a string): (N, 5) x1, y1, x2, y2, score.
+
+    `entries` lists the file's entries (images) as tuples of the keys each one answers to, the one
+    to show people first; `source` is the file they came from.
+    """
+
+    def __init__(self, boxes=(), entries=(), source=""):
+        super().__init__(boxes)
+        self.entries: list[tuple[str, ...]] = list(entries)
+        self.source = str(source)
+
+
+def load_boxes(path) -> BoxTable:
     """Boxes per image from our JSON output shape or a COCO detections / annotations file.
 
     Keys are image paths or names (and COCO image ids as strings); values (N, 5): x1, y1, x2, y2, score.
+    Every image the file lists is an entry, with no boxes if it has no person in it.
     """
     try:
         doc = json.loads(Path(path).read_text())
@@ -100,38 +114,90 @@ def load_boxes(path) -> dict[str, np.ndarray]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"boxes file '{path}' is not valid JSON: {exc}") from None
     boxes: dict[str, list] = {}
-    if isinstance(doc, dict) and "annotations" in doc:  # COCO annotations: ground-truth boxes
-        names = {str(im["id"]): im.get("file_name") for im in doc.get("images", [])}
-        for ann in doc["annotations"]:
-            if ann.get("category_id", 1) != 1 or ann.get("iscrowd", 0):
-                continue
-            x, y, w, h = ann["bbox"]
-            for key in {str(ann["image_id"]), names.get(str(ann["image_id"]))} - {None}:
-                boxes.setdefault(key, []).append([x, y, x + w, y + h, 1.0])
-    elif isinstance(doc, list) and (not doc or "image_id" in doc[0]):  # COCO detections
-        for det in doc:
-            if det.get("category_id", 1) != 1:
-                continue
-            x, y, w, h = det["bbox"]
-            boxes.setdefault(str(det["image_id"]), []).append([x, y, x + w, y + h, det.get("score", 1.0)])
-    else:  # our own output: {"images": [{"image": ..., "people": [{"box": ..., "box_score": ...}]}]}
-        entries = doc.get("images", []) if isinstance(doc, dict) else doc
-        try:
-            for entry in entries:
-                rows = [list(p["box"]) + [p.get("box_score", 1.0)] for p in entry.get("people", [])]
-                boxes[str(entry["image"])] = rows
-                boxes.setdefault(Path(entry["image"]).name, rows)
-        except (KeyError, TypeError, AttributeError):
-            raise InputError(f"boxes file '{path}' is neither rapidpose JSON ({{'images': [{{'image', "
-                             f"'people': [{{'box'}}]}}]}}) nor COCO detections") from None
-    return {k: np.asarray(v, np.float32).reshape(-1, 5) for k, v in boxes.items()}
+    entries: dict[tuple[str, ...], None] = {}  # ordered set
+
+    def entry(*keys) -> list:
+        keys = tuple(dict.fromkeys(str(k) for k in keys if k is not None))
+        entries.setdefault(keys)
+        rows = boxes.setdefault(keys[0], [])
+        for key in keys[1:]:
+            boxes.setdefault(key, rows)
+        return rows
+
+    try:
+        if isinstance(doc, dict) and "annotations" in doc:  # COCO annotations: ground-truth boxes
+            names = {str(im["id"]): im.get("file_name") for im in doc.get("images", [])}
+            for image_id, name in names.items():
+                entry(name, image_id)
+            for ann in doc["annotations"]:
+                rows = entry(names.get(str(ann["image_id"])), ann["image_id"])
+                if ann.get("category_id", 1) != 1 or ann.get("iscrowd", 0):
+                    continue
+                x, y, w, h = ann["bbox"]
+                rows.append([x, y, x + w, y + h, 1.0])
+        elif isinstance(doc, list) and (not doc or "image_id" in doc[0]):  # COCO detections
+            for det in doc:
+                rows = entry(det["image_id"])
+                if det.get("category_id", 1) != 1:
+                    continue
+                x, y, w, h = det["bbox"]
+                rows.append([x, y, x + w, y + h, det.get("score", 1.0)])
+        else:  # our own output: {"images": [{"image": ..., "people": [{"box": ..., "box_score": ...}]}]}
+            for item in (doc.get("images", []) if isinstance(doc, dict) else doc):
+                rows = entry(item["image"], Path(item["image"]).name)
+                rows.extend(list(p["box"]) + [p.get("box_score", 1.0)] for p in item.get("people", []))
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise InputError(f"boxes file '{path}' is neither rapidpose JSON ({{'images': [{{'image', "
+                         f"'people': [{{'box'}}]}}]}}), COCO detections ([{{'image_id', 'bbox'}}]) nor "
+                         f"COCO annotations ({{'images', 'annotations'}})") from None
+    table = {k: np.asarray(v, np.float32).reshape(-1, 5) for k, v in boxes.items()}
+    return BoxTable(table, entries, path)
+
+
+MATCHING = ("entries are matched to input files by full path, by file name, or by COCO image id: the "
+            "number a file's name is (000000000785.jpg is image id 785), or else the file's position "
+            "among the inputs (0, 1, 2, ...)")
+
+
+def _key_for(table, path: Path, image_id: int):
+    return next((key for key in (str(path), path.name, str(image_id)) if key in table), None)
 
 
 def boxes_for(table: dict[str, np.ndarray], path: Path, image_id: int) -> np.ndarray:
-    for key in (str(path), path.name, str(image_id)):
-        if key in table:
-            return table[key]
-    return np.zeros((0, 5), np.float32)
+    key = _key_for(table, path, image_id)
+    return table[key] if key is not None else np.zeros((0, 5), np.float32)
+
+
+def match_boxes(table: BoxTable, paths) -> tuple[list[Path], list[str]]:
+    """Which input images no entry of `table` matches, and which entries match no input image (by
+    their shown name). Image i's COCO id is coco_image_id(path, i), as `rapidpose predict` uses it.
+
+    An InputError when no entry matches any image: the run would find nobody, and the cause is
+    nearly always a naming mismatch (the message says how entries and files are matched)."""
+    used, unmatched_images = set(), []
+    for index, path in enumerate(map(Path, paths)):
+        key = _key_for(table, path, coco_image_id(path, index))
+        if key is None:
+            unmatched_images.append(path)
+        else:
+            used.add(key)
+    entries = getattr(table, "entries", None) or [(key,) for key in table]
+    unmatched = [keys[0] for keys in entries if not used.intersection(keys)]
+    source = getattr(table, "source", "") or "the boxes file"
+    if not entries:
+        raise InputError(f"boxes file '{source}' lists no images: give the boxes of the images to process")
+    if paths and len(unmatched) == len(entries):
+        raise InputError(f"no entry of boxes file '{source}' ({len(entries)} entries, such as "
+                         f"{name_a_few(unmatched)}) matches any of the {len(paths)} input images (such as "
+                         f"{name_a_few([p.name for p in map(Path, paths)])}): {MATCHING}. Rename the files "
+                         f"or write the boxes file with matching names or ids")
+    return unmatched_images, unmatched
+
+
+def name_a_few(names, n: int = 3) -> str:
+    """'a', 'b', 'c' and 4 more."""
+    shown = ", ".join(f"'{name}'" for name in names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def chunked(items, size: int):

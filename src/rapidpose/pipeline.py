@@ -35,18 +35,22 @@ def _is_tensor(image) -> bool:
 class PoseEstimator:
     """Top-down ViTPose: `est(image)` for one RGB image, `est.predict(images, boxes)` for many.
 
-    model: a hub name ('vitpose-b'), a checkpoint path, or a loaded ViTPose module.
+    model: a hub name ('vitpose-b'), a checkpoint path, an exported .onnx/.xml file, a loaded ViTPose
+    module, or a backend made already (rapidpose.runtime). keypoint_set: that of an exported file
+    without rapidpose metadata ('coco', 'ap10k', ...).
     detector: None (boxes given, or the whole image), a detector name/path, or a callable
     image -> (boxes, scores).
     """
 
     def __init__(self, model="vitpose-b", detector=None, device: str = "cpu", flip_test: bool = False,
                  detector_threshold: float = 0.3, batch_size: int = 64, dataset_index: int = 0,
-                 backend: str = "auto", precision: str = "auto", compile: bool = False):
+                 backend: str = "auto", precision: str = "auto", compile: bool = False,
+                 keypoint_set: str | None = None):
         from .runtime import make_runtime
 
         self.runtime = make_runtime(model, backend=backend, device=device, precision=precision,
-                                    batch_size=batch_size, dataset_index=dataset_index, compile=compile)
+                                    batch_size=batch_size, dataset_index=dataset_index, compile=compile,
+                                    keypoint_set=keypoint_set)
         self.skeleton = self.runtime.skeleton
         self.input_size = self.runtime.input_size
         # crops and heatmaps stay on the GPU when the backend can take tensors there

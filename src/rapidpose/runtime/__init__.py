@@ -5,10 +5,15 @@ Each backend has `__call__(numpy crops) -> numpy heatmaps`, `num_keypoints`, `sk
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ..errors import InputError
+from ..skeletons import skeleton_for
+from .exported import ExportedRuntime
 from .torch_runtime import TorchRuntime, resolve_device
+
+log = logging.getLogger("rapidpose")
 
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 
@@ -26,20 +31,58 @@ def default_backend(device: str) -> str:
 
 
 def make_runtime(model, backend: str = "auto", device: str = "cpu", precision: str = "auto",
-                 batch_size: int = 64, dataset_index: int = 0, compile: bool = False):
+                 batch_size: int = 64, dataset_index: int = 0, compile: bool = False,
+                 keypoint_set: str | None = None):
     """A backend for `model`: a loaded ViTPose module, a hub name, a checkpoint, or an exported
-    .onnx / OpenVINO .xml file (which pick their backend themselves)."""
+    .onnx / OpenVINO .xml file (which pick their backend themselves). A backend made already (an
+    OnnxRuntime, OpenVinoRuntime or TorchRuntime) is returned as it is.
+
+    `compile` (torch.compile) needs the torch backend: with backend "auto" it picks torch even where
+    another backend is the default (OpenVINO on CPUs) and says so; with an explicit backend that
+    cannot compile, or an exported file, it is an InputError. `keypoint_set` names the keypoint set
+    of an exported file that has no rapidpose metadata (see rapidpose.runtime.exported).
+    """
     if backend not in BACKENDS:
         raise InputError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
+    if isinstance(model, (TorchRuntime, ExportedRuntime)):  # a backend made by the caller
+        if compile and not isinstance(model, TorchRuntime):
+            raise InputError(f"compile=True (--compile) asks for torch.compile, but the model given is a "
+                             f"{type(model).__name__}, which cannot compile: pass the checkpoint or hub name "
+                             f"instead, or leave compile out")
+        return model
     suffix = Path(str(model)).suffix.lower() if isinstance(model, (str, Path)) else ""
     if suffix in (".onnx", ".xml"):
+        if backend == "torch" or (suffix == ".xml" and backend == "onnx"):
+            runs = "openvino" if suffix == ".xml" else "onnx or openvino"
+            raise InputError(f"backend '{backend}' (--backend {backend}) cannot run the exported model "
+                             f"'{model}': use --backend {runs} (or auto), or give the checkpoint or hub name "
+                             f"to run it with torch")
         exported = "openvino" if suffix == ".xml" or backend == "openvino" else "onnx"
-        return _exported_runtime(exported, model, device, precision, batch_size)
+        if compile:
+            runs = "OpenVINO" if exported == "openvino" else "onnxruntime"
+            raise InputError(f"compile=True (--compile) asks for torch.compile, which cannot apply to the "
+                             f"exported model '{model}' (it runs on {runs}): leave --compile out, or give "
+                             f"the checkpoint or hub name (--model vitpose-b, ...) to run it with torch")
+        return _exported_runtime(exported, model, device, precision, batch_size, keypoint_set)
+    if compile and backend in ("onnx", "openvino"):
+        raise InputError(f"compile=True (--compile) asks for torch.compile, which backend '{backend}' "
+                         f"(--backend {backend}) cannot do: use backend 'torch' or 'auto' with it, or "
+                         f"leave compile out")
     if backend == "auto":
-        backend = default_backend(resolve_device(device))
+        resolved = resolve_device(device)
+        backend = default_backend(resolved)
+        if compile and backend != "torch":
+            log.info("--compile asks for torch.compile: running on the torch backend, not %s "
+                     "(the default on %s)", backend, resolved)
+            backend = "torch"
     from ..model.weights import load_model
 
     network = model if hasattr(model, "cfg") else load_model(model, "cpu", dataset_index)
+    own = getattr(network, "skeleton", None) or skeleton_for(network.num_keypoints_of(network.dataset_index))
+    if keypoint_set is not None and own.name != keypoint_set:
+        raise InputError(f"keypoint_set '{keypoint_set}' is for exported .onnx/.xml files without rapidpose "
+                         f"metadata; the model '{getattr(network, 'source', model)}' has keypoint set "
+                         f"'{own.name}' (for a ViTPose++ expert, choose it with dataset_index)")
     if backend == "torch":
         return TorchRuntime(network, device, batch_size, precision, compile)
     import tempfile
@@ -51,19 +94,21 @@ def make_runtime(model, backend: str = "auto", device: str = "cpu", precision: s
     with tempfile.TemporaryDirectory(prefix="rapidpose-export-") as folder:
         path = (export_onnx(network, Path(folder) / "model.onnx") if backend == "onnx"
                 else export_openvino(network, Path(folder) / "model.xml"))
-        return _exported_runtime(backend, path, device, precision, batch_size)
+        # the module's own keypoint set object, which may be one rapidpose does not list
+        return _exported_runtime(backend, path, device, precision, batch_size, own)
 
 
-def _exported_runtime(backend, path, device, precision, batch_size):
+def _exported_runtime(backend, path, device, precision, batch_size, keypoint_set=None):
     if backend == "onnx":
         from .onnx_runtime import OnnxRuntime
 
-        return OnnxRuntime(path, device=device, batch_size=batch_size)
+        return OnnxRuntime(path, device=device, batch_size=batch_size, keypoint_set=keypoint_set)
     from .openvino_runtime import OpenVinoRuntime
 
     if resolve_device(device).startswith("cuda"):
         raise InputError("the OpenVINO backend runs on the CPU here: use --device cpu, or --backend torch for the GPU")
-    return OpenVinoRuntime(path, device="CPU", precision=precision, batch_size=batch_size)
+    return OpenVinoRuntime(path, device="CPU", precision=precision, batch_size=batch_size,
+                           keypoint_set=keypoint_set)
 
 
 __all__ = ["TorchRuntime", "make_runtime", "BACKENDS"]

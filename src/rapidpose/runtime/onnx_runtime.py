@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, InputError, require
-from .exported import ExportedRuntime, skeleton_from
+from .exported import ExportedRuntime, describe
 
 log = logging.getLogger("rapidpose")
 
@@ -37,9 +37,13 @@ class OnnxRuntime(ExportedRuntime):
     warning, when this onnxruntime build has none), or "auto" (CUDA where there is one).
     `threads`: intra-op threads on the CPU (default: the physical cores). Crops run in batches of
     up to `batch_size` (exactly the exported batch, padded, for a fixed-batch export).
+    `keypoint_set`: the keypoint set ("coco", "ap10k", ...) of a file without rapidpose metadata,
+    where its keypoint count fits several (17: COCO and AP-10K); a file from `rapidpose export`
+    names its own, and one that is neither is refused (rapidpose.runtime.exported).
     """
 
-    def __init__(self, path, device: str = "cpu", threads: int | None = None, batch_size: int = 64):
+    def __init__(self, path, device: str = "cpu", threads: int | None = None, batch_size: int = 64,
+                 keypoint_set: str | None = None):
         ort = require("onnxruntime", "onnxruntime")
         self.path = Path(path).expanduser()
         if not self.path.is_file():
@@ -85,19 +89,9 @@ class OnnxRuntime(ExportedRuntime):
 
         self.metadata = parse_metadata(dict(self.session.get_modelmeta().custom_metadata_map))
         in_shape, out_shape = inputs[0].shape, outputs[0].shape
-        size = self.metadata.get("input_size")
-        if not (isinstance(size, tuple) and len(size) == 2):
-            if not all(isinstance(d, int) for d in in_shape[2:]):
-                raise CheckpointError(f"'{self.path}' has no fixed input size ({in_shape}) and no rapidpose metadata")
-            size = (in_shape[3], in_shape[2])
-        self._input_size = (int(size[0]), int(size[1]))
-        k = out_shape[1] if isinstance(out_shape[1], int) else self.metadata.get("num_keypoints")
-        if not isinstance(k, int):
-            raise CheckpointError(f"'{self.path}' does not say how many keypoints it predicts")
-        self._num_keypoints = k
-        self._heatmap_size = tuple(d if isinstance(d, int) else s // 4
-                                   for d, s in zip(out_shape[2:], self._input_size[::-1]))  # (h, w)
-        self.skeleton = skeleton_from(self.metadata, k)
+        self._input_size, self._num_keypoints, self._heatmap_size, self.skeleton = describe(
+            self.metadata, self.path, [d if isinstance(d, int) else None for d in in_shape],
+            [d if isinstance(d, int) else None for d in out_shape], keypoint_set)
         fixed = in_shape[0] if isinstance(in_shape[0], int) else None
         if fixed is not None:  # an export with a fixed batch takes exactly that many crops per run
             self.batch_size = fixed

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, InputError, require
-from .exported import ExportedRuntime, skeleton_from
+from .exported import ExportedRuntime, describe
 
 PRECISIONS = ("auto", "fp32", "bf16")
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -38,10 +38,13 @@ class OpenVinoRuntime(ExportedRuntime):
     `hint`: OpenVINO performance hint, "LATENCY" (default, faster for one batch at a time) or
     "THROUGHPUT". `threads`: CPU inference threads (default: OpenVINO's choice, the physical cores).
     Crops run in batches of up to `batch_size`. One instance is not meant for concurrent calls.
+    `keypoint_set`: the keypoint set ("coco", "ap10k", ...) of a file without rapidpose metadata,
+    where its keypoint count fits several (17: COCO and AP-10K); a file from `rapidpose export`
+    names its own, and one that is neither is refused (rapidpose.runtime.exported).
     """
 
     def __init__(self, path, device: str = "CPU", precision: str = "auto", batch_size: int = 64,
-                 hint: str = "LATENCY", threads: int | None = None):
+                 hint: str = "LATENCY", threads: int | None = None, keypoint_set: str | None = None):
         ov = require("openvino", "openvino")
         self.path = Path(path).expanduser()
         if self.path.suffix.lower() not in (".xml", ".onnx"):
@@ -75,7 +78,17 @@ class OpenVinoRuntime(ExportedRuntime):
 
         from ..export import METADATA_SECTION, parse_metadata
 
-        self.metadata = parse_metadata(_rt_section(model, METADATA_SECTION) or _rt_section(model, "framework"))
+        # an IR from `rapidpose export` has a "rapidpose" section; an .onnx read directly (or an IR
+        # converted from one by hand) has the ONNX metadata under "framework"
+        if _has_section(model, METADATA_SECTION, self.path):
+            self.metadata = parse_metadata(_rt_section(model, METADATA_SECTION, self.path, required=True))
+        else:
+            self.metadata = parse_metadata(_rt_section(model, "framework", self.path))
+        in_shape = model.inputs[0].get_partial_shape()
+        out_shape = model.outputs[0].get_partial_shape()
+        self._input_size, self._num_keypoints, self._heatmap_size, self.skeleton = describe(
+            self.metadata, self.path, [d.get_length() if d.is_static else None for d in in_shape],
+            [d.get_length() if d.is_static else None for d in out_shape], keypoint_set)
 
         on_cpu = self.device == "CPU"
         if precision == "auto":
@@ -96,21 +109,6 @@ class OpenVinoRuntime(ExportedRuntime):
                                   f"({type(exc).__name__}: {str(exc)[:200]})") from None
         self.request = self.compiled.create_infer_request()
 
-        in_shape = model.inputs[0].get_partial_shape()
-        out_shape = model.outputs[0].get_partial_shape()
-        size = self.metadata.get("input_size")
-        if not (isinstance(size, tuple) and len(size) == 2):
-            if in_shape[2].is_dynamic or in_shape[3].is_dynamic:
-                raise CheckpointError(f"'{self.path}' has no fixed input size and no rapidpose metadata")
-            size = (in_shape[3].get_length(), in_shape[2].get_length())
-        self._input_size = (int(size[0]), int(size[1]))
-        k = out_shape[1].get_length() if out_shape[1].is_static else self.metadata.get("num_keypoints")
-        if not isinstance(k, int):
-            raise CheckpointError(f"'{self.path}' does not say how many keypoints it predicts")
-        self._num_keypoints = k
-        self._heatmap_size = tuple(d.get_length() if d.is_static else s // 4
-                                   for d, s in zip((out_shape[2], out_shape[3]), self._input_size[::-1]))
-        self.skeleton = skeleton_from(self.metadata, k)
         self._fixed_batch = in_shape[0].get_length() if in_shape[0].is_static else None
         if self._fixed_batch is not None:
             self.batch_size = self._fixed_batch
@@ -124,14 +122,27 @@ class OpenVinoRuntime(ExportedRuntime):
                 f"{self._num_keypoints} keypoints, skeleton '{self.skeleton.name}')")
 
 
-def _rt_section(model, name: str) -> dict[str, str]:
-    """One section of a model's rt_info as strings ({} if absent)."""
+def _has_section(model, name: str, path) -> bool:
     try:
-        if not model.has_rt_info([name]):
-            return {}
+        return bool(model.has_rt_info([name]))
+    except Exception as exc:
+        raise CheckpointError(f"the rt_info of '{path}' cannot be read ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}): export it again with `rapidpose export`") from None
+
+
+def _rt_section(model, name: str, path, required: bool = False) -> dict[str, str]:
+    """One section of a model's rt_info as strings: {} if absent, or if it is not a section and not
+    `required`; a CheckpointError if a `required` one (rapidpose's own) cannot be read."""
+    if not _has_section(model, name, path):
+        return {}
+    try:
         section = model.get_rt_info()[name]
-    except Exception:
+        if isinstance(section, dict):
+            return {str(k): (v.astype(str) if hasattr(v, "astype") else str(v)) for k, v in section.items()}
+        problem = "it is a single value, not a section of keys"
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {str(exc)[:200]}"
+    if not required:
         return {}
-    if not isinstance(section, dict):
-        return {}
-    return {str(k): (v.astype(str) if hasattr(v, "astype") else str(v)) for k, v in section.items()}
+    raise CheckpointError(f"the '{name}' metadata of '{path}' cannot be read ({problem}): export it again "
+                          f"with `rapidpose export`, whose metadata names the keypoint set")
