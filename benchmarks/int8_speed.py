@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rapidpose.bench import random_model
 from rapidpose.detect import load_detector
+from rapidpose.errors import InputError
 from rapidpose.export import export_onnx
 from rapidpose.io import expand_paths
 from rapidpose.quantize import _Probe, agreement, people_crops, quantize_onnx, quantize_openvino, time_models
@@ -34,8 +35,12 @@ def main():
     detector = load_detector(str(ASSETS / "detectors" / "rtmdet-nano-person.onnx"))
     paths = expand_paths([args.calibration])
     calib = people_crops(paths[:args.images], detector)
-    check = people_crops(paths[args.images:args.images + 16] or paths[:16], detector, max_crops=32)
-    print(f"calibration: {len(calib)} people of {args.images} images; agreement on {len(check)} other people\n")
+    try:  # the people of the next photos; with none left over, the calibration people, said plainly
+        check = people_crops(paths[args.images:args.images + 16], detector, max_crops=32)
+        where = "other people (held out)"
+    except InputError:
+        check, where = calib[:32], "of the calibration people themselves (none left over to hold out)"
+    print(f"calibration: {len(calib)} people of {args.images} images; agreement on {len(check)} {where}\n")
     print("| model | path | ms / crop | vs FP32 ONNX Runtime | output cosine | output SQNR (dB) |")
     print("|---|---|---:|---:|---:|---:|")
     for variant in args.variant:

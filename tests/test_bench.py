@@ -1,17 +1,20 @@
 """`rapidpose bench` reports every stage, throughput and memory, as a table, JSON and a plot."""
+import argparse
 import json
 
 import cv2
+import pytest
 
 from conftest import ASSETS
+from rapidpose.bench import add_bench_parser, bench_network
 from rapidpose.cli import main
 
 
 def test_bench_reports_stages_throughput_and_plot(tmp_path, capsys):
     out, plot = tmp_path / "bench.json", tmp_path / "throughput.png"
     code = main(["bench", str(ASSETS / "images" / "coco-mmpose"), "--model", "random-s", "--device", "cpu",
-                 "--people", "2", "--images", "2", "--repeats", "1", "--batch", "1", "2", "--draw",
-                 "--json", str(out), "--plot", str(plot)])
+                 "--people", "2", "--images", "2", "--repeats", "1", "--batch", "1", "2", "--seconds", "0",
+                 "--draw", "--json", str(out), "--plot", str(plot)])
     assert code == 0
     info = json.loads(out.read_text())
     assert info["images"] == 4 and info["people"] == 8
@@ -21,6 +24,54 @@ def test_bench_reports_stages_throughput_and_plot(tmp_path, capsys):
     assert stages["network"] == max(stages.values())  # the network dominates on a CPU
     assert [r["batch"] for r in info["throughput_by_batch"]] == [1, 2]
     assert all(r["crops_per_s"] > 0 for r in info["throughput_by_batch"]) and info["peak_memory_mb"] > 0
+    assert info["people_per_s"] > 0 and info["network_crops_per_s"] > 0
     assert cv2.imread(str(plot)).shape == (420, 720, 3)
     table = capsys.readouterr().out
     assert "| network |" in table and "people/s" in table
+    assert info["sweep_seconds"] == 0 and "(one run each: a rough figure)" in table
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--repeats", "0"], "--repeats must be at least 1"),
+    (["--images", "0"], "--images must be at least 1"),
+    (["--people", "0"], "--people must be at least 1"),
+    (["--synthetic", "0"], "--synthetic must be at least 1"),
+    (["--batch", "8", "0"], "--batch sizes must be at least 1"),
+    (["--seconds", "-1"], "--seconds must be 0 or more"),
+    (["--seconds", "nan"], "--seconds must be 0 or more"),
+])
+def test_bad_bench_requests_get_clear_errors(flags, message, caplog):
+    # refused before any model is loaded (vitpose-b is not in the offline cache: loading it would fail otherwise)
+    assert main(["bench", "--device", "cpu", *flags]) == 2
+    assert message in caplog.text and "Traceback" not in caplog.text
+
+
+def test_every_bench_option_says_its_default():
+    sub = argparse.ArgumentParser().add_subparsers()
+    add_bench_parser(sub)
+    for action in sub.choices["bench"]._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and "default" in action.help, action.option_strings
+
+
+class CountingRuntime:
+    """A stand-in backend that counts its calls, per batch size."""
+
+    input_size = (4, 4)
+
+    def __init__(self):
+        self.calls = {}
+
+    def __call__(self, x):
+        self.calls[len(x)] = self.calls.get(len(x), 0) + 1
+        return x
+
+
+def test_network_sweep_times_as_long_as_asked_and_once_with_zero_seconds():
+    quick = CountingRuntime()
+    rates = bench_network(quick, [1, 2], seconds=0)
+    assert quick.calls == {1: 2, 2: 2}  # one warm-up run and one timed run per batch size
+    assert [b for b, _ in rates] == [1, 2] and all(v > 0 for _, v in rates)
+    full = CountingRuntime()
+    bench_network(full, [1], seconds=0.01)
+    assert full.calls[1] >= 3 + 2  # 3 warm-up runs, at least 2 timed ones

@@ -1,18 +1,21 @@
 """`rapidpose quantize`: INT8 models that the backends run, and a report that measures them."""
+import argparse
+import copy
 import json
 
 import numpy as np
+import onnx  # noqa: F401  # declared test dependencies: a broken install fails loudly, never skips
 import pytest
 
 from conftest import ASSETS, RTMDET
-
-pytest.importorskip("onnx")
-from rapidpose.errors import InputError  # noqa: E402
-from rapidpose.export import read_metadata  # noqa: E402
-from rapidpose.pipeline import PoseEstimator  # noqa: E402
-from rapidpose.quantize import agreement, keypoint_oks, quantize_model  # noqa: E402
+from rapidpose.errors import InputError
+from rapidpose.export import read_metadata
+from rapidpose.io import expand_paths, read_image
+from rapidpose.pipeline import PoseEstimator
+from rapidpose.quantize import add_quantize_parser, agreement, keypoint_oks, quantize_model, time_models
 
 COCO_MMPOSE = ASSETS / "images" / "coco-mmpose"
+PHOTOS = expand_paths([COCO_MMPOSE])  # 4 photos: the order quantize takes them in
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +26,45 @@ def fp32_onnx(tiny_checkpoint, tmp_path_factory):
     return export_onnx(load_model(tiny_checkpoint, "cpu"), tmp_path_factory.mktemp("fp32") / "tiny.onnx")
 
 
+@pytest.fixture(scope="module")
+def people_per_photo():
+    """How many people the calibration detector finds in each of PHOTOS."""
+    from rapidpose.detect import load_detector
+
+    detector = load_detector(str(RTMDET))
+    counts = [len(detector(read_image(p))[0]) for p in PHOTOS]
+    assert len(PHOTOS) == 4 and all(counts), counts  # what the tests below rely on
+    return counts
+
+
+def assert_agreement_labelled(report, md, on, people, images):
+    """The report (.json and .md) says truthfully where FP32 and INT8 were compared."""
+    assert (report["agreement_on"], report["agreement_people"], report["agreement_images"]) == (on, people, images)
+    if on == "held-out":
+        assert f"agreement measured on {people} other people, in {images} images held out from calibration" in md
+        assert "calibration people themselves" not in md
+    else:
+        assert f"agreement measured on {people} of the calibration people themselves, in {images} of the " \
+               f"calibration images" in md
+        assert "other people" not in md and "held out from" not in md
+
+
+def assert_timed(report, md):
+    assert set(report["ms_per_crop"]) >= {"FP32, ONNX Runtime"}
+    assert all(v > 0 for v in report["ms_per_crop"].values()) and report["speedup_vs_fp32_onnxruntime"] > 0
+    assert "Speed: one round after a warm-up (timing turned down to 0 s)" in md  # the tests time briefly
+    assert all(f"| {name} | {ms} |" in md for name, ms in report["ms_per_crop"].items())
+
+
 @pytest.mark.parametrize("fmt, scheme, symmetric", [("onnx", "per-tensor", False), ("openvino", "per-channel", True)])
-def test_int8_model_is_written_runs_in_its_backend_and_is_reported(fp32_onnx, tmp_path, fmt, scheme, symmetric):
+def test_int8_model_is_written_runs_in_its_backend_and_is_reported(fp32_onnx, people_per_photo, tmp_path, fmt,
+                                                                   scheme, symmetric):
     if fmt == "openvino":
-        pytest.importorskip("nncf")
+        import nncf  # noqa: F401  # a declared test dependency: imported plainly, so a broken one fails here
+
     out = tmp_path / f"tiny-int8.{'onnx' if fmt == 'onnx' else 'xml'}"
     report = quantize_model(fp32_onnx, COCO_MMPOSE, out, images=2, fmt=fmt, scheme=scheme,
-                            symmetric=symmetric, detector=str(RTMDET), seconds=0.2)
+                            symmetric=symmetric, detector=str(RTMDET), seconds=0)
     assert out.is_file() and read_metadata(out)["num_keypoints"] == 17  # metadata carried over
     saved = json.loads((tmp_path / "tiny-int8.report.json").read_text())
     assert saved == json.loads(json.dumps(report))
@@ -42,17 +77,21 @@ def test_int8_model_is_written_runs_in_its_backend_and_is_reported(fp32_onnx, tm
     for g in report["layers"]:
         assert 0.9 < g["cosine"] <= 1.0 and 10 < g["sqnr_db"] < 80, g
     assert 0 < report["keypoints"]["mean_oks"] <= 1
-    assert report["calibration"]["people"] > 0 and report["agreement_people"] > 0
-    assert set(report["ms_per_crop"]) >= {"FP32, ONNX Runtime"} and all(v > 0 for v in report["ms_per_crop"].values())
+    # calibrated on the people of the first 2 photos, compared on those of the other 2
+    assert report["calibration"]["people"] == sum(people_per_photo[:2]) and report["calibration"]["images"] == 2
+    assert_agreement_labelled(report, md, "held-out", sum(people_per_photo[2:]), 2)
+    assert report["timing_seconds"] == 0
+    assert_timed(report, md)
 
     # the INT8 model runs in the pipeline like any exported model, close to the FP32 one
-    image = __import__("rapidpose.io", fromlist=["read_image"]).read_image(COCO_MMPOSE / "000000000785.jpg")
+    image = read_image(COCO_MMPOSE / "000000000785.jpg")
     box = np.array([[280, 40, 510, 420, 1.0]], np.float32)
     ref = PoseEstimator(str(fp32_onnx), device="cpu").predict([image], [box], return_heatmaps=True)[0]
     low = PoseEstimator(str(out), device="cpu").predict([image], [box], return_heatmaps=True)[0]
     assert agreement(ref.heatmaps, low.heatmaps)["cosine"] > 0.9
     if fmt == "onnx":  # OpenVINO reads the INT8 ONNX file too
-        pytest.importorskip("openvino")
+        import openvino  # noqa: F401  # a declared test dependency: imported plainly, so a broken one fails here
+
         other = PoseEstimator(str(out), device="cpu", backend="openvino").predict([image], [box], return_heatmaps=True)
         assert agreement(low.heatmaps, other[0].heatmaps)["cosine"] > 0.99
 
@@ -75,13 +114,41 @@ def test_agreement_and_oks_measure_what_they_say():
     assert keypoint_oks(peaks, moved, sigmas)[0] == pytest.approx(expected, rel=1e-3)
 
 
+def test_timing_takes_as_long_as_asked_and_one_round_with_zero_seconds():
+    calls = {"a": 0, "b": 0}
+
+    def runtime(name):
+        def run(x):
+            assert x.shape == (8, 3, 4, 4)  # always a batch of 8, the crops repeated to fill it
+            calls[name] += 1
+        return run
+
+    crops = np.zeros((3, 3, 4, 4), np.float32)
+    speed = time_models({"a": runtime("a"), "b": runtime("b")}, crops, seconds=0)
+    assert calls == {"a": 2, "b": 2}  # one warm-up run and one timed round each
+    assert set(speed) == {"a", "b"} and all(v >= 0 for v in speed.values())
+    calls.update(a=0, b=0)
+    time_models({"a": runtime("a"), "b": runtime("b")}, crops, seconds=0.01)
+    assert calls["a"] >= 1 + 3 and calls["b"] >= 1 + 3  # at least 3 rounds when timing is asked for
+
+
 def test_bad_quantize_requests_get_clear_errors(fp32_onnx, tmp_path):
+    out = tmp_path / "x.onnx"  # never the working directory, even if a request is wrongly let through
     with pytest.raises(InputError, match="format"):
-        quantize_model(fp32_onnx, COCO_MMPOSE, fmt="tflite", detector=str(RTMDET))
+        quantize_model(fp32_onnx, COCO_MMPOSE, out, fmt="tflite", detector=str(RTMDET))
     with pytest.raises(InputError, match="scheme"):
-        quantize_model(fp32_onnx, COCO_MMPOSE, scheme="per-group", detector=str(RTMDET))
+        quantize_model(fp32_onnx, COCO_MMPOSE, out, scheme="per-group", detector=str(RTMDET))
     with pytest.raises(InputError, match="--images"):
-        quantize_model(fp32_onnx, COCO_MMPOSE, images=0, detector=str(RTMDET))
+        quantize_model(fp32_onnx, COCO_MMPOSE, out, images=0, detector=str(RTMDET))
+    with pytest.raises(InputError, match="--timing-seconds must be 0 or more"):
+        quantize_model(fp32_onnx, COCO_MMPOSE, out, seconds=-1, detector=str(RTMDET))
+    with pytest.raises(InputError, match="annotation file .* does not exist"):
+        quantize_model(fp32_onnx, COCO_MMPOSE, out, annotations=tmp_path / "absent.json", detector=str(RTMDET))
+    with pytest.raises(InputError, match="--eval-images needs --annotations"):
+        quantize_model(fp32_onnx, COCO_MMPOSE, out, eval_images=COCO_MMPOSE, detector=str(RTMDET))
+    with pytest.raises(InputError, match="eval images folder .* does not exist"):
+        quantize_model(fp32_onnx, COCO_MMPOSE, out, annotations=COCO_MMPOSE / "test_coco.json",
+                       eval_images=tmp_path / "absent", detector=str(RTMDET))
     with pytest.raises(InputError, match="must end in .xml"):
         quantize_model(fp32_onnx, COCO_MMPOSE, tmp_path / "x.onnx", fmt="openvino", detector=str(RTMDET))
     empty = tmp_path / "no-people"
@@ -90,26 +157,87 @@ def test_bad_quantize_requests_get_clear_errors(fp32_onnx, tmp_path):
 
     cv2.imwrite(str(empty / "grey.png"), np.full((240, 320, 3), 128, np.uint8))
     with pytest.raises(InputError, match="no person"):
-        quantize_model(fp32_onnx, empty, tmp_path / "x.onnx", detector=str(RTMDET))
+        quantize_model(fp32_onnx, empty, out, detector=str(RTMDET))
     with pytest.raises(InputError, match="does not exist"):
-        quantize_model(fp32_onnx, tmp_path / "missing", tmp_path / "x.onnx", detector=str(RTMDET))
+        quantize_model(fp32_onnx, tmp_path / "missing", out, detector=str(RTMDET))
+    assert not out.exists()  # each refused before anything was written
 
 
-def test_report_gives_the_ap_of_both_models_when_annotations_are_given(fp32_onnx, tmp_path):
-    report = quantize_model(fp32_onnx, COCO_MMPOSE, tmp_path / "tiny-int8.onnx", images=2, detector=str(RTMDET),
-                            annotations=COCO_MMPOSE / "test_coco.json", seconds=0.1)
-    assert set(report["ap"]) == {"fp32", "int8"}
-    for metrics in report["ap"].values():
-        assert 0.0 <= metrics["AP"] <= 1.0 and 0.0 <= metrics["AR"] <= 1.0
-    assert "| INT8 |" in (tmp_path / "tiny-int8.report.md").read_text()
+def fp32_keypoints_as_annotations(fp32_onnx, path):
+    """test_coco.json with each evaluated person's keypoints replaced by the FP32 model's (all visible),
+    boxes and areas kept: against these the FP32 model scores AP 1 and the INT8 model less, so the AP
+    of each says which model was evaluated (random weights score 0 against the real keypoints)."""
+    from rapidpose.evaluate import gt_boxes, gt_people, load_annotations
+
+    source = COCO_MMPOSE / "test_coco.json"
+    coco, doc = load_annotations(source), json.loads(source.read_text())
+    ids = [im["id"] for im in doc["images"]]
+    boxes = gt_boxes(coco, ids)  # the boxes evaluate(boxes="gt") crops
+    found = PoseEstimator(str(fp32_onnx), device="cpu").predict(
+        [read_image(COCO_MMPOSE / im["file_name"]) for im in doc["images"]], [boxes[i] for i in ids])
+    annotations = {a["id"]: a for a in copy.deepcopy(doc)["annotations"]}
+    for image_id, poses in zip(ids, found):
+        people = gt_people(coco, image_id)
+        assert len(people) == len(poses) > 0
+        for (obj, _), keypoints in zip(people, poses.keypoints.tolist()):
+            annotations[obj["id"]].update(keypoints=[v for x, y in keypoints for v in (x, y, 2)], num_keypoints=17)
+    path.write_text(json.dumps({**doc, "annotations": list(annotations.values())}))
+    return path
 
 
-def test_quantize_command_writes_the_model_and_prints_the_report(fp32_onnx, tmp_path, capsys):
+def test_report_gives_the_ap_of_both_models_when_annotations_are_given(fp32_onnx, people_per_photo, tmp_path):
+    import cv2
+
+    from rapidpose.evaluate import METRICS, evaluate
+
+    annotations = fp32_keypoints_as_annotations(fp32_onnx, tmp_path / "fp32-keypoints.json")
+    # two photos with people, then one with nobody: no person is left over to hold out
+    grey = tmp_path / "grey.png"
+    cv2.imwrite(str(grey), np.full((240, 320, 3), 128, np.uint8))
+    out = tmp_path / "tiny-int8.onnx"
+    report = quantize_model(fp32_onnx, PHOTOS[:2] + [grey], out, images=2, detector=str(RTMDET),
+                            annotations=annotations, eval_images=COCO_MMPOSE, seconds=0)
+    md = (tmp_path / "tiny-int8.report.md").read_text()
+
+    # the AP of each model is rapidpose's evaluation of that model on the same images and annotations
+    for name, model in (("fp32", fp32_onnx), ("int8", out)):
+        direct = evaluate(PoseEstimator(str(model), device="cpu"), annotations, COCO_MMPOSE, boxes="gt").metrics
+        assert list(report["ap"][name]) == list(METRICS)
+        for metric in METRICS:
+            assert report["ap"][name][metric] == pytest.approx(direct[metric], abs=1e-4), (name, metric)
+        m = report["ap"][name]
+        assert f"| {name.upper()} | {m['AP']} | {m['AP50']} | {m['AP75']} | {m['AR']} |" in md
+    assert report["ap"]["fp32"]["AP"] == 1.0 and report["ap"]["fp32"]["AR"] == 1.0  # its own keypoints
+    assert 0.1 < report["ap"]["int8"]["AP"] < 1.0  # near, not equal: the two evaluations are told apart
+
+    # the photo left over had nobody: the agreement is on the calibration people, and says so
+    assert_agreement_labelled(report, md, "calibration", sum(people_per_photo[:2]), 2)
+
+
+def test_quantize_command_writes_the_model_and_prints_the_report(fp32_onnx, people_per_photo, tmp_path, capsys,
+                                                                 caplog):
     from rapidpose.cli import main
 
     out = tmp_path / "cli-int8.onnx"
-    code = main(["quantize", "--model", str(fp32_onnx), "--calibration", str(COCO_MMPOSE), "--images", "2",
-                 "--detector", str(RTMDET), "--output", str(out)])
-    assert code == 0 and out.is_file() and (tmp_path / "cli-int8.report.json").is_file()
-    assert "INT8 report" in capsys.readouterr().out
-    assert main(["quantize", "--model", str(fp32_onnx), "--calibration", str(tmp_path / "nowhere")]) == 2
+    # the default --images 64 takes all 4 photos: nobody is left to hold out
+    code = main(["quantize", "--model", str(fp32_onnx), "--calibration", str(COCO_MMPOSE),
+                 "--detector", str(RTMDET), "--output", str(out), "--timing-seconds", "0"])
+    assert code == 0 and out.is_file()
+    report = json.loads((tmp_path / "cli-int8.report.json").read_text())
+    md = capsys.readouterr().out
+    assert "INT8 report" in md and md.strip() == (tmp_path / "cli-int8.report.md").read_text().strip()
+    assert report["calibration"] == {"images": 4, "people": sum(people_per_photo), "source": str(COCO_MMPOSE)}
+    assert_agreement_labelled(report, md, "calibration", sum(people_per_photo), 4)
+    assert report["timing_seconds"] == 0
+    assert_timed(report, md)
+    bad = ["--model", str(fp32_onnx), "--detector", str(RTMDET), "--output", str(tmp_path / "bad.onnx")]
+    assert main(["quantize", *bad, "--calibration", str(tmp_path / "nowhere")]) == 2
+    assert main(["quantize", *bad, "--calibration", str(COCO_MMPOSE), "--timing-seconds", "-1"]) == 2
+    assert "--timing-seconds must be 0 or more" in caplog.text and not (tmp_path / "bad.onnx").exists()
+
+
+def test_every_quantize_option_says_its_default():
+    parser = add_quantize_parser(argparse.ArgumentParser().add_subparsers())
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and "default" in action.help, action.option_strings

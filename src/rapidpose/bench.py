@@ -78,8 +78,11 @@ def _sync(est):
 
 
 def bench_network(runtime, batches, seconds: float = 1.0) -> list[tuple[int, float]]:
-    """Crops per second of the backend alone at each batch size (inputs already in memory)."""
+    """Crops per second of the backend alone at each batch size (inputs already in memory): 3 warm-up
+    runs, then runs for about `seconds`, at least 2. seconds=0 times a single run after a single
+    warm-up: a quick, rough figure (smoke tests)."""
     w, h = runtime.input_size
+    warm_up, least = (3, 2) if seconds > 0 else (1, 1)
     out = []
     for batch in batches:
         x = np.random.default_rng(0).normal(size=(batch, 3, h, w)).astype(np.float32)
@@ -91,11 +94,11 @@ def bench_network(runtime, batches, seconds: float = 1.0) -> list[tuple[int, flo
             sync = torch.cuda.synchronize if runtime.device.startswith("cuda") else (lambda: None)
         else:
             call, sync = (lambda: runtime(x)), (lambda: None)
-        for _ in range(3):
+        for _ in range(warm_up):
             call()
         sync()
         n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds or n < 2:
+        while time.perf_counter() - t0 < seconds or n < least:
             call()
             n += 1
         sync()
@@ -133,24 +136,49 @@ def add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="time each stage and the network's throughput",
                        description="Per-stage timing (read, detect, crop, network, decode, draw), crops/s, "
                                    "people/s, peak memory, and throughput against batch size.")
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="images or folders (default: synthetic 1280x720)")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="images or folders (default: --synthetic random 1280x720 images)")
     p.add_argument("--model", default="vitpose-b",
-                   help="hub name or checkpoint; random-s|b|l|h for random weights (speed only)")
-    p.add_argument("--detector", default="none", help="rtmdet-nano, yolox-nano, a path, or none")
-    p.add_argument("--people", type=int, default=6, help="boxes per image when --detector none (default 6)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    p.add_argument("--compile", action="store_true", help="torch.compile the network")
-    p.add_argument("--flip", action="store_true")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32, 64, 128],
-                   help="batch sizes for the network sweep")
-    p.add_argument("--images", type=int, default=16, help="images per pipeline batch")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--synthetic", type=int, default=32, help="synthetic images when no INPUT is given")
-    p.add_argument("--draw", action="store_true", help="include drawing the results")
-    p.add_argument("--json", help="write the figures to this JSON file")
-    p.add_argument("--plot", help="write a PNG of crops/s against batch size")
+                   help="hub name or checkpoint; random-s|b|l|h for random weights (speed only) (default vitpose-b)")
+    p.add_argument("--detector", default="none",
+                   help="rtmdet-nano, yolox-nano, a path, or none for --people synthetic boxes (default none)")
+    p.add_argument("--people", type=int, default=6, metavar="N",
+                   help="boxes per image when --detector none (default 6)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"],
+                   help="auto: torch on a GPU, OpenVINO on a CPU when installed, else torch (default auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: cuda if present)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="auto: fp16 on a GPU, bf16 on CPUs that have it, else fp32 (default auto)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (default: off)")
+    p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop (default: off)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32, 64, 128], metavar="B",
+                   help="batch sizes for the network-only sweep (default 1 8 32 64 128)")
+    p.add_argument("--images", type=int, default=16, metavar="N", help="images per pipeline batch (default 16)")
+    p.add_argument("--repeats", type=int, default=3, metavar="N",
+                   help="passes over the images for the per-stage timing, after one warm-up batch (default 3)")
+    p.add_argument("--seconds", type=float, default=1.0, metavar="S",
+                   help="time the network-only sweep for about S seconds per batch size, at least 2 runs after "
+                        "3 warm-up runs; 0 times one run after one warm-up, a quick, rough figure (default 1)")
+    p.add_argument("--synthetic", type=int, default=32, metavar="N",
+                   help="synthetic images when no INPUT is given (default 32)")
+    p.add_argument("--draw", action="store_true", help="include drawing the results (default: off)")
+    p.add_argument("--json", metavar="FILE", help="write the figures to this JSON file (default: none)")
+    p.add_argument("--plot", metavar="PNG", help="write a PNG of crops/s against batch size (default: none)")
+
+
+def check_bench_args(args) -> None:
+    """Numbers a user can get wrong, refused before any model is loaded."""
+    from .errors import InputError
+
+    for flag, value in (("--people", args.people), ("--images", args.images), ("--repeats", args.repeats),
+                        ("--synthetic", args.synthetic)):
+        if value < 1:
+            raise InputError(f"{flag} must be at least 1; got {value}")
+    bad = [b for b in args.batch if b < 1]
+    if bad:
+        raise InputError(f"--batch sizes must be at least 1; got {bad[0]}")
+    if not 0 <= args.seconds < float("inf"):  # NaN too
+        raise InputError(f"--seconds must be 0 or more (and finite); got {args.seconds}")
 
 
 def run_bench(args) -> int:
@@ -158,6 +186,7 @@ def run_bench(args) -> int:
     from .pipeline import PoseEstimator
     from .runtime.torch_runtime import resolve_device
 
+    check_bench_args(args)
     device = resolve_device(args.device)
     model = random_model(args.model.split("-", 1)[1]) if args.model.startswith("random-") else args.model
     est = PoseEstimator(model, detector=args.detector, device=device, flip_test=args.flip, backend=args.backend,
@@ -170,7 +199,7 @@ def run_bench(args) -> int:
     bench_pipeline(est, paths[:args.images], synthetic[:args.images], people, args.images, 1, args.draw)  # warm-up
     seconds, n_images, n_people, wall = bench_pipeline(est, paths, synthetic, people, args.images, args.repeats,
                                                        args.draw)
-    sweep = bench_network(est.runtime, args.batch)
+    sweep = bench_network(est.runtime, args.batch, args.seconds)
     runtime = est.runtime
     info = {
         "model": str(args.model), "backend": type(runtime).__name__, "device": device,
@@ -181,6 +210,7 @@ def run_bench(args) -> int:
         "network_crops_per_s": n_people * (2 if args.flip else 1) / max(seconds.get("network", 1e-9), 1e-9),
         "peak_memory_mb": peak_memory_mb(device),
         "throughput_by_batch": [{"batch": b, "crops_per_s": v} for b, v in sweep],
+        "sweep_seconds": args.seconds,
     }
     _print_report(info)
     if args.json:
@@ -209,6 +239,7 @@ def _print_report(info: dict) -> None:
     print(f"| **total** | {total:.2f} | |")
     print(f"\npeople/s (whole path): {info['people_per_s']:,.0f}   network crops/s: "
           f"{info['network_crops_per_s']:,.0f}   peak memory: {info['peak_memory_mb']:,.0f} MiB")
-    print("\n| batch | crops/s (network only) |\n|---:|---:|")
+    rough = " (one run each: a rough figure)" if info["sweep_seconds"] == 0 else ""
+    print(f"\n| batch | crops/s (network only){rough} |\n|---:|---:|")
     for row in info["throughput_by_batch"]:
         print(f"| {row['batch']} | {row['crops_per_s']:,.0f} |")

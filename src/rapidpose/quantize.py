@@ -15,7 +15,9 @@ The report beside the model (.report.md and .report.json) says what the INT8 mod
 file size, speed of FP32 and INT8 side by side on this machine, heatmap agreement (cosine similarity
 and signal-to-quantization-noise ratio after each quarter of the backbone and at the output),
 keypoint agreement (mean OKS between FP32 and INT8 keypoints) and, given COCO annotations, the AP of
-both.
+both. The agreement is measured on the people of the photos after the calibration ones (held out);
+when there are none, on the calibration people themselves, and the report says which
+(`agreement_on`: "held-out" or "calibration").
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ log = logging.getLogger("rapidpose")
 
 FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 SCHEMES = ("per-tensor", "per-channel")
+MIN_ROUNDS = 3  # timed rounds of each path at the least, unless timing is turned down to one (seconds=0)
 
 
 # ---------------------------------------------------------------- calibration data
@@ -44,26 +47,46 @@ SCHEMES = ("per-tensor", "per-channel")
 def people_crops(paths, detector, input_size=(192, 256), max_crops: int = 256) -> np.ndarray:
     """Normalised crops (N, 3, H, W) of the people the detector finds in `paths`, as the pipeline
     crops them; unreadable images are reported and skipped."""
+    crops, _ = _find_people(paths, detector, input_size, max_crops)
+    if crops is None:
+        raise InputError(f"the detector found no person in the {len(paths)} calibration images: give a folder "
+                         f"of photos with people (COCO images, say)")
+    return crops
+
+
+def _find_people(paths, detector, input_size, max_crops: int) -> tuple[np.ndarray | None, list[int]]:
+    """people_crops' work: the crops (None if nobody was found) and the number of people found in
+    each image read, in order (unreadable images are left out)."""
     from .errors import RapidPoseError
     from .io import read_image
 
-    crops = []
+    crops, counts = [], []
     for path in paths:
         try:
             image = read_image(path)
         except RapidPoseError as exc:
-            log.warning("calibration: skipped %s", exc)
+            log.warning("quantize: skipped %s", exc)
             continue
         boxes, _ = detector(image)
+        counts.append(len(boxes))
         if len(boxes):
             center, scale = boxes_to_center_scale(boxes, input_size)
             crops.append(warp_crops(image, udp_matrices(center, scale, input_size), input_size))
-        if sum(len(c) for c in crops) >= max_crops:
+        if sum(counts) >= max_crops:
             break
     if not crops:
-        raise InputError(f"the detector found no person in the {len(paths)} calibration images: give a folder "
-                         f"of photos with people (COCO images, say)")
-    return normalize_crops(np.concatenate(crops)[:max_crops])
+        return None, counts
+    return normalize_crops(np.concatenate(crops)[:max_crops]), counts
+
+
+def _images_holding(counts: list[int], people: int) -> int:
+    """How many of the images read (people per image in `counts`) the first `people` people come from."""
+    total = 0
+    for i, n in enumerate(counts, 1):
+        total += n
+        if total >= people:
+            return i
+    return len(counts)
 
 
 # ---------------------------------------------------------------- the two quantizers
@@ -204,13 +227,16 @@ def keypoint_oks(heatmaps_a: np.ndarray, heatmaps_b: np.ndarray, sigmas) -> np.n
 
 
 def time_models(runtimes: dict, crops: np.ndarray, seconds: float = 4.0, batch: int = 8) -> dict:
-    """Median ms per crop of each runtime at `batch`, in interleaved rounds (fair on a busy machine)."""
+    """Median ms per crop of each runtime at `batch`, in interleaved rounds (fair on a busy machine):
+    one warm-up run each, then rounds for about `seconds` per runtime, at least 3. seconds=0 times a
+    single round: a quick, rough figure (smoke tests)."""
     x = crops[:batch] if len(crops) >= batch else np.resize(crops, (batch,) + crops.shape[1:])
     for run in runtimes.values():
         run(x)  # warm-up
     times = {name: [] for name in runtimes}
+    rounds = MIN_ROUNDS if seconds > 0 else 1
     end = time.perf_counter() + seconds * len(runtimes)
-    while time.perf_counter() < end or min(len(t) for t in times.values()) < 3:
+    while time.perf_counter() < end or min(len(t) for t in times.values()) < rounds:
         for name, run in runtimes.items():
             start = time.perf_counter()
             run(x)
@@ -226,9 +252,14 @@ def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str =
     """Write the INT8 model and its report; returns the report as a dict (paths included).
 
     model: hub name, checkpoint or FP32 .onnx. calibration: a folder (or files) of photos with
-    people; the first `images` are used (their people, up to 256 crops); the next ones, up to 32
-    images, measure the agreement. annotations (+ eval_images, default: the calibration folder):
-    COCO keypoints to report the AP of both models with ground-truth boxes.
+    people; the first `images` are used (their people, up to 256 crops). The agreement of FP32 and
+    INT8 is measured on the people of the next images, up to 32 images (64 people); if no person is
+    left over (the folder has `images` photos or fewer, or the next ones show nobody), on the first 64
+    calibration people, and the report says so (report["agreement_on"]: "held-out" or
+    "calibration"). annotations (+
+    eval_images, default: the calibration folder): COCO keypoints to report the AP of both models
+    with ground-truth boxes. seconds: how long each path is timed for the ms per crop (at least 3
+    rounds after a warm-up; 0 times one round: a quick, rough figure).
     """
     from .detect import load_detector
     from .io import expand_paths
@@ -240,6 +271,16 @@ def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str =
         raise InputError(f"unknown scheme '{scheme}': use one of {', '.join(SCHEMES)}")
     if images < 1:
         raise InputError(f"--images must be at least 1; got {images}")
+    if not 0 <= seconds < float("inf"):  # NaN too
+        raise InputError(f"--timing-seconds must be 0 or more (and finite); got {seconds}")
+    if annotations is not None and not Path(annotations).expanduser().is_file():
+        raise InputError(f"annotation file '{annotations}' does not exist: pass COCO keypoint annotations of "
+                         f"the images (e.g. person_keypoints_val2017.json)")
+    if eval_images is not None and annotations is None:
+        raise InputError("--eval-images needs --annotations: the AP is measured against annotations")
+    if eval_images is not None and not Path(eval_images).expanduser().is_dir():
+        raise InputError(f"eval images folder '{eval_images}' does not exist: pass the folder holding the "
+                         f"annotated images")
     if isinstance(calibration, (str, Path)) and not Path(calibration).expanduser().exists():
         raise InputError(f"calibration folder '{calibration}' does not exist: give a folder of photos with people")
     paths = expand_paths([calibration] if isinstance(calibration, (str, Path)) else calibration)
@@ -253,11 +294,22 @@ def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str =
     person = load_detector(detector) if not callable(detector) else detector
 
     started = time.perf_counter()
-    calib = people_crops(paths[:images], person, input_size)
-    held_out = paths[images:images + 32] or paths[:32]
-    check = people_crops(held_out, person, input_size, max_crops=64)
-    log.info("calibrating on %d people of %d images; agreement on %d people", len(calib),
-             min(images, len(paths)), len(check))
+    calib, calib_counts = _find_people(paths[:images], person, input_size, max_crops=256)
+    if calib is None:
+        raise InputError(f"the detector found no person in the {len(paths[:images])} calibration images: give a "
+                         f"folder of photos with people (COCO images, say)")
+    spare = paths[images:images + 32]
+    check, check_counts = _find_people(spare, person, input_size, max_crops=64)
+    if check is not None:
+        agreement_on, agreement_images = "held-out", _images_holding(check_counts, len(check))
+    else:  # nobody left over: say plainly that the agreement is measured on the calibration people
+        if spare:
+            log.warning("quantize: no person in the %d photos after the calibration ones; agreement is measured "
+                        "on the calibration people", len(spare))
+        check = calib[:64]
+        agreement_on, agreement_images = "calibration", _images_holding(calib_counts, len(check))
+    log.info("calibrating on %d people of %d images; agreement on %d %s people", len(calib),
+             _images_holding(calib_counts, len(calib)), len(check), agreement_on)
     quantizer = quantize_onnx if fmt == "onnx" else quantize_openvino
     quantizer(fp32, out, calib, scheme == "per-channel", symmetric)
     quantize_seconds = time.perf_counter() - started
@@ -283,9 +335,12 @@ def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str =
     report = {
         "model": str(model), "variant": meta.get("variant"), "format": fmt, "scheme": scheme,
         "symmetric": symmetric, "int8_model": str(out), "fp32_model": str(fp32),
-        "calibration": {"images": min(images, len(paths)), "people": int(len(calib)), "source": str(calibration)},
+        "calibration": {"images": _images_holding(calib_counts, len(calib)), "people": int(len(calib)),
+                        "source": str(calibration)},
+        "agreement_on": agreement_on, "agreement_images": int(agreement_images),
         "agreement_people": int(len(check)), "quantize_seconds": round(quantize_seconds, 1),
         "size_mb": {"fp32": _size_mb(fp32), "int8": _size_mb(out)},
+        "timing_seconds": float(seconds),
         "ms_per_crop": speed, "speedup_vs_fp32_onnxruntime": round(speed["FP32, ONNX Runtime"] / speed[int8_name], 2),
         "layers": layers,
         "keypoints": {"mean_oks": round(float(oks.mean()), 4), "min_oks": round(float(oks.min()), 4)},
@@ -352,16 +407,34 @@ def _ap_of_both(fp32: Path, int8: Path, annotations, images) -> dict:
     return ap
 
 
+def _timing_sentence(seconds: float) -> str:
+    if seconds > 0:
+        return (f"Speed: median of interleaved rounds after a warm-up, each path timed for about {seconds:g} s "
+                f"(at least {MIN_ROUNDS} rounds).")
+    return "Speed: one round after a warm-up (timing turned down to 0 s): a rough figure."
+
+
+def _agreement_sentence(report: dict) -> str:
+    """Where the FP32/INT8 agreement was measured, in words: held-out people or the calibration ones."""
+    people, images = report["agreement_people"], report["agreement_images"]
+    if report["agreement_on"] == "held-out":
+        return f"agreement measured on {people} other people, in {images} images held out from calibration."
+    return (f"agreement measured on {people} of the calibration people themselves, in {images} of the calibration "
+            f"images: no person was left over to hold out (give more photos than --images for an independent "
+            f"measure).")
+
+
 def _write_report(out: Path, report: dict) -> None:
     stem = out.with_suffix("")
     stem.with_name(stem.name + ".report.json").write_text(json.dumps(report, indent=2))
     lines = [f"# INT8 report: {Path(report['model']).name} ({report['format']}, {report['scheme']}, "
              f"{'symmetric' if report['symmetric'] else 'asymmetric'})", "",
              f"{report['date']}, {report['machine']}. Calibration: {report['calibration']['people']} people "
-             f"in {report['calibration']['images']} images of `{report['calibration']['source']}`; agreement "
-             f"measured on {report['agreement_people']} other people.", "",
+             f"in {report['calibration']['images']} images of `{report['calibration']['source']}`; "
+             f"{_agreement_sentence(report)}", "",
              "| | FP32 | INT8 |", "|---|---:|---:|",
              f"| size (MB) | {report['size_mb']['fp32']} | {report['size_mb']['int8']} |", "",
+             _timing_sentence(report["timing_seconds"]), "",
              "| path (batch of 8) | ms per crop |", "|---|---:|"]
     lines += [f"| {name} | {ms} |" for name, ms in report["ms_per_crop"].items()]
     lines += ["", f"INT8 is {report['speedup_vs_fp32_onnxruntime']}x as fast as FP32 ONNX Runtime.", "",
@@ -383,15 +456,28 @@ def add_quantize_parser(sub) -> argparse.ArgumentParser:
                        description="Quantize a ViTPose to INT8 (weights and activations) with real people as "
                                    "calibration data; writes the model and a report (.report.md/.json) beside it.")
     p.add_argument("--model", default="vitpose-b", help="hub name, checkpoint or FP32 .onnx (default vitpose-b)")
-    p.add_argument("--calibration", required=True, metavar="DIR", help="photos with people (COCO images, say)")
-    p.add_argument("--images", type=int, default=64, help="calibration images (default 64)")
+    p.add_argument("--calibration", required=True, metavar="DIR",
+                   help="photos with people (COCO images, say); required, no default")
+    p.add_argument("--images", type=int, default=64, metavar="N",
+                   help="calibrate on the people of the first N photos (up to 256 people); the agreement is "
+                        "measured on the people of the next photos (up to 32), or, when none is left over, on "
+                        "the calibration people, as the report says (default 64)")
     p.add_argument("--format", default="onnx", choices=list(FORMATS),
-                   help="onnx (ONNX Runtime static quantization) or openvino (NNCF)")
+                   help="onnx (ONNX Runtime static quantization) or openvino (NNCF) (default onnx)")
     p.add_argument("--scheme", default="per-tensor", choices=SCHEMES, help="weight scales (default per-tensor)")
-    p.add_argument("--symmetric", action="store_true", help="symmetric activations (and weights; default asymmetric)")
-    p.add_argument("--detector", default="rtmdet-nano", help="person detector for the calibration crops")
-    p.add_argument("--annotations", help="COCO keypoint annotations of the images: also report the AP of both")
-    p.add_argument("--eval-images", metavar="DIR", help="the annotated images (default: the calibration folder)")
+    p.add_argument("--symmetric", action="store_true",
+                   help="symmetric activations (and weights) (default: off, asymmetric)")
+    p.add_argument("--detector", default="rtmdet-nano",
+                   help="person detector for the calibration crops: rtmdet-nano, yolox-nano or an .onnx path "
+                        "(default rtmdet-nano)")
+    p.add_argument("--annotations", metavar="FILE",
+                   help="COCO keypoint annotations of the images: also report the AP of both (default: none, "
+                        "no AP)")
+    p.add_argument("--eval-images", metavar="DIR",
+                   help="the annotated images, with --annotations (default: the calibration folder)")
+    p.add_argument("--timing-seconds", type=float, default=4.0, metavar="S",
+                   help="time each path (FP32 and INT8) for about S seconds for the report's ms per crop, at "
+                        "least 3 rounds after a warm-up; 0 times one round, a quick, rough figure (default 4)")
     p.add_argument("--output", "-o", help="the INT8 model (default ./<model>-int8.onnx or .xml)")
     return p
 
@@ -399,7 +485,8 @@ def add_quantize_parser(sub) -> argparse.ArgumentParser:
 def run_quantize(args) -> int:
     report = quantize_model(args.model, args.calibration, args.output, images=args.images, fmt=args.format,
                             scheme=args.scheme, symmetric=args.symmetric, detector=args.detector,
-                            annotations=args.annotations, eval_images=args.eval_images)
+                            annotations=args.annotations, eval_images=args.eval_images,
+                            seconds=args.timing_seconds)
     out = Path(report["int8_model"])
     print(out.with_suffix("").with_name(out.stem + ".report.md").read_text())
     print(f"wrote {out} and its report ({out.stem}.report.md, .report.json)", file=sys.stderr)
