@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rapidpose.export import export_onnx, export_openvino
+from rapidpose.deploy.export import export_onnx, export_openvino
 from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random
 from rapidpose.runtime.onnx_runtime import OnnxRuntime, physical_cores
 

@@ -11,9 +11,9 @@ import logging
 import os
 from pathlib import Path
 
-from rapidpose.bench import random_model
-from rapidpose.evaluate import evaluate
-from rapidpose.pipeline import PoseEstimator
+from rapidpose.evaluate.coco import evaluate
+from rapidpose.evaluate.speed import random_model
+from rapidpose.topdown.estimator import PoseEstimator
 
 COCO_MINI = Path(__file__).resolve().parents[2] / "shared" / "assets" / "images" / "coco-mini"
 

@@ -12,12 +12,12 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from rapidpose.bench import random_model
+from rapidpose.deploy.export import export_onnx
+from rapidpose.deploy.quantize import _Probe, agreement, people_crops, quantize_onnx, quantize_openvino, time_models
 from rapidpose.detect import load_detector
 from rapidpose.errors import InputError
-from rapidpose.export import export_onnx
+from rapidpose.evaluate.speed import random_model
 from rapidpose.io import expand_paths
-from rapidpose.quantize import _Probe, agreement, people_crops, quantize_onnx, quantize_openvino, time_models
 from rapidpose.runtime.onnx_runtime import OnnxRuntime
 from rapidpose.runtime.openvino_runtime import OpenVinoRuntime
 

@@ -12,8 +12,8 @@ import time
 import numpy as np
 import torch
 
-from rapidpose.bench import random_model, synthetic_boxes
-from rapidpose.pipeline import PoseEstimator
+from rapidpose.evaluate.speed import random_model, synthetic_boxes
+from rapidpose.topdown.estimator import PoseEstimator
 
 
 def timed(fn, repeats: int, sync) -> float:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 
 import torch
+from network_speed import DTYPES, timed, transformers_model
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
-from network_speed import DTYPES, timed, transformers_model
 from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from rapidpose.bench import random_model, synthetic_boxes
-from rapidpose.pipeline import PoseEstimator
+from rapidpose.evaluate.speed import random_model, synthetic_boxes
+from rapidpose.topdown.estimator import PoseEstimator
 
 
 def report(title, fn, rows):

@@ -87,8 +87,8 @@ def main():
 def _time_detection(path: str, frames) -> None:
     """Person detection of every frame as `rapidpose video` runs it: parallel onnxruntime copies."""
     from rapidpose.detect import load_detector
-    from rapidpose.sources import Frame
-    from rapidpose.video import _HostStage
+    from rapidpose.video.pipeline import _HostStage
+    from rapidpose.video.sources import Frame
 
     batch = [Frame(i, 0.0, image) for i, image in enumerate(frames * 2)]
     for workers in sorted({1, max(1, min(8, (os.cpu_count() or 1) // 4)), max(1, (os.cpu_count() or 1) // 2)}):
@@ -105,9 +105,9 @@ def _time_drawing(yuv) -> None:
     """Two people with boxes, track ids and 17 keypoints drawn into each I420 frame, one thread."""
     import numpy as np
 
+    from rapidpose.draw.cpu import draw_frame
     from rapidpose.results import Poses
     from rapidpose.skeletons import SKELETONS
-    from rapidpose.video_cli import draw_frame
 
     h, w = yuv[0].shape[0] * 2 // 3, yuv[0].shape[1]
     joints = np.arange(17)[:, None] * np.array([0.0, 0.04 * h])
@@ -131,8 +131,8 @@ def _time_device_detection(path: str, yuv) -> None:
     from types import SimpleNamespace
 
     from rapidpose.detect import load_detector
-    from rapidpose.sources import Frame
-    from rapidpose.video import _DeviceStage
+    from rapidpose.video.pipeline import _DeviceStage
+    from rapidpose.video.sources import Frame
 
     est = SimpleNamespace(runtime=SimpleNamespace(device="cuda"), detector=load_detector(path))
     stage = _DeviceStage(est, 0.1)
@@ -154,7 +154,7 @@ def _time_device_detection(path: str, yuv) -> None:
 
 def _write(images, w, h, preset, encoders, repeats) -> float:
     """Frames/s of rapidpose's VideoWriter taking `images` `repeats` times, until the file is closed."""
-    from rapidpose.video_writer import VideoWriter
+    from rapidpose.video.writer import VideoWriter
 
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()

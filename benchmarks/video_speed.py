@@ -24,13 +24,13 @@ from pathlib import Path
 import av
 import torch
 
-from rapidpose.bench import random_model
-from rapidpose.drawing_process import start_worker
-from rapidpose.nvdec import unavailable
-from rapidpose.pipeline import PoseEstimator
-from rapidpose.sources import open_source
-from rapidpose.video import DECODERS, track_frames
-from rapidpose.video_cli import process_video
+from rapidpose.evaluate.speed import random_model
+from rapidpose.topdown.estimator import PoseEstimator
+from rapidpose.video.drawing_process import start_worker
+from rapidpose.video.nvdec import unavailable
+from rapidpose.video.pipeline import DECODERS, track_frames
+from rapidpose.video.process import process_video
+from rapidpose.video.sources import open_source
 
 ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 

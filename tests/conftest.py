@@ -53,7 +53,7 @@ def assert_drawn_like(got, want, original, what=""):
     either drew."""
     import cv2
 
-    from rapidpose.sources import i420_planes
+    from rapidpose.video.sources import i420_planes
 
     for name, g, w, o in zip("YUV", i420_planes(got), i420_planes(want), i420_planes(original)):
         drawn = (g != o) | (w != o)

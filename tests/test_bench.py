@@ -4,10 +4,11 @@ import json
 
 import cv2
 import pytest
-
 from conftest import ASSETS
-from rapidpose.bench import add_bench_parser, bench_network
+
 from rapidpose.cli import main
+from rapidpose.cli.bench import add_bench_parser
+from rapidpose.evaluate.speed import bench_network
 
 
 def test_bench_reports_stages_throughput_and_plot(tmp_path, capsys):

@@ -5,8 +5,8 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-
 from conftest import ASSETS, RTMDET
+
 from rapidpose.cli import main
 from rapidpose.errors import InputError
 
@@ -194,7 +194,7 @@ def test_boxes_that_match_some_images_warn_about_the_rest(tiny_checkpoint, tmp_p
 def test_a_model_file_without_metadata_needs_its_keypoint_set(tiny_checkpoint, tmp_path, caplog):
     import onnx
 
-    from rapidpose.export import export_onnx
+    from rapidpose.deploy.export import export_onnx
     from rapidpose.model.weights import load_model
 
     path = export_onnx(load_model(tiny_checkpoint, "cpu"), tmp_path / "tiny.onnx", check=False)

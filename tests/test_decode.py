@@ -2,10 +2,10 @@
 import cv2
 import numpy as np
 import pytest
-
 from conftest import gaussian_heatmap
-from rapidpose.decode import argmax_heatmaps, dark_udp, decode_heatmaps, flip_back
-from rapidpose.geometry import boxes_to_center_scale
+
+from rapidpose.topdown.decode import argmax_heatmaps, dark_udp, decode_heatmaps, flip_back
+from rapidpose.topdown.geometry import boxes_to_center_scale
 
 
 def official_reference(heatmaps, center, scale, kernel=11):

@@ -5,12 +5,11 @@ import urllib.request
 import cv2
 import numpy as np
 import pytest
+from conftest import ASSETS, RTMDET, YOLOX
 
-from rapidpose.detect import Detector, KNOWN_DETECTORS, load_detector
+from rapidpose.detect import KNOWN_DETECTORS, Detector, load_detector
 from rapidpose.detect.base import box_iou, letterbox, nms
 from rapidpose.errors import CheckpointError, DownloadError, InputError
-
-from conftest import ASSETS, RTMDET, YOLOX
 
 COCO = ASSETS / "images" / "coco-mmpose"
 

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from rapidpose.draw import draw_heatmaps, draw_poses, draw_poses_i420, track_color
+from rapidpose.draw.cpu import draw_heatmaps, draw_poses, draw_poses_i420, track_color
 from rapidpose.errors import InputError
 from rapidpose.results import Poses
 from rapidpose.skeletons import SKELETONS, skeleton_for

@@ -5,18 +5,18 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import ASSETS
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from conftest import ASSETS
 from rapidpose.cli import main
 from rapidpose.errors import InputError
-from rapidpose.evaluate import (METRICS, clean_gt_box, detection_boxes, evaluate, evaluate_predictions, gt_boxes,
-                                gt_people, image_results, load_annotations, oks_iou, oks_nms, rescore,
-                                select_images)
-from rapidpose.geometry import boxes_to_center_scale
+from rapidpose.evaluate.coco import (METRICS, clean_gt_box, detection_boxes, evaluate, evaluate_predictions, gt_boxes,
+                                     gt_people, image_results, load_annotations, oks_iou, oks_nms, rescore,
+                                     select_images)
 from rapidpose.results import Poses
 from rapidpose.skeletons import COCO as COCO_SKELETON
+from rapidpose.topdown.geometry import boxes_to_center_scale
 
 COCO_MINI = ASSETS / "images" / "coco-mini"
 COCO_MMPOSE = ASSETS / "images" / "coco-mmpose"
@@ -238,7 +238,7 @@ def test_eval_cli_on_coco_mmpose(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_evaluate_reports_time_and_scores_unread_images_as_missed(tiny_checkpoint, tmp_path, caplog):
-    from rapidpose.pipeline import PoseEstimator
+    from rapidpose.topdown.estimator import PoseEstimator
 
     folder = tmp_path / "images"
     shutil.copytree(COCO_MMPOSE, folder, ignore=shutil.ignore_patterns("*.json"))

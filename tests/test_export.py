@@ -1,6 +1,6 @@
 """ONNX / OpenVINO export and the onnxruntime / OpenVINO backends, on small random ViTPose models.
 
-Tolerances: fp32 exports must match torch within 1e-4 * max|heatmap| + 1e-5 (rapidpose.export.tolerance;
+Tolerances: fp32 exports must match torch within 1e-4 * max|heatmap| + 1e-5 (rapidpose.deploy.export.tolerance;
 measured about 1e-6 absolute with heatmap maxima near 0.9). OpenVINO bf16: cosine similarity of every
 heatmap with torch's > 0.99 and the same argmax for at least 90% of the heatmaps (measured on the
 2-block model: cosine >= 0.9999, all argmaxes equal, max abs difference about 0.7% of the peak).
@@ -17,13 +17,14 @@ import pytest
 import torch
 
 import rapidpose.skeletons as sk
+from rapidpose.cli.export import add_export_parser, run_export
+from rapidpose.deploy.export import ExportError, export_onnx, export_openvino, tolerance
 from rapidpose.errors import CheckpointError, InputError
-from rapidpose.export import (ExportError, add_export_parser, export_onnx, export_openvino, read_metadata,
-                              run_export, tolerance)
 from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random
-from rapidpose.pipeline import PoseEstimator
+from rapidpose.runtime.metadata import read_metadata
 from rapidpose.runtime.onnx_runtime import OnnxRuntime
 from rapidpose.runtime.openvino_runtime import OpenVinoRuntime
+from rapidpose.topdown.estimator import PoseEstimator
 
 
 def small(seed=0, **kwargs):
@@ -168,7 +169,7 @@ def test_dynamo_exporter(model, tmp_path):
 
 
 def test_check_failure_raises(model, tmp_path, monkeypatch):
-    import rapidpose.export as export
+    import rapidpose.deploy.export as export
 
     monkeypatch.setattr(export, "tolerance", lambda ref: -1.0)
     with pytest.raises(ExportError, match="does not reproduce"):

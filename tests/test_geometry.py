@@ -3,8 +3,8 @@ import math
 
 import numpy as np
 
-from rapidpose.geometry import (boxes_to_center_scale, clean_boxes, heatmap_to_image, normalize_crops,
-                                udp_matrices, warp_crops)
+from rapidpose.topdown.geometry import (boxes_to_center_scale, clean_boxes, heatmap_to_image, normalize_crops,
+                                        udp_matrices, warp_crops)
 
 
 def official_warp_matrix(theta, size_input, size_dst, size_target):

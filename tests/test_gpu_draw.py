@@ -9,14 +9,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import ASSETS, assert_drawn_like
-from rapidpose.draw import draw_poses_i420
+
+from rapidpose.draw.cpu import draw_poses_i420
+from rapidpose.draw.gpu import draw_poses_i420_batch
 from rapidpose.errors import InputError
-from rapidpose.gpu_draw import draw_poses_i420_batch
 from rapidpose.results import Poses
 from rapidpose.skeletons import SKELETONS
-from rapidpose.sources import i420_planes
+from rapidpose.video.sources import i420_planes
 
 TWO_PEOPLE = ASSETS / "video" / "two-people-1080p.mp4"
 BASKETBALL = ASSETS / "video" / "basketball-426x240.mp4"
@@ -60,7 +60,8 @@ def interpreted_kernel(monkeypatch):
     if not TRITON_PLATFORM:
         pytest.skip("Triton ships for Linux x86-64 only: its interpreter is not there on this platform")
     import triton  # a test dependency on Linux x86-64: a broken install fails, never skips
-    from rapidpose import gpu_draw
+
+    from rapidpose.draw import gpu as gpu_draw
 
     with monkeypatch.context() as env:
         env.setenv("TRITON_INTERPRET", "1")  # read when a kernel is made: this one copy is interpreted
@@ -106,7 +107,7 @@ def test_the_kernel_draws_a_batch_as_cv2_draws_it_on_the_cpu(name, interpreted_k
 def test_a_batch_is_planned_at_once_as_each_frame_alone():
     """The kernel's shapes for frame i of a batch (the people of all frames planned together) are those
     of frame i planned alone, in the same drawing order, with the same text."""
-    from rapidpose.gpu_draw import _OFFSET, _SPRITE, _WIDTH, _tables
+    from rapidpose.draw.gpu import _OFFSET, _SPRITE, _WIDTH, _tables
 
     # ids in some frames and not in others; overlapping heads; the same ids in another order
     poses = [people(640, 360, i, n=1 + i % 3, track_ids=i % 2 == 0) for i in range(5)] + [Poses.empty(SKELETONS["coco"])]

@@ -5,12 +5,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import gaussian_heatmap
-from rapidpose.decode import decode_heatmaps, flip_back
-from rapidpose.geometry import boxes_to_center_scale, normalize_crops, udp_matrices, warp_crops
-from rapidpose.gpu_ops import (PinnedUploader, _blurred_neighbourhood, crop_regions, decode_heatmaps_torch,
-                               flip_back_torch, gaussian_kernel_1d, warp_crops_batch, warp_crops_torch)
+
+from rapidpose.topdown.decode import decode_heatmaps, flip_back
+from rapidpose.topdown.geometry import boxes_to_center_scale, normalize_crops, udp_matrices, warp_crops
+from rapidpose.topdown.gpu_ops import (PinnedUploader, _blurred_neighbourhood, crop_regions, decode_heatmaps_torch,
+                                       flip_back_torch, gaussian_kernel_1d, warp_crops_batch, warp_crops_torch)
 
 ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 PHOTO = ASSETS / "images" / "coco-mmpose" / "000000000785.jpg"
@@ -146,7 +146,7 @@ def test_pinned_uploader_round_trips_in_turn():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_page_locked_arrays_go_to_the_gpu_as_they_are():
-    from rapidpose.gpu_ops import pinned_empty
+    from rapidpose.topdown.gpu_ops import pinned_empty
 
     upload = PinnedUploader("cuda")
     for seed in range(3):  # freed and reused by torch's host allocator in between

@@ -3,12 +3,12 @@ import json
 
 import pytest
 import torch
+import transformers  # a declared test dependency: a broken install fails, never skips
 from conftest import randomize_
+
 from rapidpose import CheckpointError, DownloadError, InputError, load_model
 from rapidpose.model.vitpose import ViTPose, ViTPoseConfig
 from rapidpose.model.weights import MODEL_ZOO, infer_config, to_official
-
-import transformers  # a declared test dependency: a broken install fails, never skips
 
 VARIANTS = {"s": (384, 12, 12), "b": (768, 12, 12)}
 

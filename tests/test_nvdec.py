@@ -4,14 +4,14 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import ASSETS, RTMDET
+from test_video import faststart_copy, video_info
+
 from rapidpose import PoseEstimator
 from rapidpose.cli import main
-from rapidpose.nvdec import nv12_to_i420, unavailable
-from rapidpose.sources import i420_planes, open_source
-from rapidpose.video import track_frames
-from test_video import faststart_copy, video_info
+from rapidpose.video.nvdec import nv12_to_i420, unavailable
+from rapidpose.video.pipeline import track_frames
+from rapidpose.video.sources import i420_planes, open_source
 
 BASKETBALL = ASSETS / "video" / "basketball-426x240.mp4"
 TWO_PEOPLE = ASSETS / "video" / "two-people-1080p.mp4"

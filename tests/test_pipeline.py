@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import ASSETS, RTMDET
+
 from rapidpose import PoseEstimator, Poses, load_model
 
 IMAGE = ASSETS / "images" / "coco-mmpose" / "000000000785.jpg"
@@ -184,6 +184,7 @@ def test_poses_converters_and_indexing():
 
 def test_dataset_index_picks_expert_and_keypoint_set(tmp_path):
     from conftest import randomize_
+
     from rapidpose.model.vitpose import ViTPose, ViTPoseConfig
 
     cfg = ViTPoseConfig(dim=384, depth=1, heads=12, num_experts=6, part_features=96,

@@ -6,13 +6,14 @@ import json
 import numpy as np
 import onnx  # noqa: F401  # declared test dependencies: a broken install fails loudly, never skips
 import pytest
-
 from conftest import ASSETS, RTMDET
+
+from rapidpose.cli.quantize import add_quantize_parser
+from rapidpose.deploy.quantize import agreement, keypoint_oks, quantize_model, time_models
 from rapidpose.errors import InputError
-from rapidpose.export import read_metadata
 from rapidpose.io import expand_paths, read_image
-from rapidpose.pipeline import PoseEstimator
-from rapidpose.quantize import add_quantize_parser, agreement, keypoint_oks, quantize_model, time_models
+from rapidpose.runtime.metadata import read_metadata
+from rapidpose.topdown.estimator import PoseEstimator
 
 COCO_MMPOSE = ASSETS / "images" / "coco-mmpose"
 PHOTOS = expand_paths([COCO_MMPOSE])  # 4 photos: the order quantize takes them in
@@ -20,7 +21,7 @@ PHOTOS = expand_paths([COCO_MMPOSE])  # 4 photos: the order quantize takes them 
 
 @pytest.fixture(scope="module")
 def fp32_onnx(tiny_checkpoint, tmp_path_factory):
-    from rapidpose.export import export_onnx
+    from rapidpose.deploy.export import export_onnx
     from rapidpose.model.weights import load_model
 
     return export_onnx(load_model(tiny_checkpoint, "cpu"), tmp_path_factory.mktemp("fp32") / "tiny.onnx")
@@ -167,7 +168,7 @@ def fp32_keypoints_as_annotations(fp32_onnx, path):
     """test_coco.json with each evaluated person's keypoints replaced by the FP32 model's (all visible),
     boxes and areas kept: against these the FP32 model scores AP 1 and the INT8 model less, so the AP
     of each says which model was evaluated (random weights score 0 against the real keypoints)."""
-    from rapidpose.evaluate import gt_boxes, gt_people, load_annotations
+    from rapidpose.evaluate.coco import gt_boxes, gt_people, load_annotations
 
     source = COCO_MMPOSE / "test_coco.json"
     coco, doc = load_annotations(source), json.loads(source.read_text())
@@ -188,7 +189,7 @@ def fp32_keypoints_as_annotations(fp32_onnx, path):
 def test_report_gives_the_ap_of_both_models_when_annotations_are_given(fp32_onnx, people_per_photo, tmp_path):
     import cv2
 
-    from rapidpose.evaluate import METRICS, evaluate
+    from rapidpose.evaluate.coco import METRICS, evaluate
 
     annotations = fp32_keypoints_as_annotations(fp32_onnx, tmp_path / "fp32-keypoints.json")
     # two photos with people, then one with nobody: no person is left over to hold out

@@ -6,19 +6,19 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from conftest import ASSETS, RTMDET, assert_drawn_like
+
 from rapidpose import PoseEstimator
 from rapidpose.detect import load_detector
 from rapidpose.detect.base import nms
 from rapidpose.detect.onnx_graph import OnnxConvNet
 from rapidpose.detect.rtmdet_torch import BatchedRTMDet
+from rapidpose.draw.cpu import draw_frame
 from rapidpose.errors import CheckpointError
-from rapidpose.geometry import box_iou
-from rapidpose.gpu_ops import i420_to_rgb
 from rapidpose.io import read_image
-from rapidpose.video import _DeviceStage, _HostStage, track_frames
-from rapidpose.video_cli import draw_frame
+from rapidpose.topdown.geometry import box_iou
+from rapidpose.topdown.gpu_ops import i420_to_rgb
+from rapidpose.video.pipeline import _DeviceStage, _HostStage, track_frames
 
 PHOTOS = sorted((ASSETS / "images" / "coco-mmpose").glob("*.jpg"))
 BASKETBALL = ASSETS / "video" / "basketball-426x240.mp4"
@@ -158,7 +158,7 @@ def test_the_device_path_tracks_like_the_host_path(tiny_checkpoint):
 
 def test_the_stage_follows_where_the_network_runs(tiny_checkpoint):
     est = PoseEstimator(tiny_checkpoint, detector=RTMDET, backend="torch", precision="fp32")
-    from rapidpose.video import _make_stage
+    from rapidpose.video.pipeline import _make_stage
 
     stage = _make_stage(est, 0.1, None)
     assert isinstance(stage, _HostStage)

@@ -1,13 +1,7 @@
 import numpy as np
 import pytest
 
-from rapidpose.skeletons import (
-    COCO,
-    SKELETONS,
-    VITPOSE_PLUS_DATASETS,
-    get_skeleton,
-    skeleton_for,
-)
+from rapidpose.skeletons import COCO, SKELETONS, VITPOSE_PLUS_DATASETS, get_skeleton, skeleton_for
 
 ALL = sorted(SKELETONS)
 

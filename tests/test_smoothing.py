@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from rapidpose.errors import InputError
-from rapidpose.smoothing import KeypointSmoother, OneEuroFilter
+from rapidpose.video.smoothing import KeypointSmoother, OneEuroFilter
 
 FPS = 30.0
 

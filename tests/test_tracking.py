@@ -2,10 +2,10 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import ASSETS
+
 from rapidpose.errors import InputError
-from rapidpose.tracking import Tracker, box_iou, count_identity_switches
+from rapidpose.video.tracking import Tracker, box_iou, count_identity_switches
 
 POSETRACK = ASSETS / "images" / "posetrack18" / "annotations" / "val" / "012834_mpii_test.json"
 

@@ -8,13 +8,13 @@ import av
 import cv2
 import numpy as np
 import pytest
-
 from conftest import ASSETS, RTMDET
+
 from rapidpose import PoseEstimator
 from rapidpose.cli import main
 from rapidpose.errors import InputError
-from rapidpose.sources import Frame, open_source
-from rapidpose.tracking import box_iou, count_identity_switches
+from rapidpose.video.sources import Frame, open_source
+from rapidpose.video.tracking import box_iou, count_identity_switches
 
 BASKETBALL = ASSETS / "video" / "basketball-426x240.mp4"
 TWO_PEOPLE = ASSETS / "video" / "two-people-1080p.mp4"
@@ -81,8 +81,8 @@ def first_frames(src, dst, n):
 def test_smooth_filters_each_tracks_keypoints_with_one_euro(estimator, tiny_checkpoint, tmp_path):
     """--smooth gives the raw keypoints of the same run passed through a One-Euro filter per track id,
     at the frames' times; people without a track (-1) pass unchanged."""
-    from rapidpose.smoothing import KeypointSmoother
-    from rapidpose.video import track_frames
+    from rapidpose.video.pipeline import track_frames
+    from rapidpose.video.smoothing import KeypointSmoother
 
     clip = tmp_path / "clip.mp4"
     first_frames(BASKETBALL, clip, 40)
@@ -131,7 +131,7 @@ def test_a_truncated_video_is_read_up_to_the_cut_and_the_outputs_are_valid(tiny_
 def test_json_lines_can_be_read_while_the_video_runs(tmp_path):
     """Each frame's line is on disk once the frame is added, before the file is closed (a live stream's
     reader, or a run that dies, sees every finished frame)."""
-    from rapidpose.records import FrameRecords, frame_record
+    from rapidpose.video.records import FrameRecords, frame_record
 
     path = tmp_path / "live.jsonl"
     with FrameRecords({"source": "camera"}, jsonl_path=path) as records:
@@ -143,7 +143,7 @@ def test_json_lines_can_be_read_while_the_video_runs(tmp_path):
 
 
 def test_interrupting_closes_the_files_cleanly(tiny_checkpoint, tmp_path, monkeypatch):
-    import rapidpose.video as video
+    import rapidpose.video.pipeline as video
 
     original = video.track_frames
 
@@ -286,7 +286,7 @@ def test_a_bad_frame_in_a_folder_is_reported_and_kept_in_the_json(tiny_checkpoin
 
 @pytest.mark.parametrize("encoders, size", [(3, (130, 72)), (1, (65, 33))])
 def test_segments_encoded_side_by_side_come_out_in_order(tmp_path, encoders, size):
-    from rapidpose.video_writer import VideoWriter
+    from rapidpose.video.writer import VideoWriter
 
     w, h = size
     path = tmp_path / "segments.mp4"
@@ -306,7 +306,7 @@ def test_segments_encoded_side_by_side_come_out_in_order(tmp_path, encoders, siz
 
 
 def test_a_short_video_is_cut_so_that_every_encoder_gets_a_part(tmp_path):
-    from rapidpose.video_writer import VideoWriter
+    from rapidpose.video.writer import VideoWriter
 
     def segment(**kwargs):
         with VideoWriter(tmp_path / "v.mp4", 24, (64, 48), encoders=4, **kwargs) as writer:
@@ -317,7 +317,7 @@ def test_a_short_video_is_cut_so_that_every_encoder_gets_a_part(tmp_path):
 
 
 def test_a_gpu_batch_holds_32_frames_up_to_1080p_and_fewer_of_larger_ones():
-    from rapidpose.video import gpu_batch
+    from rapidpose.video.pipeline import gpu_batch
 
     assert gpu_batch((426, 240)) == gpu_batch((1920, 1080)) == 32
     assert gpu_batch((2560, 1440)) == 18 and gpu_batch((3840, 2160)) == 8  # about 1080p's pixels a batch
@@ -393,7 +393,7 @@ def test_a_full_range_video_comes_as_rgb(tmp_path):
 
 @pytest.mark.parametrize("mixed", [False, True], ids=["i420", "i420+rgb"])
 def test_the_writer_encodes_i420_frames_as_they_are(tmp_path, mixed):
-    from rapidpose.video_writer import VideoWriter
+    from rapidpose.video.writer import VideoWriter
 
     w, h = 130, 72
     path = tmp_path / "i420.mp4"
@@ -410,7 +410,7 @@ def test_the_writer_encodes_i420_frames_as_they_are(tmp_path, mixed):
 
 
 def test_the_writer_checks_i420_frames(tmp_path):
-    from rapidpose.video_writer import VideoWriter
+    from rapidpose.video.writer import VideoWriter
 
     with VideoWriter(tmp_path / "even.mp4", 30, (64, 48)) as writer:
         with pytest.raises(InputError, match=r"expected uint8 \(72, 64\)"):
@@ -429,7 +429,7 @@ def test_the_writer_checks_i420_frames(tmp_path):
 def test_the_mp4_frames_are_drawn_into_their_i420_in_place_and_rgb_frames_on_a_copy():
     from rapidpose.results import Poses
     from rapidpose.skeletons import SKELETONS
-    from rapidpose.video_cli import _draw
+    from rapidpose.video.process import _draw
 
     yuv = cv2.cvtColor(np.full((120, 160, 3), 128, np.uint8), cv2.COLOR_RGB2YUV_I420)
     kps = np.array([[[40 + 4 * j, 20 + 5 * j] for j in range(17)]], np.float32)
@@ -449,11 +449,11 @@ def test_the_mp4_frames_are_drawn_into_their_i420_in_place_and_rgb_frames_on_a_c
 def test_a_video_goes_from_decoder_to_mp4_as_i420_with_its_drawing(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    import rapidpose.video
-    from rapidpose.draw import track_color
+    import rapidpose.video.pipeline
+    from rapidpose.draw.cpu import track_color
     from rapidpose.results import Poses
     from rapidpose.skeletons import SKELETONS
-    from rapidpose.video_cli import process_video
+    from rapidpose.video.process import process_video
 
     poses = Poses([[100, 60, 300, 200]], [0.9], np.full((1, 17, 2), 150, np.float32), np.zeros((1, 17)),
                   SKELETONS["coco"], np.array([4]))
@@ -464,7 +464,7 @@ def test_a_video_goes_from_decoder_to_mp4_as_i420_with_its_drawing(tmp_path, mon
             seen.append(frame)
             yield frame, poses
 
-    monkeypatch.setattr(rapidpose.video, "track_frames", track_frames)
+    monkeypatch.setattr(rapidpose.video.pipeline, "track_frames", track_frames)
     out = tmp_path / "out.mp4"
     stats = process_video(SimpleNamespace(skeleton=SKELETONS["coco"], on_gpu=False), open_source(BASKETBALL), out=str(out))
     assert stats["frames"] == 300 and len(seen) == 300
@@ -495,10 +495,10 @@ def test_the_drawing_process_writes_what_drawing_in_process_writes(tmp_path):
     import subprocess
     import sys
 
-    from rapidpose.drawing_process import DrawnVideo
+    from rapidpose.draw.cpu import draw_frame
     from rapidpose.skeletons import SKELETONS
-    from rapidpose.sources import Frame
-    from rapidpose.video_cli import draw_frame
+    from rapidpose.video.drawing_process import DrawnVideo
+    from rapidpose.video.sources import Frame
 
     frames = list(np.random.default_rng(0).integers(0, 256, (30, 180, 160), np.uint8))
     with DrawnVideo(tmp_path / "process.mp4", 25, (160, 120), SKELETONS["coco"], encoders=2, slots=4) as video:
@@ -506,7 +506,7 @@ def test_the_drawing_process_writes_what_drawing_in_process_writes(tmp_path):
             video.write(Frame(i, i / 25, None, yuv=yuv), _moving_person(i))
     assert video.frames == 30 and video.error is None
     np.save(tmp_path / "drawn.npy", np.stack([draw_frame(yuv.copy(), _moving_person(i)) for i, yuv in enumerate(frames)]))
-    subprocess.run([sys.executable, "-c", "import sys, numpy as np; from rapidpose.video_writer import VideoWriter\n"
+    subprocess.run([sys.executable, "-c", "import sys, numpy as np; from rapidpose.video.writer import VideoWriter\n"
                     "with VideoWriter(sys.argv[2], 25, (160, 120), encoders=2) as writer:\n"
                     "    for pixels in np.load(sys.argv[1]): writer.write(pixels)",
                     str(tmp_path / "drawn.npy"), str(tmp_path / "here.mp4")], check=True)
@@ -524,9 +524,9 @@ def test_frames_drawn_before_the_drawing_process_are_only_encoded(tmp_path):
 
     Both files come from drawing processes: x264 in this process (after the other tests) has now and
     then encoded the first frames a little differently from a fresh process, all settings equal."""
-    from rapidpose.drawing_process import DrawnVideo
+    from rapidpose.draw.cpu import draw_frame
     from rapidpose.skeletons import SKELETONS
-    from rapidpose.video_cli import draw_frame
+    from rapidpose.video.drawing_process import DrawnVideo
 
     frames = list(np.random.default_rng(1).integers(0, 256, (12, 180, 160), np.uint8))
     for name, drawn_here in (("drawn-here.mp4", True), ("drawn-there.mp4", False)):
@@ -544,8 +544,8 @@ def test_frames_drawn_before_the_drawing_process_are_only_encoded(tmp_path):
 
 def test_tracking_can_hand_out_the_frames_drawn(estimator):
     """draw=True on the host path: each frame comes with a drawn copy, the frame itself untouched."""
-    from rapidpose.video import track_frames
-    from rapidpose.video_cli import draw_frame
+    from rapidpose.draw.cpu import draw_frame
+    from rapidpose.video.pipeline import track_frames
 
     seen = list(itertools.islice(track_frames(estimator, BASKETBALL, frames_per_batch=4, draw=True), 10))
     assert sum(len(p) for _, p in seen) > 0
@@ -556,9 +556,9 @@ def test_tracking_can_hand_out_the_frames_drawn(estimator):
 
 
 def test_a_worker_started_ahead_is_the_next_videos(tmp_path):
-    from rapidpose import drawing_process
-    from rapidpose.drawing_process import DrawnVideo, start_worker
+    from rapidpose.video import drawing_process
     from rapidpose.skeletons import SKELETONS
+    from rapidpose.video.drawing_process import DrawnVideo, start_worker
 
     start_worker()
     start_worker(wait=True)  # one spare at most; ready once its imports are done
@@ -571,9 +571,9 @@ def test_a_worker_started_ahead_is_the_next_videos(tmp_path):
 
 
 def test_a_drawing_process_that_dies_is_reported_not_waited_for(tmp_path):
-    from rapidpose.drawing_process import DrawnVideo
     from rapidpose.skeletons import SKELETONS
-    from rapidpose.sources import Frame
+    from rapidpose.video.drawing_process import DrawnVideo
+    from rapidpose.video.sources import Frame
 
     video = DrawnVideo(tmp_path / "out.mp4", 25, (64, 48), SKELETONS["coco"], slots=2)
     rgb = np.zeros((48, 64, 3), np.uint8)
@@ -594,9 +594,9 @@ def test_a_drawing_process_that_dies_is_reported_not_waited_for(tmp_path):
 
 
 def test_a_path_the_drawing_process_cannot_write_is_reported_at_the_next_frame(tmp_path):
-    from rapidpose.drawing_process import DrawnVideo
     from rapidpose.skeletons import SKELETONS
-    from rapidpose.sources import Frame
+    from rapidpose.video.drawing_process import DrawnVideo
+    from rapidpose.video.sources import Frame
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

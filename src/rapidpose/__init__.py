@@ -1,7 +1,7 @@
 """rapidpose: fast, exact 2D human pose estimation with ViTPose."""
-from .errors import CheckpointError, DownloadError, InputError, MissingDependencyError, RapidPoseError
-from .results import Poses
-from .skeletons import COCO, Skeleton, get_skeleton
+from rapidpose.errors import CheckpointError, DownloadError, InputError, MissingDependencyError, RapidPoseError
+from rapidpose.results import Poses
+from rapidpose.skeletons import COCO, Skeleton, get_skeleton
 
 __version__ = "0.1.0"
 
@@ -9,13 +9,13 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # torch-backed pieces load lazily so `import rapidpose` needs only the lean core
     if name == "PoseEstimator":
-        from .pipeline import PoseEstimator
+        from rapidpose.topdown.estimator import PoseEstimator
         return PoseEstimator
     if name == "load_model":
-        from .model.weights import load_model
+        from rapidpose.model.weights import load_model
         return load_model
     if name == "load_detector":
-        from .detect import load_detector
+        from rapidpose.detect import load_detector
         return load_detector
     raise AttributeError(f"module 'rapidpose' has no attribute '{name}'")
 

@@ -7,7 +7,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from .errors import DownloadError
+from rapidpose.errors import DownloadError
 
 
 def cache_dir() -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import InputError
+from rapidpose.errors import InputError, RapidPoseError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm"}
 
@@ -210,3 +210,29 @@ def chunked(items, size: int):
             chunk = []
     if chunk:
         yield chunk
+
+
+def read_ahead(paths, workers: int = 4, window: int = 32):
+    """(path, image or error) in order, images decoded on threads while the network runs."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(path):
+        try:
+            return read_image(path)
+        except RapidPoseError as exc:
+            return exc
+
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque()
+        it = iter(paths)
+        for path in it:
+            pending.append((path, pool.submit(read, path)))
+            if len(pending) >= window:
+                break
+        while pending:
+            path, future = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(read, nxt)))
+            yield path, future.result()

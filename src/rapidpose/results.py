@@ -5,7 +5,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .skeletons import COCO, Skeleton
+from rapidpose.skeletons import COCO, Skeleton
 
 
 @dataclass

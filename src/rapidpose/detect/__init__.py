@@ -8,11 +8,11 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from .. import hub
-from ..errors import CheckpointError, InputError
-from .base import Detector, onnx_session
-from .rtmdet import RTMDet
-from .yolox import YOLOX
+from rapidpose import hub
+from rapidpose.errors import CheckpointError, InputError
+from rapidpose.detect.base import Detector, onnx_session
+from rapidpose.detect.rtmdet import RTMDet
+from rapidpose.detect.yolox import YOLOX
 
 __all__ = ["Detector", "load_detector", "RTMDet", "YOLOX", "KNOWN_DETECTORS"]
 

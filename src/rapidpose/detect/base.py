@@ -6,8 +6,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import CheckpointError, InputError
-from ..geometry import box_iou
+from rapidpose.errors import CheckpointError, InputError
+from rapidpose.topdown.geometry import box_iou
 
 
 class Detector:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import CheckpointError
+from rapidpose.errors import CheckpointError
 
 
 def _attrs(node) -> dict:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Detector, letterbox, onnx_session
+from rapidpose.detect.base import Detector, letterbox, onnx_session
 
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)  # RGB, 0-255 scale
 STD = np.array([58.395, 57.12, 57.375], np.float32)

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import finish, nms
-from .onnx_graph import OnnxConvNet
-from .rtmdet import MEAN, STD, RTMDet
+from rapidpose.detect.base import finish, nms
+from rapidpose.detect.onnx_graph import OnnxConvNet
+from rapidpose.detect.rtmdet import MEAN, STD, RTMDet
 
 IOU_THRESHOLD = 0.6  # the export's NonMaxSuppression settings
 MAX_DETECTIONS = 100
@@ -85,7 +85,7 @@ class BatchedRTMDet:
     def _run_graphs(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self._pool is None:
             return self.net(x)
-        from ..runtime.torch_runtime import CudaGraph
+        from rapidpose.runtime.torch_runtime import CudaGraph
 
         out = []
         for start in range(0, len(x), GRAPH_BATCHES[-1]):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Detector, letterbox, nms, onnx_session
+from rapidpose.detect.base import Detector, letterbox, nms, onnx_session
 
 STRIDES = (8, 16, 32)
 

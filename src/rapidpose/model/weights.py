@@ -14,10 +14,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CheckpointError, InputError, require
-from ..hub import hf_download
-from ..skeletons import VITPOSE_PLUS_DATASETS, Skeleton, skeleton_for
-from .vitpose import VARIANTS, ViTPose, ViTPoseConfig
+from rapidpose.errors import CheckpointError, InputError, require
+from rapidpose.hub import hf_download
+from rapidpose.skeletons import VITPOSE_PLUS_DATASETS, Skeleton, skeleton_for
+from rapidpose.model.vitpose import VARIANTS, ViTPose, ViTPoseConfig
 
 EASY_VITPOSE_REPO = "JunkyByte/easy_ViTPose"
 EASY_DATASETS = ("coco", "coco_25", "wholebody", "mpii", "aic", "ap10k", "apt36k")

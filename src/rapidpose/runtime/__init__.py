@@ -8,10 +8,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..errors import InputError
-from ..skeletons import skeleton_for
-from .exported import ExportedRuntime
-from .torch_runtime import TorchRuntime, resolve_device
+from rapidpose.errors import InputError
+from rapidpose.skeletons import skeleton_for
+from rapidpose.runtime.exported import ExportedRuntime
+from rapidpose.runtime.torch_runtime import TorchRuntime, resolve_device
 
 log = logging.getLogger("rapidpose")
 
@@ -75,7 +75,7 @@ def make_runtime(model, backend: str = "auto", device: str = "cpu", precision: s
             log.info("--compile asks for torch.compile: running on the torch backend, not %s "
                      "(the default on %s)", backend, resolved)
             backend = "torch"
-    from ..model.weights import load_model
+    from rapidpose.model.weights import load_model
 
     network = model if hasattr(model, "cfg") else load_model(model, "cpu", dataset_index)
     own = getattr(network, "skeleton", None) or skeleton_for(network.num_keypoints_of(network.dataset_index))
@@ -87,7 +87,7 @@ def make_runtime(model, backend: str = "auto", device: str = "cpu", precision: s
         return TorchRuntime(network, device, batch_size, precision, compile)
     import tempfile
 
-    from ..export import export_onnx, export_openvino
+    from rapidpose.deploy.export import export_onnx, export_openvino
 
     # export on the fly; the backends hold the model in memory, so the files can go at once.
     # `rapidpose export` writes them once for runs that start often.
@@ -100,10 +100,10 @@ def make_runtime(model, backend: str = "auto", device: str = "cpu", precision: s
 
 def _exported_runtime(backend, path, device, precision, batch_size, keypoint_set=None):
     if backend == "onnx":
-        from .onnx_runtime import OnnxRuntime
+        from rapidpose.runtime.onnx_runtime import OnnxRuntime
 
         return OnnxRuntime(path, device=device, batch_size=batch_size, keypoint_set=keypoint_set)
-    from .openvino_runtime import OpenVinoRuntime
+    from rapidpose.runtime.openvino_runtime import OpenVinoRuntime
 
     if resolve_device(device).startswith("cuda"):
         raise InputError("the OpenVINO backend runs on the CPU here: use --device cpu, or --backend torch for the GPU")

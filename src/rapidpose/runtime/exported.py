@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from ..errors import CheckpointError, InputError
+from rapidpose.errors import CheckpointError, InputError
 
 log = logging.getLogger("rapidpose")
 
@@ -31,7 +31,7 @@ def check_crops(crops, input_size: tuple[int, int]) -> np.ndarray:
 
 
 def has_metadata(meta: dict) -> bool:
-    """Whether `meta` (a file's metadata, typed by export.parse_metadata) was written by rapidpose."""
+    """Whether `meta` (a file's metadata, typed by metadata.parse_metadata) was written by rapidpose."""
     return any(key in meta for key in _OUR_KEYS)
 
 
@@ -39,7 +39,7 @@ _REDO = "export it again with `rapidpose export`, whose metadata names the keypo
 
 
 def _sets_of_size(k: int) -> list[str]:
-    from ..skeletons import SKELETONS
+    from rapidpose.skeletons import SKELETONS
 
     return [name for name, s in SKELETONS.items() if s.num_keypoints == k]
 
@@ -47,7 +47,7 @@ def _sets_of_size(k: int) -> list[str]:
 def _named_set(name, num_keypoints: int, path, from_metadata: bool):
     """The keypoint set called `name` (by the file's metadata or by the caller), checked against the
     file's heatmap count."""
-    from ..skeletons import SKELETONS, skeleton_for
+    from rapidpose.skeletons import SKELETONS, skeleton_for
 
     if name == f"custom{num_keypoints}" and not _sets_of_size(num_keypoints):
         return skeleton_for(num_keypoints)  # what the export of a model of an unknown set writes
@@ -72,7 +72,7 @@ def _named_set(name, num_keypoints: int, path, from_metadata: bool):
 
 
 def _is_set(keypoint_set, name, num_keypoints: int) -> bool:
-    from ..skeletons import Skeleton
+    from rapidpose.skeletons import Skeleton
 
     return (isinstance(keypoint_set, Skeleton) and keypoint_set.name == name
             and keypoint_set.num_keypoints == num_keypoints)
@@ -88,7 +88,7 @@ def skeleton_from(meta: dict, num_keypoints: int, path="the model file", keypoin
     no metadata and several keypoint sets have `num_keypoints` points (17: COCO and AP-10K, whose
     flip pairs differ) and no `keypoint_set` says which, or when `keypoint_set` contradicts the file.
     """
-    from ..skeletons import skeleton_for
+    from rapidpose.skeletons import skeleton_for
 
     if has_metadata(meta):
         name = meta.get("skeleton")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError, InputError, require
-from .exported import ExportedRuntime, describe
+from rapidpose.errors import CheckpointError, InputError, require
+from rapidpose.runtime.exported import ExportedRuntime, describe
 
 log = logging.getLogger("rapidpose")
 
@@ -85,7 +85,7 @@ class OnnxRuntime(ExportedRuntime):
                                   f"(N, K, h, w) heatmaps, got inputs {[i.shape for i in inputs]} and outputs "
                                   f"{[o.shape for o in outputs]}")
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
-        from ..export import parse_metadata
+        from rapidpose.runtime.metadata import parse_metadata
 
         self.metadata = parse_metadata(dict(self.session.get_modelmeta().custom_metadata_map))
         in_shape, out_shape = inputs[0].shape, outputs[0].shape

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError, InputError, require
-from .exported import ExportedRuntime, describe
+from rapidpose.errors import CheckpointError, InputError, require
+from rapidpose.runtime.exported import ExportedRuntime, describe
 
 PRECISIONS = ("auto", "fp32", "bf16")
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -76,7 +76,7 @@ class OpenVinoRuntime(ExportedRuntime):
         if len(model.inputs) != 1 or model.inputs[0].get_partial_shape().rank.get_length() != 4:
             raise CheckpointError(f"'{self.path}' is not a pose network: expected one (N, 3, H, W) input")
 
-        from ..export import METADATA_SECTION, parse_metadata
+        from rapidpose.runtime.metadata import METADATA_SECTION, parse_metadata
 
         # an IR from `rapidpose export` has a "rapidpose" section; an .onnx read directly (or an IR
         # converted from one by hand) has the ONNX metadata under "framework"

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError, require
-from ..skeletons import skeleton_for
+from rapidpose.errors import InputError, require
+from rapidpose.skeletons import skeleton_for
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)

@@ -9,8 +9,8 @@ log = logging.getLogger("rapidpose")
 
 
 def add_eval_parser(sub) -> None:
-    from .runtime import BACKENDS
-    from .runtime.torch_runtime import PRECISIONS
+    from rapidpose.runtime import BACKENDS
+    from rapidpose.runtime.torch_runtime import PRECISIONS
 
     p = sub.add_parser("eval", help="COCO keypoint AP/AR of a model on annotated images",
                        description="Top-down COCO keypoint evaluation as for ViTPose's published numbers: person "
@@ -40,8 +40,8 @@ def add_eval_parser(sub) -> None:
 
 
 def run_eval(args) -> int:
-    from .evaluate import evaluate, load_annotations, person_boxes, select_images
-    from .pipeline import PoseEstimator
+    from rapidpose.evaluate.coco import evaluate, load_annotations, person_boxes, select_images
+    from rapidpose.topdown.estimator import PoseEstimator
 
     # every input is checked before the model loads: a wrong path fails at once
     coco = load_annotations(args.annotations)

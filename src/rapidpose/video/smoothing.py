@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from rapidpose.errors import InputError
 
 _FIRST_DT = 1.0 / 30  # seconds: the step assumed for a non-increasing time before any real step was seen
 

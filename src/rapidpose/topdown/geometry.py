@@ -7,7 +7,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .errors import InputError
+from rapidpose.errors import InputError
 
 PIXEL_STD = 200.0  # the official code measures scales in units of 200 px
 INPUT_SIZE = (192, 256)  # network input (width, height)

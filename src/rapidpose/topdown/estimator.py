@@ -6,12 +6,12 @@ from typing import Sequence
 
 import numpy as np
 
-from .decode import decode_heatmaps, flip_back
-from .errors import InputError, RapidPoseError
-from .geometry import boxes_to_center_scale, clean_boxes, normalize_crops, udp_matrices, warp_crops
-from .io import as_rgb
-from .results import Poses
-from .timing import no_timer
+from rapidpose.topdown.decode import decode_heatmaps, flip_back
+from rapidpose.errors import InputError, RapidPoseError
+from rapidpose.topdown.geometry import boxes_to_center_scale, clean_boxes, normalize_crops, udp_matrices, warp_crops
+from rapidpose.io import as_rgb
+from rapidpose.results import Poses
+from rapidpose.timing import no_timer
 
 log = logging.getLogger("rapidpose")
 
@@ -22,7 +22,7 @@ def _decode_on_cpu(heatmaps, center, scale):
     try:
         import torch
 
-        from .gpu_ops import decode_heatmaps_torch
+        from rapidpose.topdown.gpu_ops import decode_heatmaps_torch
     except ImportError:
         return decode_heatmaps(heatmaps, center, scale)
     return decode_heatmaps_torch(torch.from_numpy(heatmaps), center, scale)
@@ -46,7 +46,7 @@ class PoseEstimator:
                  detector_threshold: float = 0.3, batch_size: int = 64, dataset_index: int = 0,
                  backend: str = "auto", precision: str = "auto", compile: bool = False,
                  keypoint_set: str | None = None):
-        from .runtime import make_runtime
+        from rapidpose.runtime import make_runtime
 
         self.runtime = make_runtime(model, backend=backend, device=device, precision=precision,
                                     batch_size=batch_size, dataset_index=dataset_index, compile=compile,
@@ -70,7 +70,7 @@ class PoseEstimator:
             return None
         if callable(detector):
             return detector
-        from .detect import load_detector
+        from rapidpose.detect import load_detector
 
         return load_detector(detector, device=device.split(":")[0] if device != "auto" else "cpu",
                              threshold=threshold)
@@ -131,7 +131,7 @@ class PoseEstimator:
         """`for frame_index, poses in est.track(source)`: a video file, a folder or glob of frames, a
         webcam index or a stream URL, frame by frame, with `poses.track_ids`. Options and stages:
         video.track_frames (which also hands out the frames themselves)."""
-        from .video import track_frames
+        from rapidpose.video.pipeline import track_frames
 
         for frame, poses in track_frames(self, source, tracker, detect_every, smooth, **options):
             yield frame.index, poses
@@ -149,7 +149,7 @@ class PoseEstimator:
         for the GPU until the end, so the host prepares the next chunk while the GPU runs this one."""
         import torch
 
-        from .gpu_ops import decode_heatmaps_torch
+        from rapidpose.topdown.gpu_ops import decode_heatmaps_torch
 
         used = [(img, m) for img, m in zip(images, per_image_matrices) if len(m)]
         parts = []
@@ -180,7 +180,7 @@ class PoseEstimator:
     def _crops_on_gpu(self, chunk):
         import torch
 
-        from .gpu_ops import PinnedUploader, crop_regions, sampling_inverses, warp_crops_with
+        from rapidpose.topdown.gpu_ops import PinnedUploader, crop_regions, sampling_inverses, warp_crops_with
 
         counts = [len(m) for _, m in chunk]
         matrices = np.concatenate([m for _, m in chunk])
@@ -198,7 +198,7 @@ class PoseEstimator:
                                dtype=getattr(self.runtime, "input_dtype", torch.float32))
 
     def _network_on_gpu(self, x):
-        from .gpu_ops import flip_back_torch
+        from rapidpose.topdown.gpu_ops import flip_back_torch
 
         if not self.flip_test:
             return self.runtime.run(x)

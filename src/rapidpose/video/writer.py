@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from rapidpose.errors import InputError
 
 log = logging.getLogger("rapidpose")
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import InputError, RapidPoseError
-from .io import IMAGE_SUFFIXES, expand_paths, read_image
+from rapidpose.errors import InputError, RapidPoseError
+from rapidpose.io import IMAGE_SUFFIXES, expand_paths, read_image
 
 log = logging.getLogger("rapidpose")
 
@@ -146,7 +146,7 @@ class FrameSource:
         (call before iterating). Returns None when it will, else why it cannot (and nothing changes):
         a source that is not a video file, frames that are not 8-bit I420, no PyNvVideoCodec, or a
         codec the GPU does not decode."""
-        from . import nvdec
+        from rapidpose.video import nvdec
 
         if self._thread is not None:
             return "its frames are being read already"
@@ -295,7 +295,7 @@ def _open_video_file(path: Path, rotate: int, fps_override, read_ahead) -> Frame
         source.error = _fewer_than(index, count)
 
     def on_gpu(device):
-        from .nvdec import NvdecReader
+        from rapidpose.video.nvdec import NvdecReader
 
         reader = NvdecReader(path, device)
         time_base = float(stream.time_base) if timed and stream.time_base else None

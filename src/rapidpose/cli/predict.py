@@ -1,7 +1,6 @@
 """The `rapidpose` command."""
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -9,14 +8,15 @@ from pathlib import Path
 
 import cv2
 
-from .errors import RapidPoseError
-from .io import coco_image_id
-from .skeletons import SKELETONS
+from rapidpose.errors import RapidPoseError
+from rapidpose.io import coco_image_id, read_ahead
+from rapidpose.progress import progress
+from rapidpose.skeletons import SKELETONS
 
 log = logging.getLogger("rapidpose")
 
 
-def _predict_parser(sub) -> None:
+def add_predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="keypoints of the people in images or folders of images",
                        description="Detect people, estimate their keypoints, write JSON / COCO / drawn images.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
@@ -45,44 +45,9 @@ def _predict_parser(sub) -> None:
     p.add_argument("--heatmaps", action="store_true", help="with --draw, also write heatmap overlays")
 
 
-def progress(total: int | None, desc: str, unit: str = "img"):
-    """A progress bar on stderr, hidden when stderr is not a terminal (logs, pipes, CI)."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, disable=not sys.stderr.isatty())
-
-
-def _read_ahead(paths, workers: int = 4, window: int = 32):
-    """(path, image or error) in order, images decoded on threads while the network runs."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .io import read_image
-
-    def read(path):
-        try:
-            return read_image(path)
-        except RapidPoseError as exc:
-            return exc
-
-    with ThreadPoolExecutor(workers) as pool:
-        pending = deque()
-        it = iter(paths)
-        for path in it:
-            pending.append((path, pool.submit(read, path)))
-            if len(pending) >= window:
-                break
-        while pending:
-            path, future = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(read, nxt)))
-            yield path, future.result()
-
-
 def run_predict(args) -> int:
-    from .io import chunked, expand_paths, load_boxes
-    from .pipeline import PoseEstimator
+    from rapidpose.io import chunked, expand_paths, load_boxes
+    from rapidpose.topdown.estimator import PoseEstimator
 
     paths = expand_paths(args.paths)  # before loading anything: a wrong path fails at once
     box_table = load_boxes(args.boxes) if args.boxes else None
@@ -102,7 +67,7 @@ def run_predict(args) -> int:
 
     entries, coco, failed, found = [], [], 0, 0
     with progress(len(paths), "predict") as bar:
-        for chunk in chunked(enumerate(_read_ahead(paths)), max(args.images_per_batch, 1)):
+        for chunk in chunked(enumerate(read_ahead(paths)), max(args.images_per_batch, 1)):
             good = []
             for index, (path, image) in chunk:
                 if isinstance(image, RapidPoseError):
@@ -136,7 +101,7 @@ def run_predict(args) -> int:
 
 def _check_boxes_match(box_table, paths) -> None:
     """Say which boxes entries and which images found no partner; none at all is an error."""
-    from .io import MATCHING, match_boxes, name_a_few
+    from rapidpose.io import MATCHING, match_boxes, name_a_few
 
     lonely_images, lonely_entries = match_boxes(box_table, paths)
     if lonely_entries:
@@ -150,7 +115,7 @@ def _check_boxes_match(box_table, paths) -> None:
 
 
 def _predict_chunk(est, good, box_table, args):
-    from .io import boxes_for
+    from rapidpose.io import boxes_for
 
     if not good:
         return []
@@ -164,8 +129,8 @@ def _predict_chunk(est, good, box_table, args):
 
 
 def _draw(image, poses, stem: Path, args, input_size) -> None:
-    from . import draw
-    from .geometry import boxes_to_center_scale
+    from rapidpose.draw import cpu as draw
+    from rapidpose.topdown.geometry import boxes_to_center_scale
 
     drawn = draw.draw_poses(image, poses, keypoint_threshold=args.keypoint_threshold)
     cv2.imwrite(f"{stem}.jpg", drawn[:, :, ::-1])
@@ -174,34 +139,3 @@ def _draw(image, poses, stem: Path, args, input_size) -> None:
         cv2.imwrite(f"{stem}_heatmaps.jpg", overlay[:, :, ::-1])
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="rapidpose", description="Fast, exact ViTPose pose estimation.")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _predict_parser(sub)
-    from .bench import add_bench_parser, run_bench
-    from .eval_cli import add_eval_parser, run_eval
-    from .export import add_export_parser, run_export
-    from .quantize import add_quantize_parser, run_quantize
-    from .video_cli import add_video_parser, run_video
-
-    add_video_parser(sub)
-    add_bench_parser(sub)
-    add_export_parser(sub)
-    add_eval_parser(sub)
-    add_quantize_parser(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
-    try:
-        return {"predict": run_predict, "video": run_video, "bench": run_bench,
-                "export": run_export, "eval": run_eval, "quantize": run_quantize}[args.command](args)
-    except RapidPoseError as exc:  # a whole-run problem (model, detector, boxes file): one clear line
-        log.error("%s", exc)
-        return 2
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,24 +4,7 @@ Both formats take normalised crops (N, 3, 256, 192) float32 named ``crops`` and 
 (N, K, 64, 48) float32 named ``heatmaps``; the batch dimension is dynamic. A ViTPose++ model is
 exported for one dataset (its expert and head are baked in), chosen by ``dataset_index``.
 
-Metadata (strings in the file; :func:`read_metadata` gives them back typed):
-
-=====================  ===========================================================
-``rapidpose_version``  the rapidpose that wrote the file
-``model``              always ``vitpose``
-``variant``            ``s``, ``b``, ``l``, ``h`` or ``custom`` (from the backbone size)
-``head``               ``classic`` or ``simple``
-``num_experts``        1, or 6 for ViTPose++
-``dataset_index``      the ViTPose++ expert baked in (0 for plain ViTPose)
-``skeleton``           keypoint set name (``coco``, ``coco_25``, ``wholebody``, ...)
-``num_keypoints``      K, the heatmap channels
-``input_size``         ``[width, height]`` of a crop, e.g. ``[192, 256]``
-``source``             where the weights came from, when known
-=====================  ===========================================================
-
-ONNX keeps them in the model's ``metadata_props``. OpenVINO keeps them in the IR's ``rt_info``
-under a ``rapidpose`` section (inside the .xml, so no sidecar file can get lost); the .xml is plain
-XML, so :func:`read_metadata` reads it without openvino installed.
+The metadata written into each file (what it is, its keypoint set): rapidpose.runtime.metadata.
 
 Exporter: the TorchScript exporter (``dynamo=False``) is the default. Measured on ViTPose-S,
 torch 2.13, onnxruntime 1.31, 2 Zen 4 cores, batch 8: 37-38 ms/crop against 39-41 ms/crop for the
@@ -37,10 +20,8 @@ both backends; the bound leaves room for other CPUs' kernels and deeper models.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
-import json
 import logging
 import tempfile
 import warnings
@@ -48,14 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError, InputError, RapidPoseError, require
+from rapidpose.errors import CheckpointError, InputError, RapidPoseError, require
+from rapidpose.runtime.metadata import METADATA_SECTION, encode_metadata, parse_metadata, read_metadata
 
 log = logging.getLogger("rapidpose")
 
 INPUT_NAME = "crops"
 OUTPUT_NAME = "heatmaps"
-METADATA_SECTION = "rapidpose"  # OpenVINO rt_info section
-_INT_KEYS = ("num_keypoints", "dataset_index", "num_experts")
 FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 
 
@@ -71,7 +51,7 @@ def tolerance(reference: np.ndarray) -> float:
 # ---------------------------------------------------------------- model -> what gets exported
 
 def _skeleton_of(model, dataset_index: int):
-    from .skeletons import VITPOSE_PLUS_DATASETS, skeleton_for
+    from rapidpose.skeletons import VITPOSE_PLUS_DATASETS, skeleton_for
 
     k = model.num_keypoints_of(dataset_index)
     given = getattr(model, "skeleton", None)
@@ -85,7 +65,7 @@ def _skeleton_of(model, dataset_index: int):
 
 def model_metadata(model, dataset_index: int | None = None) -> dict:
     """The metadata an export of `model` (for `dataset_index`, default the model's own) carries."""
-    from . import __version__
+    from rapidpose import __version__
 
     index = getattr(model, "dataset_index", 0) if dataset_index is None else int(dataset_index)
     cfg = model.cfg
@@ -105,30 +85,8 @@ def model_metadata(model, dataset_index: int | None = None) -> dict:
     return meta
 
 
-def _encode(meta: dict) -> dict[str, str]:
-    return {k: json.dumps(v) if isinstance(v, (list, tuple)) else str(v) for k, v in meta.items()}
-
-
-def parse_metadata(raw: dict[str, str]) -> dict:
-    """Metadata strings as written in a file -> typed values (ints, input_size as (w, h))."""
-    meta = {}
-    for key, value in raw.items():
-        if key in _INT_KEYS:
-            try:
-                value = int(value)
-            except ValueError:
-                pass
-        elif key in ("input_size", "heatmap_size"):
-            try:
-                value = tuple(int(v) for v in json.loads(value))
-            except (ValueError, TypeError):
-                pass
-        meta[key] = value
-    return meta
-
-
 def _check_model(model, dataset_index):
-    from .model.vitpose import ViTPose
+    from rapidpose.model.vitpose import ViTPose
 
     if not isinstance(model, ViTPose):
         raise InputError(f"expected a rapidpose ViTPose module (from rapidpose.load_model), got {type(model).__name__}")
@@ -265,7 +223,7 @@ def export_onnx(model, path, *, opset: int = 17, dynamic_batch: bool = True, che
 
         proto = onnx.load(str(raw))  # weights included, wherever the exporter put them
         del proto.metadata_props[:]
-        for key, value in _encode(meta).items():
+        for key, value in encode_metadata(meta).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         proto.doc_string = (f"rapidpose ViTPose-{meta['variant'].upper()} ({meta['skeleton']}, "
@@ -333,14 +291,14 @@ def export_openvino(model_or_onnx_path, path, *, check: bool = True, dataset_ind
             torch_model = model_or_onnx_path
             index = _check_model(torch_model, dataset_index)
             onnx_path = export_onnx(torch_model, Path(tmp) / "model.onnx", check=False, dataset_index=index)
-            meta = parse_metadata(_encode(model_metadata(torch_model, index)))
+            meta = parse_metadata(encode_metadata(model_metadata(torch_model, index)))
 
         try:
             ir = ov.convert_model(str(onnx_path))
         except Exception as exc:
             raise CheckpointError(f"OpenVINO could not convert '{onnx_path}' ({type(exc).__name__}: "
                                   f"{str(exc)[:300]})") from None
-        for key, value in _encode(meta).items():
+        for key, value in encode_metadata(meta).items():
             ir.set_rt_info(value, [METADATA_SECTION, key])
         ov.save_model(ir, str(path), compress_to_fp16=False)
 
@@ -364,115 +322,13 @@ def export_openvino(model_or_onnx_path, path, *, check: bool = True, dataset_ind
     return path
 
 
-# ---------------------------------------------------------------- metadata
-
-def read_metadata(path) -> dict:
-    """The rapidpose metadata of an exported .onnx or OpenVINO .xml file ({} if it has none).
-
-    Integers come back as int and ``input_size`` as a (width, height) tuple. Reading an .xml
-    needs no openvino; reading an .onnx uses ``onnx`` if installed, else onnxruntime.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"model file '{path}' does not exist (or is not a file)")
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return parse_metadata(_onnx_metadata(path))
-    if suffix == ".xml":
-        return parse_metadata(_openvino_metadata(path))
-    raise InputError(f"cannot read metadata of '{path}': expected an .onnx or OpenVINO .xml file")
-
-
-def _onnx_metadata(path: Path) -> dict[str, str]:
-    try:
-        import onnx
-    except ImportError:
-        onnx = None
-    try:
-        if onnx is not None:
-            proto = onnx.load(str(path), load_external_data=False)
-            return {p.key: p.value for p in proto.metadata_props}
-        return dict(_ort_session(path).get_modelmeta().custom_metadata_map)
-    except Exception as exc:
-        raise CheckpointError(f"'{path}' is not a readable ONNX model ({type(exc).__name__}: "
-                              f"{str(exc)[:200]}); export it again with rapidpose export") from None
-
-
-def _openvino_metadata(path: Path) -> dict[str, str]:
-    import xml.etree.ElementTree as ET
-
-    try:
-        root = ET.parse(path).getroot()
-    except (ET.ParseError, OSError) as exc:
-        raise CheckpointError(f"'{path}' is not a readable OpenVINO IR .xml ({exc}); export it again "
-                              f"with rapidpose export --format openvino") from None
-    if root.tag != "net":
-        raise CheckpointError(f"'{path}' is XML but not an OpenVINO IR (its root is <{root.tag}>, not <net>)")
-    section = root.find(f"rt_info/{METADATA_SECTION}")
-    if section is None:
-        return {}
-    return {child.tag: child.get("value", "") for child in section}
 
 
 # ---------------------------------------------------------------- command line
 
-def add_export_parser(subparsers) -> argparse.ArgumentParser:
-    """Add `rapidpose export` to a `parser.add_subparsers()` object."""
-    p = subparsers.add_parser(
-        "export", help="write a ViTPose model as ONNX or OpenVINO IR",
-        description="Export a ViTPose checkpoint (fp32, dynamic batch) for onnxruntime or OpenVINO, "
-                    "checked against torch on random crops unless --no-check.")
-    p.add_argument("--model", default="vitpose-b", help="hub name (vitpose-b, vitpose-plus-b, ...) or checkpoint path")
-    p.add_argument("--format", default="onnx", choices=sorted(FORMATS), help="onnx (default) or openvino")
-    p.add_argument("--output", help="output file (.onnx, or .xml for openvino); default: <model name>"
-                                    "[-<dataset>].<ext> in the current folder")
-    p.add_argument("--dataset-index", type=int, default=0, help="ViTPose++ expert: 0 COCO, 1 AIC, 2 MPII, ...")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--no-check", dest="check", action="store_false",
-                   help="skip running the exported file against torch")
-    return p
 
-
-def _default_stem(name: str) -> str:
+def default_stem(name: str) -> str:
     path = Path(name)
     if path.suffix in (".safetensors", ".bin") and path.stem in ("model", "pytorch_model"):
         path = path.parent
     return path.stem if path.suffix else path.name or "model"
-
-
-def run_export(args) -> int:
-    """`rapidpose export`: load the model, write the file, say where it went."""
-    import sys
-
-    from .model.weights import load_model
-
-    fmt = args.format
-    if fmt not in FORMATS:
-        raise InputError(f"unknown export format '{fmt}': use one of {', '.join(sorted(FORMATS))}")
-    model = load_model(args.model, device="cpu", dataset_index=args.dataset_index)
-    if args.output:
-        output = Path(args.output).expanduser()
-        if output.suffix.lower() != FORMATS[fmt]:
-            raise InputError(f"--output '{output}' does not fit --format {fmt}: it must end in {FORMATS[fmt]}")
-    else:
-        stem = _default_stem(str(args.model))
-        if args.dataset_index:
-            stem += f"-{model.skeleton.name}"
-        output = Path.cwd() / (stem + FORMATS[fmt])
-    if output.is_dir():
-        raise InputError(f"--output '{output}' is a folder: give a file name ending in {FORMATS[fmt]}")
-
-    if fmt == "onnx":
-        written = export_onnx(model, output, opset=getattr(args, "opset", 17), check=args.check)
-        extra = ""
-    else:
-        written = export_openvino(model, output, check=args.check)
-        extra = f" (+ {written.with_suffix('.bin').name})"
-    meta = read_metadata(written)
-    checked = "checked against torch" if args.check else "not checked"
-    name = "ViTPose" + ("++" if meta.get("num_experts", 1) > 1 else "")
-    name += f"-{meta['variant'].upper()}" if meta["variant"] != "custom" else " (custom size)"
-    print(f"wrote {written}{extra}: {name}, {meta['skeleton']} "
-          f"({meta['num_keypoints']} keypoints), dataset index {meta['dataset_index']}, {checked}",
-          file=sys.stderr)
-    return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .geometry import heatmap_to_image
+from rapidpose.topdown.geometry import heatmap_to_image
 
 BLUR_KERNEL = 11  # sigma 0.3*((k-1)/2 - 1) + 0.8 = 2, as cv2 derives it for the official k=11
 _CV_MAX_CHANNELS = 128  # OpenCV 5 filters at most 128 channels per call

@@ -3,7 +3,7 @@ TopDownCocoDataset): person boxes from ground truth or a detections file -> pose
 OKS-NMS per image -> pycocotools COCOeval('keypoints') with the keypoint set's sigmas.
 
     from rapidpose import PoseEstimator
-    from rapidpose.evaluate import evaluate
+    from rapidpose.evaluate.coco import evaluate
     result = evaluate(PoseEstimator("vitpose-b", flip_test=True), "person_keypoints_val2017.json", "val2017/",
                       boxes="COCO_val2017_detections_AP_H_56_person.json")
     result.metrics["AP"]
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, RapidPoseError
-from .geometry import INPUT_SIZE, PIXEL_STD, boxes_to_center_scale
-from .results import Poses
-from .skeletons import COCO as COCO_SKELETON
+from rapidpose.errors import InputError, RapidPoseError
+from rapidpose.results import Poses
+from rapidpose.skeletons import COCO as COCO_SKELETON
+from rapidpose.topdown.geometry import INPUT_SIZE, PIXEL_STD, boxes_to_center_scale
 
 log = logging.getLogger("rapidpose")
 
@@ -288,8 +288,8 @@ def evaluate(estimator, annotations, images_dir, boxes="gt", limit: int | None =
 
     An unreadable image is reported and skipped; its people count as missed.
     """
-    from .cli import _read_ahead, progress
-    from .io import chunked
+    from rapidpose.io import chunked, read_ahead
+    from rapidpose.progress import progress
 
     start = time.perf_counter()
     coco = load_annotations(annotations) if isinstance(annotations, (str, Path)) else annotations
@@ -301,7 +301,7 @@ def evaluate(estimator, annotations, images_dir, boxes="gt", limit: int | None =
 
     predictions, skipped, people = [], [], 0
     with progress(len(images), "eval") as bar:
-        for chunk in chunked(zip(images, _read_ahead(paths)), max(images_per_batch, 1)):
+        for chunk in chunked(zip(images, read_ahead(paths)), max(images_per_batch, 1)):
             good = []
             for info, (path, image) in chunk:
                 if isinstance(image, RapidPoseError):

@@ -21,19 +21,18 @@ when there are none, on the calibration people themselves, and the report says w
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .export import INPUT_NAME, OUTPUT_NAME, _default_stem, export_onnx, read_metadata, require
-from .geometry import boxes_to_center_scale, normalize_crops, udp_matrices, warp_crops
+from rapidpose.deploy.export import INPUT_NAME, OUTPUT_NAME, default_stem, export_onnx
+from rapidpose.errors import InputError, require
+from rapidpose.runtime.metadata import METADATA_SECTION, encode_metadata, read_metadata
+from rapidpose.topdown.geometry import boxes_to_center_scale, normalize_crops, udp_matrices, warp_crops
 
 log = logging.getLogger("rapidpose")
 
@@ -57,8 +56,8 @@ def people_crops(paths, detector, input_size=(192, 256), max_crops: int = 256) -
 def _find_people(paths, detector, input_size, max_crops: int) -> tuple[np.ndarray | None, list[int]]:
     """people_crops' work: the crops (None if nobody was found) and the number of people found in
     each image read, in order (unreadable images are left out)."""
-    from .errors import RapidPoseError
-    from .io import read_image
+    from rapidpose.errors import RapidPoseError
+    from rapidpose.io import read_image
 
     crops, counts = [], []
     for path in paths:
@@ -132,9 +131,8 @@ def quantize_openvino(fp32: Path, out: Path, crops: np.ndarray, per_channel: boo
     quantized = nncf.quantize(model, nncf.Dataset([crops[i:i + 1] for i in range(len(crops))]),
                               preset=preset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(crops),
                               advanced_parameters=advanced)
-    from .export import METADATA_SECTION, _encode
 
-    for key, value in _encode(read_metadata(fp32)).items():
+    for key, value in encode_metadata(read_metadata(fp32)).items():
         quantized.set_rt_info(value, [METADATA_SECTION, key])
     ov.save_model(quantized, str(out), compress_to_fp16=False)
     return out
@@ -213,7 +211,7 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> dict:
 def keypoint_oks(heatmaps_a: np.ndarray, heatmaps_b: np.ndarray, sigmas) -> np.ndarray:
     """OKS between the keypoints decoded from two sets of heatmaps of the same crops, per crop. The
     person's area is the unpadded box's in heatmap pixels (the crop is the box grown by 1.25)."""
-    from .decode import decode_heatmaps
+    from rapidpose.topdown.decode import decode_heatmaps
 
     n, k, h, w = heatmaps_a.shape
     center = np.tile(np.array([[w / 2, h / 2]], np.float32), (n, 1))
@@ -261,9 +259,9 @@ def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str =
     with ground-truth boxes. seconds: how long each path is timed for the ms per crop (at least 3
     rounds after a warm-up; 0 times one round: a quick, rough figure).
     """
-    from .detect import load_detector
-    from .io import expand_paths
-    from .runtime.onnx_runtime import OnnxRuntime
+    from rapidpose.detect import load_detector
+    from rapidpose.io import expand_paths
+    from rapidpose.runtime.onnx_runtime import OnnxRuntime
 
     if fmt not in FORMATS:
         raise InputError(f"unknown format '{fmt}': use one of {', '.join(FORMATS)}")
@@ -284,7 +282,7 @@ def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str =
     if isinstance(calibration, (str, Path)) and not Path(calibration).expanduser().exists():
         raise InputError(f"calibration folder '{calibration}' does not exist: give a folder of photos with people")
     paths = expand_paths([calibration] if isinstance(calibration, (str, Path)) else calibration)
-    out = Path(out).expanduser() if out else Path.cwd() / f"{_default_stem(str(model))}-int8{FORMATS[fmt]}"
+    out = Path(out).expanduser() if out else Path.cwd() / f"{default_stem(str(model))}-int8{FORMATS[fmt]}"
     if out.suffix.lower() != FORMATS[fmt]:
         raise InputError(f"output '{out}' does not fit --format {fmt}: it must end in {FORMATS[fmt]}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -319,14 +317,14 @@ def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str =
     ref, low = _Probe(fp32, nodes)(check), _Probe(out, nodes)(check)
     layers = [{"layer": label, **agreement(ref[n], low[n])} for label, n in groups if n in ref and n in low]
     layers.append({"layer": "heatmaps (output)", **agreement(ref["output"], low["output"])})
-    from .runtime.exported import skeleton_from
+    from rapidpose.runtime.exported import skeleton_from
 
     oks = keypoint_oks(ref["output"], low["output"], skeleton_from(meta, ref["output"].shape[1]).sigmas)
 
     int8_name = f"INT8, {_backend_name(out)}"
     runtimes = {"FP32, ONNX Runtime": OnnxRuntime(fp32), int8_name: _runtime(out)}
     if _has("openvino"):
-        from .runtime.openvino_runtime import OpenVinoRuntime
+        from rapidpose.runtime.openvino_runtime import OpenVinoRuntime
 
         best = OpenVinoRuntime(fp32)  # bf16 where the CPU has it: the fastest non-INT8 path
         runtimes[f"FP32 weights, OpenVINO {best.precision}"] = best
@@ -359,17 +357,17 @@ def _fp32_onnx(model, out: Path) -> Path:
         if not path.is_file():
             raise InputError(f"ONNX model '{path}' does not exist")
         return path
-    from .model.weights import load_model
+    from rapidpose.model.weights import load_model
 
     return export_onnx(load_model(model, "cpu"), out.with_name(out.stem.replace("-int8", "") + "-fp32.onnx"))
 
 
 def _runtime(path: Path):
     if path.suffix == ".xml":
-        from .runtime.openvino_runtime import OpenVinoRuntime
+        from rapidpose.runtime.openvino_runtime import OpenVinoRuntime
 
         return OpenVinoRuntime(path)
-    from .runtime.onnx_runtime import OnnxRuntime
+    from rapidpose.runtime.onnx_runtime import OnnxRuntime
 
     return OnnxRuntime(path)
 
@@ -397,8 +395,8 @@ def _machine() -> str:
 
 
 def _ap_of_both(fp32: Path, int8: Path, annotations, images) -> dict:
-    from .evaluate import evaluate
-    from .pipeline import PoseEstimator
+    from rapidpose.evaluate.coco import evaluate
+    from rapidpose.topdown.estimator import PoseEstimator
 
     ap = {}
     for name, path in (("fp32", fp32), ("int8", int8)):
@@ -450,44 +448,3 @@ def _write_report(out: Path, report: dict) -> None:
 
 
 # ---------------------------------------------------------------- CLI
-
-def add_quantize_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("quantize", help="INT8 post-training quantization with an accuracy and speed report",
-                       description="Quantize a ViTPose to INT8 (weights and activations) with real people as "
-                                   "calibration data; writes the model and a report (.report.md/.json) beside it.")
-    p.add_argument("--model", default="vitpose-b", help="hub name, checkpoint or FP32 .onnx (default vitpose-b)")
-    p.add_argument("--calibration", required=True, metavar="DIR",
-                   help="photos with people (COCO images, say); required, no default")
-    p.add_argument("--images", type=int, default=64, metavar="N",
-                   help="calibrate on the people of the first N photos (up to 256 people); the agreement is "
-                        "measured on the people of the next photos (up to 32), or, when none is left over, on "
-                        "the calibration people, as the report says (default 64)")
-    p.add_argument("--format", default="onnx", choices=list(FORMATS),
-                   help="onnx (ONNX Runtime static quantization) or openvino (NNCF) (default onnx)")
-    p.add_argument("--scheme", default="per-tensor", choices=SCHEMES, help="weight scales (default per-tensor)")
-    p.add_argument("--symmetric", action="store_true",
-                   help="symmetric activations (and weights) (default: off, asymmetric)")
-    p.add_argument("--detector", default="rtmdet-nano",
-                   help="person detector for the calibration crops: rtmdet-nano, yolox-nano or an .onnx path "
-                        "(default rtmdet-nano)")
-    p.add_argument("--annotations", metavar="FILE",
-                   help="COCO keypoint annotations of the images: also report the AP of both (default: none, "
-                        "no AP)")
-    p.add_argument("--eval-images", metavar="DIR",
-                   help="the annotated images, with --annotations (default: the calibration folder)")
-    p.add_argument("--timing-seconds", type=float, default=4.0, metavar="S",
-                   help="time each path (FP32 and INT8) for about S seconds for the report's ms per crop, at "
-                        "least 3 rounds after a warm-up; 0 times one round, a quick, rough figure (default 4)")
-    p.add_argument("--output", "-o", help="the INT8 model (default ./<model>-int8.onnx or .xml)")
-    return p
-
-
-def run_quantize(args) -> int:
-    report = quantize_model(args.model, args.calibration, args.output, images=args.images, fmt=args.format,
-                            scheme=args.scheme, symmetric=args.symmetric, detector=args.detector,
-                            annotations=args.annotations, eval_images=args.eval_images,
-                            seconds=args.timing_seconds)
-    out = Path(report["int8_model"])
-    print(out.with_suffix("").with_name(out.stem + ".report.md").read_text())
-    print(f"wrote {out} and its report ({out.stem}.report.md, .report.json)", file=sys.stderr)
-    return 0

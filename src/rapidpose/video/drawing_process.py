@@ -5,7 +5,7 @@ each take Python's GIL back after every native call; in the process that also de
 feeds the GPU, those hand-offs queue behind its Python work (py-spy on an H100 host: drawing threads
 waiting for the GIL, 3-4 of 16 cores busy, 110-150 frames/s against 490 without the mp4). So
 `DrawnVideo` copies each frame into a slot of shared memory and sends its poses down a pipe; a worker
-process (`python -m rapidpose.drawing_process`, started with subprocess: a user's script without a
+process (`python -m rapidpose.video.drawing_process`, started with subprocess: a user's script without a
 `__main__` guard is never run twice) copies the slot out, hands the slot back, draws and feeds
 video_writer.VideoWriter. The file and the drawing are those of the in-process path. Frames that
 come drawn already (on the GPU: video.track_frames(draw=True)) are only encoded there. A feeder
@@ -32,8 +32,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import InputError
-from .results import Poses
+from rapidpose.errors import InputError
+from rapidpose.results import Poses
 
 log = logging.getLogger("rapidpose")
 
@@ -50,7 +50,7 @@ class DrawnVideo:
 
     def __init__(self, path, fps: float, size, skeleton, crf: int = 23, preset: str = "veryfast",
                  encoders: int | None = None, slots: int = 64, frame_count: int | None = None):
-        from .video_writer import check_preset
+        from rapidpose.video.writer import check_preset
 
         check_preset(preset)  # here, before any frame: the worker's own errors come back later
         self.path, self.size, self.frames, self.error = Path(path), tuple(int(v) for v in size), 0, None
@@ -179,7 +179,7 @@ _SPARE: list = []  # a worker started ahead of its video (start_worker), with th
 def _spawn():
     replies, their_end = os.pipe()
     process = subprocess.Popen(
-        [sys.executable, "-m", "rapidpose.drawing_process", str(their_end)], stdin=subprocess.PIPE,
+        [sys.executable, "-m", "rapidpose.video.drawing_process", str(their_end)], stdin=subprocess.PIPE,
         pass_fds=(their_end,), start_new_session=True)  # its own session: Ctrl-C reaches only us
     os.close(their_end)
     return process, os.fdopen(replies, "rb")
@@ -218,8 +218,8 @@ def _serve(reply_fd: int) -> None:
     """The worker: frames from shared slots, drawn on a few threads, written in order."""
     import av  # noqa: F401 (the writer's: imported while the first frames are tracked)
 
-    from .video_cli import draw_frame
-    from .video_writer import VideoWriter
+    from rapidpose.draw.cpu import draw_frame
+    from rapidpose.video.writer import VideoWriter
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the tracking process decides when the file ends
     requests, replies = sys.stdin.buffer, os.fdopen(reply_fd, "wb")

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .decode import BLUR_KERNEL, keypoints_from_peaks, log_of_blurred
-from .geometry import INPUT_SIZE, MEAN, STD
+from rapidpose.topdown.decode import BLUR_KERNEL, keypoints_from_peaks, log_of_blurred
+from rapidpose.topdown.geometry import INPUT_SIZE, MEAN, STD
 
 __all__ = ["gaussian_kernel_1d", "warp_crops_torch", "warp_crops_batch", "warp_crops_with", "crop_regions",
            "sampling_inverses", "i420_to_rgb", "PinnedUploader", "decode_heatmaps_torch", "flip_back_torch"]

@@ -12,10 +12,10 @@ import functools
 import cv2
 import numpy as np
 
-from .errors import InputError
-from .geometry import udp_matrices
-from .results import Poses
-from .sources import i420_planes
+from rapidpose.errors import InputError
+from rapidpose.results import Poses
+from rapidpose.topdown.geometry import udp_matrices
+from rapidpose.video.sources import i420_planes
 
 _SHIFT = 4  # sub-pixel drawing: cv2 takes coordinates as integers scaled by 2**_SHIFT
 _ONE = 1 << _SHIFT
@@ -324,3 +324,9 @@ def draw_heatmaps(image, heatmaps, center, scale, *, alpha: float = 0.5) -> np.n
     weight = (float(alpha) * np.clip(combined * 10.0, 0.0, 1.0))[..., None]
     blended = out.astype(np.float32) * (1.0 - weight) + colored * weight
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def draw_frame(pixels, poses):
+    """`poses` drawn into I420 pixels (H*3//2, W) in place (the encoder takes I420 without a colour
+    conversion), or onto a copy of RGB pixels (H, W, 3)."""
+    return draw_poses_i420(pixels, poses) if pixels.ndim == 2 else draw_poses(pixels, poses)

@@ -27,12 +27,12 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import InputError
-from .io import chunked
-from .results import Poses
-from .smoothing import KeypointSmoother
-from .sources import Frame, FrameSource, open_source
-from .tracking import Tracker
+from rapidpose.errors import InputError
+from rapidpose.io import chunked
+from rapidpose.results import Poses
+from rapidpose.video.smoothing import KeypointSmoother
+from rapidpose.video.sources import Frame, FrameSource, open_source
+from rapidpose.video.tracking import Tracker
 
 log = logging.getLogger("rapidpose")
 
@@ -49,7 +49,7 @@ class _HostStage:
     (onnxruntime releases the GIL), or the given callable one frame at a time. Frames stay numpy."""
 
     def __init__(self, detector, threshold: float, workers: int | None):
-        from .detect import Detector, load_detector
+        from rapidpose.detect import Detector, load_detector
 
         cores = os.cpu_count() or 1
         workers = workers or max(1, min(8, cores // 4))
@@ -94,8 +94,8 @@ class _DeviceStage:
     def __init__(self, est, threshold: float):
         import torch
 
-        from .detect.rtmdet_torch import BatchedRTMDet
-        from .gpu_ops import PinnedUploader
+        from rapidpose.detect.rtmdet_torch import BatchedRTMDet
+        from rapidpose.topdown.gpu_ops import PinnedUploader
 
         self.torch, self.threshold = torch, threshold
         self.device = torch.device(est.runtime.device)
@@ -134,7 +134,7 @@ class _DeviceStage:
         """The I420 frames drawn on the GPU (gpu_draw) into the frames uploaded for the crops, then
         copied back in one piece; any others on the host."""
         torch = self.torch
-        from .gpu_draw import draw_poses_i420_batch
+        from rapidpose.draw.gpu import draw_poses_i420_batch
 
         drawn = _draw_on_host(frames, poses, [i for i, f in enumerate(frames) if f.yuv is None])
         _, _, uploaded, batches = future.result()
@@ -157,7 +157,7 @@ class _DeviceStage:
 
     def _work(self, frames, wanted):
         torch = self.torch
-        from .gpu_ops import i420_to_rgb
+        from rapidpose.topdown.gpu_ops import i420_to_rgb
 
         images, found, uploaded, yuv = [None] * len(frames), {}, None, []
         with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
@@ -215,7 +215,7 @@ def _drawn(drawing, i):
 
 def _draw_on_host(frames, poses, which=None) -> list:
     """Frames (all, or those at positions `which`) drawn by cv2 into copies; None for the others."""
-    from .video_cli import draw_frame
+    from rapidpose.draw.cpu import draw_frame
 
     drawn = [None] * len(frames)
     for i in range(len(frames)) if which is None else which:
@@ -283,7 +283,7 @@ def gpu_batch(size) -> int:
 def draws_on_device(est) -> bool:
     """Whether track_frames brings the frames to the GPU (the pose network and the detector can both
     run there), where drawing them is nearly free."""
-    from .detect import RTMDet
+    from rapidpose.detect import RTMDet
 
     return est.on_gpu and (est.detector is None or type(est.detector) is RTMDet)
 
@@ -305,7 +305,7 @@ def _choose_decoder(src, stage, decoder: str) -> None:
         if decoder == "nvdec":
             raise InputError(f"--decoder nvdec: '{src.name}' cannot be decoded on the GPU: {why}")
         log.info("decoding %s with FFmpeg on the CPU: %s", src.name, why)
-    from .gpu_ops import pinned_empty
+    from rapidpose.topdown.gpu_ops import pinned_empty
 
     src.allocate = pinned_empty  # frames decoded straight into page-locked memory: one copy less
 

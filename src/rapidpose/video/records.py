@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .results import Poses
+from rapidpose.results import Poses
 
 
 def frame_record(index: int, time: float, poses: Poses | None, error: str | None = None) -> dict:

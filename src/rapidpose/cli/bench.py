@@ -1,135 +1,13 @@
-"""`rapidpose bench`: where the time goes, stage by stage, and network throughput against batch size."""
+"""`rapidpose bench`: the time of each stage and the network's throughput against batch size."""
 from __future__ import annotations
 
 import json
-import platform
-import resource
-import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from .timing import StageTimer
-
-STAGES = ("read", "detect", "crop", "network", "decode", "draw")
-
-
-def random_model(variant: str):
-    """Random weights of a published shape: for speed only, the keypoints mean nothing."""
-    from .model.vitpose import ViTPose, ViTPoseConfig, init_random
-    from .skeletons import COCO
-
-    model = init_random(ViTPose(ViTPoseConfig.from_variant(variant)))
-    model.skeleton, model.source = COCO, f"random-{variant}"
-    return model
-
-
-def synthetic_boxes(width: int, height: int, people: int) -> np.ndarray:
-    """`people` person-shaped boxes spread across the image (about 1/3 of its height each)."""
-    h = height / 3
-    xs = np.linspace(0, width - h / 2, people + 2)[1:-1]
-    ys = np.full(people, height / 3)
-    return np.stack([xs, ys, xs + h / 2, ys + h], axis=1).astype(np.float32)
-
-
-def peak_memory_mb(device: str) -> float:
-    if device.startswith("cuda"):
-        import torch
-
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def bench_pipeline(est, paths, synthetic, people: int | None, images_per_batch: int, repeats: int,
-                   draw: bool) -> tuple[dict, int, int, float]:
-    """Run the whole path `repeats` times; returns seconds per stage, images, people, wall seconds."""
-    from .draw import draw_poses
-    from .io import read_image
-
-    timer = StageTimer(sync=_sync(est))
-    sources = paths or synthetic
-    n_images = n_people = 0
-    start = time.perf_counter()
-    for _ in range(repeats):
-        for i in range(0, len(sources), images_per_batch):
-            chunk = sources[i:i + images_per_batch]
-            with timer("read"):
-                images = [read_image(p) for p in chunk] if paths else [img.copy() for img in chunk]
-            boxes = None if people is None else [synthetic_boxes(im.shape[1], im.shape[0], people) for im in images]
-            est.timer = timer
-            results = est.predict(images, boxes)
-            if draw:
-                with timer("draw"):
-                    for image, poses in zip(images, results):
-                        draw_poses(image, poses)
-            n_images += len(images)
-            n_people += sum(len(r) for r in results)
-    est.timer = StageTimer()  # detach
-    return dict(timer.seconds), n_images, n_people, time.perf_counter() - start
-
-
-def _sync(est):
-    if est.on_gpu:
-        import torch
-
-        return torch.cuda.synchronize
-    return None
-
-
-def bench_network(runtime, batches, seconds: float = 1.0) -> list[tuple[int, float]]:
-    """Crops per second of the backend alone at each batch size (inputs already in memory): 3 warm-up
-    runs, then runs for about `seconds`, at least 2. seconds=0 times a single run after a single
-    warm-up: a quick, rough figure (smoke tests)."""
-    w, h = runtime.input_size
-    warm_up, least = (3, 2) if seconds > 0 else (1, 1)
-    out = []
-    for batch in batches:
-        x = np.random.default_rng(0).normal(size=(batch, 3, h, w)).astype(np.float32)
-        if hasattr(runtime, "run"):  # keep the input on the device: the network alone
-            import torch
-
-            xt = torch.from_numpy(x).to(runtime.device)
-            call = lambda: runtime.run(xt)  # noqa: E731
-            sync = torch.cuda.synchronize if runtime.device.startswith("cuda") else (lambda: None)
-        else:
-            call, sync = (lambda: runtime(x)), (lambda: None)
-        for _ in range(warm_up):
-            call()
-        sync()
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds or n < least:
-            call()
-            n += 1
-        sync()
-        out.append((batch, batch * n / (time.perf_counter() - t0)))
-    return out
-
-
-def plot_throughput(points, path, title: str) -> None:
-    """A small line chart (crops/s against batch size, log2 x axis) drawn with OpenCV."""
-    w, h, m = 720, 420, 70
-    img = np.full((h, w, 3), 255, np.uint8)
-    xs = np.log2([b for b, _ in points])
-    ys = np.array([v for _, v in points])
-    x0, x1 = xs.min(), max(xs.max(), xs.min() + 1)
-    ymax = ys.max() * 1.15
-    px = lambda x: int(m + (x - x0) / (x1 - x0) * (w - 2 * m))  # noqa: E731
-    py = lambda y: int(h - m - y / ymax * (h - 2 * m))  # noqa: E731
-    cv2.line(img, (m, h - m), (w - m, h - m), (0, 0, 0), 1)
-    cv2.line(img, (m, m), (m, h - m), (0, 0, 0), 1)
-    for (b, v), x in zip(points, xs):
-        cv2.putText(img, str(b), (px(x) - 8, h - m + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.putText(img, f"{v:,.0f}", (px(x) - 20, py(v) - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (200, 60, 0), 1,
-                    cv2.LINE_AA)
-    pts = np.array([[px(x), py(v)] for x, v in zip(xs, ys)], np.int32)
-    cv2.polylines(img, [pts], False, (200, 60, 0), 2, cv2.LINE_AA)
-    for p in pts:
-        cv2.circle(img, tuple(int(c) for c in p), 4, (200, 60, 0), -1, cv2.LINE_AA)
-    cv2.putText(img, title, (m, 35), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "batch size", (w // 2 - 40, h - 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "crops/s", (5, m - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.imwrite(str(path), img)
+from rapidpose.evaluate.speed import (STAGES, bench_network, bench_pipeline, device_name, peak_memory_mb,
+                                      plot_throughput, random_model)
 
 
 def add_bench_parser(sub) -> None:
@@ -168,7 +46,7 @@ def add_bench_parser(sub) -> None:
 
 def check_bench_args(args) -> None:
     """Numbers a user can get wrong, refused before any model is loaded."""
-    from .errors import InputError
+    from rapidpose.errors import InputError
 
     for flag, value in (("--people", args.people), ("--images", args.images), ("--repeats", args.repeats),
                         ("--synthetic", args.synthetic)):
@@ -182,9 +60,9 @@ def check_bench_args(args) -> None:
 
 
 def run_bench(args) -> int:
-    from .io import expand_paths
-    from .pipeline import PoseEstimator
-    from .runtime.torch_runtime import resolve_device
+    from rapidpose.io import expand_paths
+    from rapidpose.runtime.torch_runtime import resolve_device
+    from rapidpose.topdown.estimator import PoseEstimator
 
     check_bench_args(args)
     device = resolve_device(args.device)
@@ -203,7 +81,7 @@ def run_bench(args) -> int:
     runtime = est.runtime
     info = {
         "model": str(args.model), "backend": type(runtime).__name__, "device": device,
-        "device_name": _device_name(device), "precision": getattr(runtime, "precision", args.precision),
+        "device_name": device_name(device), "precision": getattr(runtime, "precision", args.precision),
         "flip_test": args.flip, "images": n_images, "people": n_people, "wall_s": wall,
         "stages_ms_per_image": {s: 1e3 * seconds.get(s, 0.0) / max(n_images, 1) for s in STAGES},
         "people_per_s": n_people / wall if wall else 0.0,
@@ -218,14 +96,6 @@ def run_bench(args) -> int:
     if args.plot:
         plot_throughput(sweep, args.plot, f"{info['model']} {info['backend']} {info['precision']} on {info['device_name']}")
     return 0
-
-
-def _device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        import torch
-
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
 
 
 def _print_report(info: dict) -> None:

@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 import torch
 
-from .draw import _ONE, _yuv, draw_poses_i420, half_cover, plan
-from .errors import InputError
-from .results import Poses
+from rapidpose.draw.cpu import _ONE, _yuv, draw_poses_i420, half_cover, plan
+from rapidpose.errors import InputError
+from rapidpose.results import Poses
 
 # one row per shape, in drawing order; columns:
 _KIND, _X0, _Y0, _X1, _Y1, _RADIUS, _VALUE, _OFFSET, _WIDTH = 0, 1, 2, 3, 4, 5, 6, 8, 9

@@ -12,9 +12,9 @@ from typing import Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .errors import InputError
-from .geometry import box_iou
-from .skeletons import COCO
+from rapidpose.errors import InputError
+from rapidpose.topdown.geometry import box_iou
+from rapidpose.skeletons import COCO
 
 __all__ = ["Tracker", "count_identity_switches", "box_iou"]
 

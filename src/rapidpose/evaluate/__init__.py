@@ -1,0 +1,1 @@
+"""Measuring models: COCO keypoint evaluation (coco) and speed per stage and batch size (speed)."""
