@@ -11,7 +11,7 @@ from rapidpose.cli.bench import add_bench_parser
 from rapidpose.evaluate.speed import bench_network
 
 
-def test_bench_reports_stages_throughput_and_plot(tmp_path, capsys):
+def test_bench_reports_stages_throughput_and_plot(tmp_path, capsys, caplog):
     out, plot = tmp_path / "bench.json", tmp_path / "throughput.png"
     code = main(["bench", str(ASSETS / "images" / "coco-mmpose"), "--model", "random-s", "--device", "cpu",
                  "--people", "2", "--images", "2", "--repeats", "1", "--batch", "1", "2", "--seconds", "0",
@@ -30,21 +30,29 @@ def test_bench_reports_stages_throughput_and_plot(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| network |" in table and "people/s" in table
     assert info["sweep_seconds"] == 0 and "(one run each: a rough figure)" in table
+    # it says what it is doing while it works, stage by stage
+    said = [r.getMessage() for r in caplog.records if r.name == "rapidpose"]
+    stages = ["bench: loading random-s on cpu", "bench: warm-up, one batch of 2 images",
+              "bench: timing each stage, 1 pass over 4 images (2 synthetic boxes each)",
+              "bench: timing the network alone at batch sizes 1 2, one run each"]
+    assert [s for s in said if s in stages] == stages, said
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--repeats", "0"], "--repeats must be at least 1"),
-    (["--images", "0"], "--images must be at least 1"),
-    (["--people", "0"], "--people must be at least 1"),
-    (["--synthetic", "0"], "--synthetic must be at least 1"),
-    (["--batch", "8", "0"], "--batch sizes must be at least 1"),
-    (["--seconds", "-1"], "--seconds must be 0 or more"),
-    (["--seconds", "nan"], "--seconds must be 0 or more"),
+    (["--repeats", "0"], "--repeats: must be a whole number, 1 or more"),
+    (["--images", "0"], "--images: must be a whole number, 1 or more"),
+    (["--people", "0"], "--people: must be a whole number, 1 or more"),
+    (["--synthetic", "0"], "--synthetic: must be a whole number, 1 or more"),
+    (["--batch", "8", "0"], "--batch: must be a whole number, 1 or more"),
+    (["--seconds", "-1"], "--seconds: must be a number, 0 or more"),
+    (["--seconds", "nan"], "--seconds: must be a number, 0 or more"),
 ])
-def test_bad_bench_requests_get_clear_errors(flags, message, caplog):
-    # refused before any model is loaded (vitpose-b is not in the offline cache: loading it would fail otherwise)
-    assert main(["bench", "--device", "cpu", *flags]) == 2
-    assert message in caplog.text and "Traceback" not in caplog.text
+def test_bad_bench_requests_get_clear_errors(flags, message, capsys):
+    # refused by the argument parser, before any model is loaded
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--device", "cpu", *flags])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "Traceback" not in err
 
 
 def test_every_bench_option_says_its_default():

@@ -219,3 +219,22 @@ def test_a_model_file_without_metadata_needs_its_keypoint_set(tiny_checkpoint, t
 def test_compile_with_an_exported_model_stops_the_run(tmp_path, caplog):
     assert main(["predict", str(COCO_MMPOSE), "--model", str(tmp_path / "model.xml"), "--compile"]) == 2
     assert "torch.compile" in caplog.text and "model.xml" in caplog.text and "leave --compile out" in caplog.text
+
+
+def test_without_an_output_option_a_table_of_people_per_image_is_printed(tiny_checkpoint, tmp_path, capsys, caplog):
+    assert main(["predict", str(COCO_MMPOSE), "--model", str(tiny_checkpoint), "--detector", "none",
+                 "--backend", "torch"]) == 0
+    out = capsys.readouterr().out
+    images = sorted(COCO_MMPOSE.glob("*.jpg"))
+    rows = [line.split() for line in out.splitlines()]
+    assert rows[0] == ["image", "size", "people"] and len(rows) == 1 + len(images)
+    for row, path in zip(rows[1:], images):
+        h, w = cv2.imread(str(path)).shape[:2]
+        assert row == [str(path), f"{w}x{h}", "1"]  # --detector none: the whole image is one person
+    assert "no --json, --coco or --draw given" in caplog.text and "not written anywhere" in caplog.text
+
+    # an output asked for: no table, no hint
+    caplog.clear()
+    assert main(["predict", str(COCO_MMPOSE), "--model", str(tiny_checkpoint), "--detector", "none",
+                 "--backend", "torch", "--coco", str(tmp_path / "coco.json")]) == 0
+    assert capsys.readouterr().out == "" and "no --json" not in caplog.text

@@ -1,5 +1,7 @@
 """Person detectors on real COCO photos, name resolution and errors; offline, CPU only."""
 import json
+import time
+import urllib.error
 import urllib.request
 
 import cv2
@@ -131,16 +133,69 @@ def test_name_from_cache(monkeypatch, tmp_path, name, asset):
     assert detector(np.full((64, 64, 3), 128, np.uint8))[0].shape == (0, 4)
 
 
+def _assert_says_what_to_pass(text):
+    assert "--detector /path/to/rtmdet.onnx" in text and "RTMDet" in text and "YOLOX" in text, text
+    assert "HF_HUB_OFFLINE" in text and ".." not in text
+
+
 @pytest.mark.parametrize("name", list(KNOWN_DETECTORS))
 def test_offline_download(monkeypatch, tmp_path, name):
-    def offline(*args, **kwargs):
-        raise OSError("network is unreachable")
+    timeouts = []
 
+    def offline(url, timeout=None, **kwargs):
+        timeouts.append(timeout)
+        raise urllib.error.URLError(OSError(101, "Network is unreachable"))
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setenv("RAPIDPOSE_CACHE", str(tmp_path))
-    with pytest.raises(DownloadError, match="--detector /path/to/file") as info:
+    with pytest.raises(DownloadError) as info:
         load_detector(name)
-    assert "local file" in str(info.value)
+    text = str(info.value)
+    assert text.startswith(f"could not download the {name} detector") and "Network is unreachable" in text
+    _assert_says_what_to_pass(text)
+    assert timeouts == [10]  # one try, short timeout
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left in the cache
+
+
+def test_unreachable_server_fails_at_once(monkeypatch, tmp_path):
+    """A real connection to a closed local port (nothing reaches the network)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setitem(KNOWN_DETECTORS, "yolox-nano", (f"http://127.0.0.1:{port}/yolox_nano.onnx", "yolox_nano.onnx"))
+    monkeypatch.setenv("RAPIDPOSE_CACHE", str(tmp_path))
+    start = time.perf_counter()
+    with pytest.raises(DownloadError) as info:
+        load_detector("yolox-nano")
+    assert time.perf_counter() - start < 5
+    assert "Connection refused" in str(info.value)
+    _assert_says_what_to_pass(str(info.value))
+
+
+def test_offline_mode_does_not_touch_the_network(monkeypatch, tmp_path):
+    def no_network(*args, **kwargs):
+        raise AssertionError("HF_HUB_OFFLINE=1: no download may be tried")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setenv("RAPIDPOSE_CACHE", str(tmp_path))
+    with pytest.raises(DownloadError) as info:  # conftest sets HF_HUB_OFFLINE=1
+        load_detector("rtmdet-nano")
+    assert "HF_HUB_OFFLINE=1 is set" in str(info.value)
+    _assert_says_what_to_pass(str(info.value))
+
+
+def test_command_line_says_it_once(monkeypatch, tmp_path, tiny_checkpoint, caplog):
+    from rapidpose.cli import main
+
+    monkeypatch.setenv("RAPIDPOSE_CACHE", str(tmp_path))
+    assert main(["predict", str(COCO), "--model", str(tiny_checkpoint), "--backend", "torch",
+                 "--detector", "rtmdet-nano"]) == 2
+    said = [r.getMessage() for r in caplog.records if "could not download" in r.getMessage()]
+    assert len(said) == 1 and said[0].count("--detector /path/to/rtmdet.onnx") == 1
 
 
 def test_unknown_name_missing_path_corrupt_file(tmp_path):
@@ -165,6 +220,7 @@ def test_rtmdet_zip_is_extracted(monkeypatch, tmp_path):
         zf.writestr("rtmdet_nano/pipeline.json", "{}")
         zf.write(RTMDET, "rtmdet_nano/end2end.onnx")
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: io.BytesIO(buffer.getvalue()))
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # a download, served from memory
     monkeypatch.setenv("RAPIDPOSE_CACHE", str(tmp_path))
     detector = load_detector("rtmdet-nano")
     assert detector.path == tmp_path / KNOWN_DETECTORS["rtmdet-nano"][1]

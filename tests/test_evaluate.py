@@ -261,7 +261,7 @@ def test_evaluate_reports_time_and_scores_unread_images_as_missed(tiny_checkpoin
         evaluate_predictions(coco, [dict(perfect[0], image_id=12345)])
 
 
-def test_eval_cli_rejects_bad_inputs_before_loading_the_model(tmp_path, caplog):
+def test_eval_cli_rejects_bad_inputs_before_loading_the_model(tmp_path, caplog, capsys):
     def run(*extra, annotations=MMPOSE_ANNOTATIONS, images=COCO_MMPOSE):
         caplog.clear()
         code = main(["eval", "--annotations", str(annotations), "--images", str(images),
@@ -277,7 +277,9 @@ def test_eval_cli_rejects_bad_inputs_before_loading_the_model(tmp_path, caplog):
     (tmp_path / "empty").mkdir()
     assert run(images=tmp_path / "empty") == 2 and "none of the 4 annotated images" in caplog.text
     assert run("--boxes", str(MMPOSE_ANNOTATIONS)) == 2 and "not COCO detections" in caplog.text
-    assert run("--limit", "0") == 2 and "at least 1" in caplog.text
+    with pytest.raises(SystemExit) as stopped:  # refused by the option's type, before anything loads
+        run("--limit", "0")
+    assert stopped.value.code == 2 and "--limit: must be a whole number, 1 or more" in capsys.readouterr().err
 
     coco = load_annotations(MMPOSE_ANNOTATIONS)
     with pytest.raises(InputError, match="at least 1"):

@@ -1,5 +1,6 @@
 """The network: parity with Hugging Face transformers, every checkpoint layout, clear errors."""
 import json
+import os
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ from conftest import randomize_
 
 from rapidpose import CheckpointError, DownloadError, InputError, load_model
 from rapidpose.model.vitpose import ViTPose, ViTPoseConfig
-from rapidpose.model.weights import MODEL_ZOO, infer_config, to_official
+from rapidpose.model.weights import infer_config, to_official
+from rapidpose.model.zoo import MODEL_ZOO
 
 VARIANTS = {"s": (384, 12, 12), "b": (768, 12, 12)}
 
@@ -63,21 +65,27 @@ def test_parity_with_transformers(variant, simple, tmp_path):
 
 
 @pytest.mark.parametrize("variant", ["s", "b"])
-def test_vitpose_plus_every_dataset_index(variant, tmp_path):
+def test_vitpose_plus_every_expert(variant, tmp_path):
+    """Hugging Face's ViTPose++ folders hold the 6 experts and the COCO head only: each expert (read out
+    by that head, as transformers does) gives transformers' heatmaps; the module itself answers for
+    dataset 0 alone, since no other dataset has a head in the file."""
     ref = hf_model(variant, simple=False, experts=6, depth=4)
     ours = load_model(save_hf_folder(ref, tmp_path / "hf"))
     assert ours.cfg.num_experts == 6 and ours.cfg.part_features == VARIANTS[variant][0] // 4
+    assert ours.num_datasets == 1
     x = crops(3)
     outs = []
     for index in range(6):
         with torch.no_grad():
-            got = ours(x, dataset_index=index)
+            got = ours.keypoint_head(ours.backbone(x, index))
         want = hf_heatmaps(ref, x, index)
         assert torch.allclose(got, want, atol=1e-4, rtol=0), (index, (got - want).abs().max())
         outs.append(got)
     assert not torch.allclose(outs[0], outs[1], atol=1e-3)  # the experts really differ
-    with pytest.raises(ValueError, match="dataset_index 6"):
-        ours(x, dataset_index=6)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), outs[0])
+    with pytest.raises(ValueError, match="dataset_index 1 .*only the COCO head"):
+        ours(x, dataset_index=1)
 
 
 def test_easy_vitpose_layout_merged_experts_and_25_keypoints(tmp_path):
@@ -96,7 +104,7 @@ def test_easy_vitpose_layout_merged_experts_and_25_keypoints(tmp_path):
     assert easy.cfg.num_experts == 1
     x = crops()
     with torch.no_grad():
-        assert torch.allclose(easy(x), plus(x, dataset_index=2), atol=1e-5)
+        assert torch.allclose(easy(x), plus.keypoint_head(plus.backbone(x, 2)), atol=1e-5)  # expert 2
 
     # a 25-keypoint head (easy_ViTPose's COCO + feet) under the 'module.' prefix of DataParallel
     k25 = randomize_(ViTPose(ViTPoseConfig(dim=384, depth=2, heads=12, num_keypoints=25)), 4)
@@ -167,10 +175,11 @@ def test_hub_names_resolve_and_fail_offline_with_a_hint(monkeypatch):
         raise OSError("no network")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    with pytest.raises(DownloadError, match=r"--model /path/to/file"):
+    with pytest.raises(DownloadError, match=r"--model /path/to/file.pth") as info:
         load_model("vitpose-b")
-    assert asked[0] == ("usyd-community/vitpose-base", "config.json")
-    assert MODEL_ZOO["vitpose-s"].files == ("torch/coco/vitpose-s-coco.pth",)
+    assert asked == [("usyd-community/vitpose-base", "config.json")]  # HF_HUB_OFFLINE=1: the cache only
+    assert "HF_HUB_OFFLINE=1" in str(info.value) and ".." not in str(info.value)
+    assert MODEL_ZOO["vitpose-plus-s-coco"].files == ("torch/coco/vitpose-s-coco.pth",)
     assert MODEL_ZOO["easy-vitpose-h-coco_25"].repo == "JunkyByte/easy_ViTPose"
     with pytest.raises(InputError, match="unknown model 'vitpose-xl'"):
         load_model("vitpose-xl")
@@ -192,3 +201,57 @@ def test_hub_name_uses_cached_download(monkeypatch, tmp_path):
     model = load_model("vitpose-b-simple")
     assert calls == [True, True] and model.cfg.head == "simple" and model.source == "vitpose-b-simple"
     assert json.loads((folder / "config.json").read_text())["use_simple_decoder"] is True
+
+
+# ---------------------------------------------------------------- corrupt or unsafe checkpoint files
+
+class TrainingState:
+    """A Python object some training scripts save beside the weights (the safe loader refuses it)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+
+def _small_state():
+    return randomize_(ViTPose(ViTPoseConfig(dim=384, depth=1, heads=12)), 7).state_dict()
+
+
+@pytest.mark.parametrize("kind", ["random bytes", "truncated", "truncated legacy, in its pickles",
+                                  "truncated legacy, in its tensors", "html page", "empty"])
+def test_a_corrupt_file_is_called_corrupt(tmp_path, monkeypatch, kind):
+    path = tmp_path / "model.pth"
+    if kind == "random bytes":
+        path.write_bytes(os.urandom(4096))
+    elif kind.startswith("truncated"):
+        torch.save({"state_dict": _small_state()}, path, _use_new_zipfile_serialization=kind == "truncated")
+        data = path.read_bytes()
+        path.write_bytes(data[:200] if kind.endswith("pickles") else data[: len(data) // 2])
+    elif kind == "html page":
+        path.write_text("<!DOCTYPE html><html><body><h1>503 Service Unavailable</h1></body></html>")
+    else:
+        path.write_bytes(b"")
+    for trust in ("0", "1"):  # trusting a corrupt file does not help, and the message does not suggest it
+        monkeypatch.setenv("RAPIDPOSE_TRUST_CHECKPOINTS", trust)
+        with pytest.raises(CheckpointError) as info:
+            load_model(path)
+        text = str(info.value)
+        assert "model.pth' is not a readable checkpoint (corrupt or not a PyTorch file)" in text, text
+        assert "Download it again" in text and "RAPIDPOSE_TRUST_CHECKPOINTS" not in text and ".." not in text
+
+
+def test_a_checkpoint_with_python_objects_needs_trust(tmp_path, monkeypatch):
+    model = randomize_(ViTPose(ViTPoseConfig(dim=384, depth=1, heads=12)), 7)
+    for legacy in (False, True):
+        path = tmp_path / f"trained-{legacy}.pth"
+        torch.save({"state_dict": model.state_dict(), "training": TrainingState(210)}, path,
+                   _use_new_zipfile_serialization=not legacy)
+        monkeypatch.delenv("RAPIDPOSE_TRUST_CHECKPOINTS", raising=False)
+        with pytest.raises(CheckpointError) as info:
+            load_model(path)
+        text = str(info.value)
+        assert "RAPIDPOSE_TRUST_CHECKPOINTS=1" in text and "TrainingState" in text and "not a readable" not in text
+        monkeypatch.setenv("RAPIDPOSE_TRUST_CHECKPOINTS", "1")
+        loaded = load_model(path)
+        x = crops(1)
+        with torch.no_grad():
+            assert torch.allclose(loaded(x), model(x), atol=1e-5)

@@ -139,11 +139,37 @@ def test_bad_boxes_and_images_are_skipped_not_fatal(estimator, caplog):
     caplog.set_level(logging.WARNING, "rapidpose")
     boxes = [np.array([[0, 0, 0, 10, 1], [np.nan, 0, 5, 5, 1], [2000, 2000, 2100, 2100, 1], [-50, -50, 100, 200, 0.7]]),
              np.array([[0, 0, 10, 10]])]
-    results = estimator.predict([rgb(), "not an image"], boxes)
+    results = estimator.predict([rgb(), 42], boxes)  # (a string is a file path now: tests/test_interop.py)
     assert len(results[0]) == 1 and results[0].box_scores[0] == pytest.approx(0.7)
     assert len(results[1]) == 0
     text = caplog.text
-    assert "box 0" in text and "box 1" in text and "outside the image" in text and "image 1" in text
+    assert "box 0" in text and "box 1" in text and "outside the image" in text and "image 1 is a int" in text
+    assert "image 0: box 2 [2000.0, 2000.0, 2100.0, 2100.0] lies outside the image" in text
+
+
+def test_box_warnings_name_the_file(estimator, caplog, tmp_path):
+    """An image given as a path is named by it in the messages; arrays by the names= given (what
+    `rapidpose predict` passes for the files it read), else by their position."""
+    caplog.set_level(logging.WARNING, "rapidpose")
+    bad = np.array([[2000, 2000, 2100, 2100], [280, 44, 499, 391]])
+    results = estimator.predict([IMAGE, rgb()], [bad, bad])
+    assert [len(r) for r in results] == [1, 1]
+    assert f"'{IMAGE}': box 0 [2000.0, 2000.0, 2100.0, 2100.0] lies outside the image" in caplog.text
+    assert "image 1: box 0" in caplog.text and "image 0" not in caplog.text
+
+    caplog.clear()
+    results = estimator.predict([rgb(), rgb()], [bad, bad[1:]], names=["photos/a.jpg", "photos/b.jpg"])
+    assert [len(r) for r in results] == [1, 1]
+    assert "'photos/a.jpg': box 0" in caplog.text and "photos/b.jpg" not in caplog.text
+    assert "image 0" not in caplog.text
+
+    caplog.clear()
+    estimator(rgb(), bad, name="cam-3/frame-12.png")
+    assert "'cam-3/frame-12.png': box 0" in caplog.text
+    from rapidpose import InputError
+
+    with pytest.raises(InputError, match="2 images but 1 names"):
+        estimator.predict([rgb(), rgb()], names=["a.jpg"])
 
 
 @pytest.mark.parametrize("image", [

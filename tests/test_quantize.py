@@ -2,6 +2,7 @@
 import argparse
 import copy
 import json
+import logging
 
 import numpy as np
 import onnx  # noqa: F401  # declared test dependencies: a broken install fails loudly, never skips
@@ -59,13 +60,18 @@ def assert_timed(report, md):
 
 @pytest.mark.parametrize("fmt, scheme, symmetric", [("onnx", "per-tensor", False), ("openvino", "per-channel", True)])
 def test_int8_model_is_written_runs_in_its_backend_and_is_reported(fp32_onnx, people_per_photo, tmp_path, fmt,
-                                                                   scheme, symmetric):
+                                                                   scheme, symmetric, caplog, capfd):
     if fmt == "openvino":
         import nncf  # noqa: F401  # a declared test dependency: imported plainly, so a broken one fails here
 
     out = tmp_path / f"tiny-int8.{'onnx' if fmt == 'onnx' else 'xml'}"
+    caplog.set_level(logging.INFO)  # a program that shows every library's notes
     report = quantize_model(fp32_onnx, COCO_MMPOSE, out, images=2, fmt=fmt, scheme=scheme,
                             symmetric=symmetric, detector=str(RTMDET), seconds=0)
+    # the toolchains' chatter stays out: onnxruntime's notes on the root logger, NNCF's bars on stdout
+    assert "Ignore MatMul" not in caplog.text
+    printed = capfd.readouterr()
+    assert "Statistics collection" not in printed.out + printed.err and "nncf" not in printed.out, printed
     assert out.is_file() and read_metadata(out)["num_keypoints"] == 17  # metadata carried over
     saved = json.loads((tmp_path / "tiny-int8.report.json").read_text())
     assert saved == json.loads(json.dumps(report))
@@ -231,10 +237,34 @@ def test_quantize_command_writes_the_model_and_prints_the_report(fp32_onnx, peop
     assert_agreement_labelled(report, md, "calibration", sum(people_per_photo), 4)
     assert report["timing_seconds"] == 0
     assert_timed(report, md)
+    # it says what it is doing while it works, stage by stage
+    said = [r.getMessage() for r in caplog.records if r.name == "rapidpose"]
+    stages = ["quantize: looking for people in 4 calibration photos", "quantize: calibrating on",
+              "quantize: comparing FP32 and INT8", "quantize: timing FP32, ONNX Runtime; INT8, ONNX Runtime",
+              "wrote "]
+    where = [next((i for i, m in enumerate(said) if m.startswith(s)), None) for s in stages]
+    assert None not in where and where == sorted(where), said
     bad = ["--model", str(fp32_onnx), "--detector", str(RTMDET), "--output", str(tmp_path / "bad.onnx")]
     assert main(["quantize", *bad, "--calibration", str(tmp_path / "nowhere")]) == 2
-    assert main(["quantize", *bad, "--calibration", str(COCO_MMPOSE), "--timing-seconds", "-1"]) == 2
-    assert "--timing-seconds must be 0 or more" in caplog.text and not (tmp_path / "bad.onnx").exists()
+    with pytest.raises(SystemExit) as exit_:  # refused by the argument parser
+        main(["quantize", *bad, "--calibration", str(COCO_MMPOSE), "--timing-seconds", "-1"])
+    assert exit_.value.code == 2 and "--timing-seconds: must be a number, 0 or more" in capsys.readouterr().err
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_quantize_command_in_a_process_of_its_own_prints_no_toolchain_chatter(fp32_onnx, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "own-int8.onnx"
+    result = subprocess.run([sys.executable, "-m", "rapidpose", "quantize", "--model", str(fp32_onnx),
+                             "--calibration", str(COCO_MMPOSE), "--detector", str(RTMDET), "--output", str(out),
+                             "--timing-seconds", "0"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "Ignore MatMul" not in result.stderr + result.stdout  # onnxruntime's notes, one per attention product
+    assert result.stdout.strip() == (tmp_path / "own-int8.report.md").read_text().strip()  # the report, only
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("quantize: looking for people") and lines[-1].startswith(f"wrote {out}"), lines
 
 
 def test_every_quantize_option_says_its_default():

@@ -105,13 +105,19 @@ def test_ids_start_at_one_need_two_hits_after_the_first_frame_and_are_never_reus
 
 
 def test_score_thresholds_decide_who_starts_a_track_and_who_is_ignored():
-    tracker = Tracker()
-    ids = tracker.update([_box(100, 100, 50, 100), _box(300, 100, 50, 100), _box(500, 100, 50, 100)],
-                         [0.7, 0.55, 0.05])
-    assert ids.tolist() == [1, -1, -1]  # 0.55 is high but below new_track_threshold; 0.05 below low
-    ids = tracker.update([_box(101, 100, 50, 100), _box(300, 100, 0, 100)], [0.55, 0.9])
-    assert ids.tolist() == [1, -1]  # a high score keeps a track; a box without area is skipped
+    people = [_box(100, 100, 50, 100), _box(300, 100, 50, 100), _box(500, 100, 50, 100)]
+    tracker = Tracker()  # high and new-track threshold 0.35, low 0.1
+    assert tracker.update(people, [0.36, 0.3, 0.05]).tolist() == [1, -1, -1]  # 0.3: below 0.35; 0.05: below low
+    ids = tracker.update([_box(101, 100, 50, 100), _box(300, 100, 0, 100)], [0.2, 0.9])
+    assert ids.tolist() == [1, -1]  # a low score keeps a track (second stage); a box without area is skipped
     assert tracker.update(np.zeros((0, 4)), np.zeros(0)).shape == (0,)
+    # ByteTrack's own settings: only 0.6 starts a track, though 0.5 is high enough to keep one
+    tracker = Tracker(high_threshold=0.5, new_track_threshold=0.6)
+    assert tracker.update(people, [0.7, 0.55, 0.4]).tolist() == [1, -1, -1]
+    assert tracker.update(people, [0.55, 0.55, 0.4]).tolist() == [1, -1, -1]
+    # a new-track threshold below the high one changes nothing: new tracks come from high-score boxes
+    tracker = Tracker(high_threshold=0.5, new_track_threshold=0.2)
+    assert tracker.update(people, [0.7, 0.45, 0.3]).tolist() == [1, -1, -1]
 
 
 # --- prediction between detector frames --------------------------------------------------------------

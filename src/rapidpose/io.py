@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import re
 from pathlib import Path
 
@@ -14,10 +15,25 @@ from rapidpose.errors import InputError, RapidPoseError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm"}
 
 
-def as_rgb(image, name: str = "image") -> np.ndarray:
-    """Any image array -> RGB uint8 (H, W, 3): gray, alpha, 16-bit and float images are converted."""
+COLORS = ("rgb", "bgr")
+
+
+def check_color(color) -> str:
+    """'rgb' or 'bgr' (any case); anything else is an InputError saying what to pass."""
+    if isinstance(color, str) and color.lower() in COLORS:
+        return color.lower()
+    raise InputError(f"color={color!r} is not a channel order: pass color='rgb' (the default) or "
+                     f"color='bgr' (arrays from OpenCV: cv2.imread, cv2.VideoCapture)")
+
+
+def as_rgb(image, name: str = "image", color: str = "rgb") -> np.ndarray:
+    """Any image array -> RGB uint8 (H, W, 3): gray, alpha, 16-bit and float images are converted.
+
+    color: the channel order of a colour `image`, 'rgb' or 'bgr' (OpenCV's; BGRA too)."""
+    color = check_color(color)
     if not isinstance(image, np.ndarray):
-        raise InputError(f"{name} is a {type(image).__name__}, not a numpy image array (H, W, 3)")
+        raise InputError(f"{name} is a {type(image).__name__}, not an image: pass a numpy array (H, W, 3), "
+                         f"an image file's path or a PIL image")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)) or image.size == 0:
@@ -32,7 +48,46 @@ def as_rgb(image, name: str = "image") -> np.ndarray:
         image = np.repeat(image[:, :, None], 3, axis=2)
     elif image.shape[2] == 4:
         image = image[:, :, :3]
+    if color == "bgr" and image.ndim == 3:
+        image = image[:, :, ::-1]
     return np.ascontiguousarray(image)
+
+
+def is_path(image) -> bool:
+    return isinstance(image, (str, os.PathLike))
+
+
+def _is_pil(image) -> bool:
+    return type(image).__module__.startswith("PIL.") and hasattr(image, "mode") and hasattr(image, "convert")
+
+
+def pil_to_rgb(image, name: str = "image") -> np.ndarray:
+    """A PIL image of any mode -> RGB uint8 (H, W, 3). 16-bit and float modes keep their range (as
+    as_rgb converts them); palette, alpha, CMYK, YCbCr, ... go through PIL's own RGB conversion."""
+    mode = image.mode
+    try:
+        if mode in ("RGB", "L") or mode.startswith("I;16") or mode == "F":
+            array = np.asarray(image)
+            if array.dtype.kind == "u" and array.dtype != np.uint8:  # I;16B and friends
+                array = array.astype(np.uint16)
+        elif mode == "I":  # 32-bit integers: 16-bit PNGs open so in older Pillow
+            array = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
+        else:
+            array = np.asarray(image.convert("RGB"))
+    except (OSError, ValueError) as exc:  # a lazily loaded file that turns out corrupt
+        raise InputError(f"{name} (a PIL image, mode {mode}) could not be read: {exc}") from None
+    return as_rgb(array, name)
+
+
+def to_rgb(image, name: str = "image", color: str = "rgb") -> np.ndarray:
+    """Whatever the API takes as an image -> RGB uint8 (H, W, 3): a numpy array in the channel order
+    `color` says, an image file's path (str or Path, decoded as RGB), or a PIL image (any mode)."""
+    color = check_color(color)
+    if is_path(image):
+        return read_image(image)
+    if _is_pil(image):
+        return pil_to_rgb(image, name)
+    return as_rgb(image, name, color)
 
 
 def _jpeg_truncated(data: bytes) -> bool:

@@ -27,7 +27,10 @@ class Skeleton:
         return index
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "keypoints": list(self.keypoints), "skeleton": [list(e) for e in self.edges]}
+        """The JSON header of `predict --json` and `video --json`: {"name", "keypoint_names", "skeleton"};
+        each person's "keypoints" then holds one [x, y, score] per keypoint name."""
+        return {"name": self.name, "keypoint_names": list(self.keypoints),
+                "skeleton": [list(e) for e in self.edges]}
 
 
 def _side_colors(names: tuple[str, ...], edges) -> tuple[tuple[int, int, int], ...]:

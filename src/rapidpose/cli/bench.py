@@ -2,15 +2,21 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from rapidpose.evaluate.speed import (STAGES, bench_network, bench_pipeline, device_name, peak_memory_mb,
                                       plot_throughput, random_model)
+from rapidpose.progress import progress
+
+log = logging.getLogger("rapidpose")
 
 
 def add_bench_parser(sub) -> None:
+    from rapidpose.cli.options import COUNT, SECONDS
+
     p = sub.add_parser("bench", help="time each stage and the network's throughput",
                        description="Per-stage timing (read, detect, crop, network, decode, draw), crops/s, "
                                    "people/s, peak memory, and throughput against batch size.")
@@ -20,7 +26,7 @@ def add_bench_parser(sub) -> None:
                    help="hub name or checkpoint; random-s|b|l|h for random weights (speed only) (default vitpose-b)")
     p.add_argument("--detector", default="none",
                    help="rtmdet-nano, yolox-nano, a path, or none for --people synthetic boxes (default none)")
-    p.add_argument("--people", type=int, default=6, metavar="N",
+    p.add_argument("--people", type=COUNT, default=6, metavar="N",
                    help="boxes per image when --detector none (default 6)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"],
                    help="auto: torch on a GPU, OpenVINO on a CPU when installed, else torch (default auto)")
@@ -29,34 +35,19 @@ def add_bench_parser(sub) -> None:
                    help="auto: fp16 on a GPU, bf16 on CPUs that have it, else fp32 (default auto)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (default: off)")
     p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop (default: off)")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32, 64, 128], metavar="B",
+    p.add_argument("--batch", type=COUNT, nargs="+", default=[1, 8, 32, 64, 128], metavar="B",
                    help="batch sizes for the network-only sweep (default 1 8 32 64 128)")
-    p.add_argument("--images", type=int, default=16, metavar="N", help="images per pipeline batch (default 16)")
-    p.add_argument("--repeats", type=int, default=3, metavar="N",
+    p.add_argument("--images", type=COUNT, default=16, metavar="N", help="images per pipeline batch (default 16)")
+    p.add_argument("--repeats", type=COUNT, default=3, metavar="N",
                    help="passes over the images for the per-stage timing, after one warm-up batch (default 3)")
-    p.add_argument("--seconds", type=float, default=1.0, metavar="S",
+    p.add_argument("--seconds", type=SECONDS, default=1.0, metavar="S",
                    help="time the network-only sweep for about S seconds per batch size, at least 2 runs after "
                         "3 warm-up runs; 0 times one run after one warm-up, a quick, rough figure (default 1)")
-    p.add_argument("--synthetic", type=int, default=32, metavar="N",
+    p.add_argument("--synthetic", type=COUNT, default=32, metavar="N",
                    help="synthetic images when no INPUT is given (default 32)")
     p.add_argument("--draw", action="store_true", help="include drawing the results (default: off)")
     p.add_argument("--json", metavar="FILE", help="write the figures to this JSON file (default: none)")
     p.add_argument("--plot", metavar="PNG", help="write a PNG of crops/s against batch size (default: none)")
-
-
-def check_bench_args(args) -> None:
-    """Numbers a user can get wrong, refused before any model is loaded."""
-    from rapidpose.errors import InputError
-
-    for flag, value in (("--people", args.people), ("--images", args.images), ("--repeats", args.repeats),
-                        ("--synthetic", args.synthetic)):
-        if value < 1:
-            raise InputError(f"{flag} must be at least 1; got {value}")
-    bad = [b for b in args.batch if b < 1]
-    if bad:
-        raise InputError(f"--batch sizes must be at least 1; got {bad[0]}")
-    if not 0 <= args.seconds < float("inf"):  # NaN too
-        raise InputError(f"--seconds must be 0 or more (and finite); got {args.seconds}")
 
 
 def run_bench(args) -> int:
@@ -64,20 +55,30 @@ def run_bench(args) -> int:
     from rapidpose.runtime.torch_runtime import resolve_device
     from rapidpose.topdown.estimator import PoseEstimator
 
-    check_bench_args(args)
     device = resolve_device(args.device)
+    paths = expand_paths(args.inputs) if args.inputs else []  # a wrong path fails before the model loads
+    log.info("bench: loading %s on %s", args.model, device)
     model = random_model(args.model.split("-", 1)[1]) if args.model.startswith("random-") else args.model
     est = PoseEstimator(model, detector=args.detector, device=device, flip_test=args.flip, backend=args.backend,
                         precision=args.precision, compile=args.compile, batch_size=max(args.batch))
-    paths = expand_paths(args.inputs) if args.inputs else []
     rng = np.random.default_rng(0)
     synthetic = [] if paths else [rng.integers(0, 255, (720, 1280, 3), np.uint8) for _ in range(args.synthetic)]
     people = args.people if args.detector == "none" else None
+    n_sources = len(paths or synthetic)
+    who = f"{people} synthetic boxes each" if people else f"people found by {args.detector}"
+    what = f"{len(paths)} images" if paths else f"{n_sources} synthetic 1280x720 images"
 
-    bench_pipeline(est, paths[:args.images], synthetic[:args.images], people, args.images, 1, args.draw)  # warm-up
-    seconds, n_images, n_people, wall = bench_pipeline(est, paths, synthetic, people, args.images, args.repeats,
-                                                       args.draw)
-    sweep = bench_network(est.runtime, args.batch, args.seconds)
+    log.info("bench: warm-up, one batch of %d images", min(args.images, n_sources))
+    bench_pipeline(est, paths[:args.images], synthetic[:args.images], people, args.images, 1, args.draw)
+    log.info("bench: timing each stage, %d pass%s over %s (%s)", args.repeats, "" if args.repeats == 1 else "es",
+             what, who)
+    with progress(args.repeats * n_sources, "stages") as bar:
+        seconds, n_images, n_people, wall = bench_pipeline(est, paths, synthetic, people, args.images,
+                                                           args.repeats, args.draw, step=bar.update)
+    log.info("bench: timing the network alone at batch sizes %s, %s", " ".join(map(str, args.batch)),
+             f"about {args.seconds:g} s each" if args.seconds > 0 else "one run each")
+    with progress(len(args.batch), "network", unit="batch") as bar:
+        sweep = bench_network(est.runtime, args.batch, args.seconds, step=bar.update)
     runtime = est.runtime
     info = {
         "model": str(args.model), "backend": type(runtime).__name__, "device": device,

@@ -9,30 +9,27 @@ log = logging.getLogger("rapidpose")
 
 
 def add_eval_parser(sub) -> None:
-    from rapidpose.runtime import BACKENDS
-    from rapidpose.runtime.torch_runtime import PRECISIONS
+    from rapidpose.cli.options import COUNT, FRACTION, add_network_options
 
     p = sub.add_parser("eval", help="COCO keypoint AP/AR of a model on annotated images",
                        description="Top-down COCO keypoint evaluation as for ViTPose's published numbers: person "
                                    "boxes from the annotations or a detections file, rescoring, OKS-NMS, "
                                    "pycocotools. Writes the metrics and the scored COCO keypoint results.")
     p.add_argument("--annotations", required=True, metavar="FILE",
-                   help="COCO keypoint annotations, e.g. person_keypoints_val2017.json")
-    p.add_argument("--images", required=True, metavar="DIR", help="the folder of the annotated images, e.g. val2017/")
+                   help="COCO keypoint annotations, e.g. person_keypoints_val2017.json (required)")
+    p.add_argument("--images", required=True, metavar="DIR",
+                   help="the folder of the annotated images, e.g. val2017/ (required)")
     p.add_argument("--boxes", default="gt", metavar="gt|FILE",
-                   help="person boxes: gt (the annotations', default) or a COCO detections file "
-                        "(COCO_val2017_detections_AP_H_56_person.json for the published numbers)")
-    p.add_argument("--min-box-score", type=float, default=0.0, help="drop detections scoring below this (default 0)")
-    p.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images of the annotation file only")
-    p.add_argument("--model", default="vitpose-b", help="hub name or checkpoint (default vitpose-b)")
-    p.add_argument("--flip", action="store_true", help="flip test, as the published numbers use")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--backend", default="auto", choices=BACKENDS)
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="fp32 (default) is the exact reference; auto picks fp16 on GPUs, bf16 on CPUs that have it")
-    p.add_argument("--dataset-index", type=int, default=0, help="ViTPose++ expert: 0 COCO, 1 AIC, 2 MPII, ...")
-    p.add_argument("--batch-size", type=int, default=64, help="crops per network batch")
-    p.add_argument("--images-per-batch", type=int, default=16, help="images whose people share a network batch")
+                   help="person boxes: gt (the annotations') or a COCO detections file "
+                        "(COCO_val2017_detections_AP_H_56_person.json for the published numbers) (default gt)")
+    p.add_argument("--min-box-score", type=FRACTION, default=0.0, metavar="SCORE",
+                   help="drop detections scoring below this, 0 to 1 (default 0)")
+    p.add_argument("--limit", type=COUNT, metavar="N",
+                   help="evaluate the first N images of the annotation file only, 1 or more (default: all)")
+    add_network_options(p, model_help="hub name or checkpoint", precision="fp32", compile=False)
+    p.add_argument("--batch-size", type=COUNT, default=64, metavar="N", help="crops per network batch (default 64)")
+    p.add_argument("--images-per-batch", type=COUNT, default=16, metavar="N",
+                   help="images whose people share a network batch (default 16)")
     p.add_argument("--json", default="rapidpose-eval.json", metavar="FILE",
                    help="metrics and settings (default rapidpose-eval.json)")
     p.add_argument("--predictions", metavar="FILE",

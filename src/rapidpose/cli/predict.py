@@ -1,13 +1,13 @@
-"""The `rapidpose` command."""
+"""`rapidpose predict`: keypoints of the people in photos and folders, written as JSON, COCO results or drawings."""
 from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import cv2
 
+from rapidpose.cli.options import COUNT, FRACTION, add_network_options
 from rapidpose.errors import RapidPoseError
 from rapidpose.io import coco_image_id, read_ahead
 from rapidpose.progress import progress
@@ -18,31 +18,32 @@ log = logging.getLogger("rapidpose")
 
 def add_predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="keypoints of the people in images or folders of images",
-                       description="Detect people, estimate their keypoints, write JSON / COCO / drawn images.")
+                       description="Detect people, estimate their keypoints, write JSON / COCO / drawn images. "
+                                   "Without --json, --coco or --draw, a table of the people found in each image "
+                                   "is printed instead.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
-    p.add_argument("--model", default="vitpose-b", help="hub name (vitpose-b, vitpose-plus-b, ...) or checkpoint path")
+    add_network_options(p)
     p.add_argument("--detector", default="rtmdet-nano",
-                   help="rtmdet-nano, yolox-nano, an .onnx path, or 'none' (whole image, or --boxes)")
-    p.add_argument("--boxes", help="person boxes: rapidpose JSON, COCO detections or COCO annotations")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (GPU when there is one)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"],
-                   help="inference backend (auto: the fastest for the device); .onnx/.xml models pick their own")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="auto: fp16 on GPU, bf16 on CPUs that have it, else fp32 (fp32 is the exact reference)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network (slow start, faster run)")
-    p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop")
-    p.add_argument("--threshold", type=float, default=0.3, help="minimum person box score (default 0.3)")
-    p.add_argument("--keypoint-threshold", type=float, default=0.3, help="minimum keypoint score to draw")
-    p.add_argument("--dataset-index", type=int, default=0, help="ViTPose++ expert: 0 COCO, 1 AIC, 2 MPII, ...")
+                   help="rtmdet-nano, yolox-nano, an .onnx path, or 'none' (whole image, or --boxes) "
+                        "(default rtmdet-nano)")
+    p.add_argument("--boxes", metavar="FILE",
+                   help="person boxes: rapidpose JSON, COCO detections or COCO annotations, in place of the "
+                        "detector (default: none)")
+    p.add_argument("--threshold", type=FRACTION, default=0.3, metavar="SCORE",
+                   help="minimum person box score, the detector's or --boxes', 0 to 1 (default 0.3)")
+    p.add_argument("--keypoint-threshold", type=FRACTION, default=0.3, metavar="SCORE",
+                   help="minimum keypoint score to draw, 0 to 1 (default 0.3)")
     p.add_argument("--keypoint-set", choices=sorted(SKELETONS),
                    help="keypoint set of an .onnx/.xml model without rapidpose metadata (17 keypoints: "
-                        "coco or ap10k); files from `rapidpose export` name their own")
-    p.add_argument("--batch-size", type=int, default=64, help="crops per network batch")
-    p.add_argument("--images-per-batch", type=int, default=16, help="images whose people share a network batch")
-    p.add_argument("--json", help="write all results to this JSON file")
-    p.add_argument("--coco", help="write COCO keypoint results to this JSON file")
-    p.add_argument("--draw", help="write drawn images into this folder")
-    p.add_argument("--heatmaps", action="store_true", help="with --draw, also write heatmap overlays")
+                        "coco or ap10k); files from `rapidpose export` name their own (default: the model's)")
+    p.add_argument("--batch-size", type=COUNT, default=64, metavar="N", help="crops per network batch (default 64)")
+    p.add_argument("--images-per-batch", type=COUNT, default=16, metavar="N",
+                   help="images whose people share a network batch (default 16)")
+    p.add_argument("--json", metavar="FILE", help="write all results to this JSON file (default: none)")
+    p.add_argument("--coco", metavar="FILE", help="write COCO keypoint results to this JSON file (default: none)")
+    p.add_argument("--draw", metavar="DIR", help="write drawn images into this folder (default: none)")
+    p.add_argument("--heatmaps", action="store_true",
+                   help="with --draw, also write heatmap overlays (default: off)")
 
 
 def run_predict(args) -> int:
@@ -53,6 +54,11 @@ def run_predict(args) -> int:
     box_table = load_boxes(args.boxes) if args.boxes else None
     if box_table is not None:
         _check_boxes_match(box_table, paths)
+    if not (args.json or args.coco or args.draw):
+        log.info("no --json, --coco or --draw given: the keypoints are not written anywhere; a table of the "
+                 "people found per image is printed at the end")
+    if args.heatmaps and not args.draw:
+        log.warning("--heatmaps draws heatmap overlays into the --draw folder: without --draw it does nothing")
     detector = "none" if box_table is not None else args.detector
     est = PoseEstimator(args.model, detector=detector, device=args.device, flip_test=args.flip,
                         detector_threshold=args.threshold, batch_size=args.batch_size,
@@ -89,14 +95,27 @@ def run_predict(args) -> int:
 
     entries = [entry for _, entry in sorted(entries, key=lambda pair: pair[0])]
     if args.json:
-        doc = {"model": str(args.model), **est.skeleton.to_dict(), "images": entries}
-        doc["keypoint_names"] = doc.pop("keypoints")
+        doc = {"model": str(args.model), **est.skeleton.to_dict(), "images": entries}  # the header keys of video --json
         Path(args.json).write_text(json.dumps(doc))
     if args.coco:
         Path(args.coco).write_text(json.dumps(coco))
-    print(f"{len(paths) - failed} of {len(paths)} images processed, {found} people"
-          + (f"; {failed} failed (see messages above)" if failed else ""), file=sys.stderr)
+    if not (args.json or args.coco or args.draw):
+        print(_table(entries))
+    log.info("%d of %d images processed, %d people%s", len(paths) - failed, len(paths), found,
+             f"; {failed} failed (see messages above)" if failed else "")
     return 1 if failed else 0
+
+
+def _table(entries) -> str:
+    """One line per image: its path, size and how many people were found (a plain, aligned table)."""
+    rows = [("image", "size", "people")]
+    for entry in entries:
+        if "error" in entry:
+            rows.append((entry["image"], "unreadable", "-"))
+        else:
+            rows.append((entry["image"], f"{entry['width']}x{entry['height']}", str(len(entry["people"]))))
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return "\n".join(f"{image:<{widths[0]}}  {size:<{widths[1]}}  {people:>6}" for image, size, people in rows)
 
 
 def _check_boxes_match(box_table, paths) -> None:
@@ -125,7 +144,8 @@ def _predict_chunk(est, good, box_table, args):
         for index, path, _ in good:
             given = boxes_for(box_table, path, coco_image_id(path, index))
             boxes.append(given[given[:, 4] >= args.threshold])
-    return est.predict([image for _, _, image in good], boxes, return_heatmaps=args.heatmaps)
+    return est.predict([image for _, _, image in good], boxes, return_heatmaps=args.heatmaps,
+                       names=[str(path) for _, path, _ in good])
 
 
 def _draw(image, poses, stem: Path, args, input_size) -> None:

@@ -2,26 +2,31 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from pathlib import Path
 
 from rapidpose.deploy.quantize import FORMATS, SCHEMES, quantize_model
 
+log = logging.getLogger("rapidpose")
+
 
 def add_quantize_parser(sub) -> argparse.ArgumentParser:
+    from rapidpose.cli.options import COUNT, SECONDS
+
     p = sub.add_parser("quantize", help="INT8 post-training quantization with an accuracy and speed report",
                        description="Quantize a ViTPose to INT8 (weights and activations) with real people as "
                                    "calibration data; writes the model and a report (.report.md/.json) beside it.")
     p.add_argument("--model", default="vitpose-b", help="hub name, checkpoint or FP32 .onnx (default vitpose-b)")
     p.add_argument("--calibration", required=True, metavar="DIR",
                    help="photos with people (COCO images, say); required, no default")
-    p.add_argument("--images", type=int, default=64, metavar="N",
+    p.add_argument("--images", type=COUNT, default=64, metavar="N",
                    help="calibrate on the people of the first N photos (up to 256 people); the agreement is "
                         "measured on the people of the next photos (up to 32), or, when none is left over, on "
                         "the calibration people, as the report says (default 64)")
     p.add_argument("--format", default="onnx", choices=list(FORMATS),
                    help="onnx (ONNX Runtime static quantization) or openvino (NNCF) (default onnx)")
-    p.add_argument("--scheme", default="per-tensor", choices=SCHEMES, help="weight scales (default per-tensor)")
+    p.add_argument("--scheme", default="per-tensor", choices=SCHEMES,
+                   help="weight scales: one per tensor, or one per output channel (default per-tensor)")
     p.add_argument("--symmetric", action="store_true",
                    help="symmetric activations (and weights) (default: off, asymmetric)")
     p.add_argument("--detector", default="rtmdet-nano",
@@ -32,10 +37,10 @@ def add_quantize_parser(sub) -> argparse.ArgumentParser:
                         "no AP)")
     p.add_argument("--eval-images", metavar="DIR",
                    help="the annotated images, with --annotations (default: the calibration folder)")
-    p.add_argument("--timing-seconds", type=float, default=4.0, metavar="S",
+    p.add_argument("--timing-seconds", type=SECONDS, default=4.0, metavar="S",
                    help="time each path (FP32 and INT8) for about S seconds for the report's ms per crop, at "
                         "least 3 rounds after a warm-up; 0 times one round, a quick, rough figure (default 4)")
-    p.add_argument("--output", "-o", help="the INT8 model (default ./<model>-int8.onnx or .xml)")
+    p.add_argument("--output", "-o", metavar="FILE", help="the INT8 model (default ./<model>-int8.onnx or .xml)")
     return p
 
 
@@ -46,5 +51,5 @@ def run_quantize(args) -> int:
                             seconds=args.timing_seconds)
     out = Path(report["int8_model"])
     print(out.with_suffix("").with_name(out.stem + ".report.md").read_text())
-    print(f"wrote {out} and its report ({out.stem}.report.md, .report.json)", file=sys.stderr)
+    log.info("wrote %s and its report (%s.report.md, .report.json)", out, out.stem)
     return 0

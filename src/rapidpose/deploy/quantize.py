@@ -21,8 +21,10 @@ when there are none, on the calibration people themselves, and the report says w
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -104,7 +106,7 @@ def quantize_onnx(fp32: Path, out: Path, crops: np.ndarray, per_channel: bool, s
             batch = next(self.batches, None)
             return None if batch is None else {INPUT_NAME: batch}
 
-    with tempfile.TemporaryDirectory(prefix="rapidpose-quantize-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="rapidpose-quantize-") as tmp, _onnxruntime_notes_dropped():
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(out), Crops(), quant_format=QuantFormat.QOperator,
@@ -128,14 +130,70 @@ def quantize_openvino(fp32: Path, out: Path, crops: np.ndarray, per_channel: boo
     preset = nncf.QuantizationPreset.PERFORMANCE if symmetric else nncf.QuantizationPreset.MIXED
     advanced = AdvancedQuantizationParameters(weights_quantization_params=QuantizationParameters(
         per_channel=per_channel))
-    quantized = nncf.quantize(model, nncf.Dataset([crops[i:i + 1] for i in range(len(crops))]),
-                              preset=preset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(crops),
-                              advanced_parameters=advanced)
+    with _nncf_output_tamed():
+        quantized = nncf.quantize(model, nncf.Dataset([crops[i:i + 1] for i in range(len(crops))]),
+                                  preset=preset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(crops),
+                                  advanced_parameters=advanced)
 
     for key, value in encode_metadata(read_metadata(fp32)).items():
         quantized.set_rt_info(value, [METADATA_SECTION, key])
     ov.save_model(quantized, str(out), compress_to_fp16=False)
     return out
+
+
+class _OnnxRuntimeNotes(logging.Filter):
+    """Drops the notes (below WARNING) that onnxruntime's quantizer logs on the root logger, one per
+    attention product: 'Ignore MatMul due to non constant B: ...'."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or f"{os.sep}onnxruntime{os.sep}" not in record.pathname
+
+
+@contextlib.contextmanager
+def _onnxruntime_notes_dropped():
+    """Keep onnxruntime's quantizer notes out of the caller's log while it runs (shown with `rapidpose -v`,
+    the 'rapidpose' logger at DEBUG). Its warnings and errors pass."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    root, notes = logging.getLogger(), _OnnxRuntimeNotes()
+    root.addFilter(notes)
+    try:
+        yield
+    finally:
+        root.removeFilter(notes)
+
+
+@contextlib.contextmanager
+def _nncf_output_tamed():
+    """While NNCF quantizes: its log (which it prints to stdout through a handler of its own) goes
+    through Python logging like everyone's, so the caller's settings apply (`rapidpose quantize` shows
+    its warnings, its notes with -v); its progress bars (rich, on stdout) go to stderr, and only where
+    rapidpose shows its own (a terminal, not -q: rapidpose.progress.enabled). stdout keeps the report."""
+    from rapidpose.progress import enabled
+
+    nncf_log = logging.getLogger("nncf")  # NNCF's own logger class: nncf is imported by now
+    saved = nncf_log.handlers[:], nncf_log.propagate, nncf_log.level
+    for handler in saved[0]:
+        nncf_log.removeHandler(handler)
+    nncf_log.propagate, nncf_log.level = True, logging.NOTSET
+    try:
+        from rich import get_console
+
+        console = get_console()  # NNCF's bars draw on rich's shared console
+    except ImportError:  # pragma: no cover - rich comes with nncf
+        console = None
+    if console is not None:
+        console_saved = console.quiet, console.stderr
+        console.quiet, console.stderr = not enabled(), True
+    try:
+        yield
+    finally:
+        if console is not None:
+            console.quiet, console.stderr = console_saved
+        for handler in saved[0]:
+            nncf_log.addHandler(handler)
+        nncf_log.propagate, nncf_log.level = saved[1], saved[2]
 
 
 def _copy_onnx_metadata(source: Path, target: Path) -> None:
@@ -292,6 +350,8 @@ def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str =
     person = load_detector(detector) if not callable(detector) else detector
 
     started = time.perf_counter()
+    log.info("quantize: looking for people in %d calibration photos%s", len(paths[:images]),
+             "" if callable(detector) else f" ({detector})")
     calib, calib_counts = _find_people(paths[:images], person, input_size, max_crops=256)
     if calib is None:
         raise InputError(f"the detector found no person in the {len(paths[:images])} calibration images: give a "
@@ -306,12 +366,14 @@ def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str =
                         "on the calibration people", len(spare))
         check = calib[:64]
         agreement_on, agreement_images = "calibration", _images_holding(calib_counts, len(check))
-    log.info("calibrating on %d people of %d images; agreement on %d %s people", len(calib),
-             _images_holding(calib_counts, len(calib)), len(check), agreement_on)
+    log.info("quantize: calibrating on %d people of %d images with %s; agreement on %d %s people", len(calib),
+             _images_holding(calib_counts, len(calib)), "ONNX Runtime" if fmt == "onnx" else "NNCF", len(check),
+             agreement_on)
     quantizer = quantize_onnx if fmt == "onnx" else quantize_openvino
     quantizer(fp32, out, calib, scheme == "per-channel", symmetric)
     quantize_seconds = time.perf_counter() - started
 
+    log.info("quantize: comparing FP32 and INT8 layer by layer on %d people", len(check))
     groups = block_outputs(fp32)
     nodes = [n for _, n in groups]
     ref, low = _Probe(fp32, nodes)(check), _Probe(out, nodes)(check)
@@ -328,6 +390,8 @@ def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str =
 
         best = OpenVinoRuntime(fp32)  # bf16 where the CPU has it: the fastest non-INT8 path
         runtimes[f"FP32 weights, OpenVINO {best.precision}"] = best
+    log.info("quantize: timing %s: %s", "; ".join(runtimes),
+             f"about {seconds:g} s each" if seconds > 0 else "one round each")
     speed = time_models(runtimes, check, seconds)
 
     report = {
@@ -346,6 +410,7 @@ def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str =
         "date": time.strftime("%Y-%m-%d"),
     }
     if annotations:
+        log.info("quantize: COCO keypoint AP of both models on %s", eval_images or calibration)
         report["ap"] = _ap_of_both(fp32, out, annotations, eval_images or calibration)
     _write_report(out, report)
     return report
@@ -359,7 +424,9 @@ def _fp32_onnx(model, out: Path) -> Path:
         return path
     from rapidpose.model.weights import load_model
 
-    return export_onnx(load_model(model, "cpu"), out.with_name(out.stem.replace("-int8", "") + "-fp32.onnx"))
+    path = out.with_name(out.stem.replace("-int8", "") + "-fp32.onnx")
+    log.info("quantize: exporting %s to FP32 ONNX (%s)", model, path)
+    return export_onnx(load_model(model, "cpu"), path)
 
 
 def _runtime(path: Path):

@@ -26,6 +26,13 @@ KNOWN_DETECTORS = {
 }
 
 
+# What a download failure says to do instead (one sentence, no closing period).
+LOCAL_DETECTOR_HINT = (
+    "Pass a local detector file instead: --detector /path/to/rtmdet.onnx (detector='/path/to/rtmdet.onnx' in "
+    "Python); it can be an RTMDet ONNX export (mmdeploy's end2end.onnx, outputs dets and labels) or a YOLOX "
+    "ONNX export (input images, one output), or use --detector none with --boxes FILE")
+
+
 def _fetch(name: str) -> Path:
     url, filename = KNOWN_DETECTORS[name]
     target = hub.cache_dir() / filename
@@ -33,9 +40,9 @@ def _fetch(name: str) -> Path:
         return target
     what = f"the {name} detector"
     if not url.endswith(".zip"):
-        return hub.download_url(url, filename, what=what, flag="--detector")
+        return hub.download_url(url, filename, what=what, instead=LOCAL_DETECTOR_HINT)
     # mmdeploy SDK zip: a folder with end2end.onnx and its json configs; keep only the model
-    archive = hub.download_url(url, Path(url).name, what=what, flag="--detector")
+    archive = hub.download_url(url, Path(url).name, what=what, instead=LOCAL_DETECTOR_HINT)
     try:
         with zipfile.ZipFile(archive) as zf:
             member = next(n for n in zf.namelist() if n.endswith("end2end.onnx"))
@@ -43,8 +50,8 @@ def _fetch(name: str) -> Path:
             tmp.write_bytes(zf.read(member))
             tmp.replace(target)
     except (zipfile.BadZipFile, StopIteration) as exc:
-        raise CheckpointError(f"{archive} is not the expected zip holding end2end.onnx ({exc!r}); "
-                              f"delete it to download again, or pass a local .onnx file (--detector).") from None
+        raise CheckpointError(f"{archive} is not the expected zip holding end2end.onnx ({exc!r}): delete it "
+                              f"to download again. {LOCAL_DETECTOR_HINT}.") from None
     archive.unlink(missing_ok=True)
     return target
 

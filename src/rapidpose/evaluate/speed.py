@@ -40,8 +40,9 @@ def peak_memory_mb(device: str) -> float:
 
 
 def bench_pipeline(est, paths, synthetic, people: int | None, images_per_batch: int, repeats: int,
-                   draw: bool) -> tuple[dict, int, int, float]:
-    """Run the whole path `repeats` times; returns seconds per stage, images, people, wall seconds."""
+                   draw: bool, step=None) -> tuple[dict, int, int, float]:
+    """Run the whole path `repeats` times; returns seconds per stage, images, people, wall seconds.
+    step(n), if given, is called after each batch with its number of images (a progress bar's update)."""
     from rapidpose.draw.cpu import draw_poses
     from rapidpose.io import read_image
 
@@ -63,6 +64,8 @@ def bench_pipeline(est, paths, synthetic, people: int | None, images_per_batch: 
                         draw_poses(image, poses)
             n_images += len(images)
             n_people += sum(len(r) for r in results)
+            if step is not None:
+                step(len(images))
     est.timer = StageTimer()  # detach
     return dict(timer.seconds), n_images, n_people, time.perf_counter() - start
 
@@ -75,10 +78,10 @@ def _sync(est):
     return None
 
 
-def bench_network(runtime, batches, seconds: float = 1.0) -> list[tuple[int, float]]:
+def bench_network(runtime, batches, seconds: float = 1.0, step=None) -> list[tuple[int, float]]:
     """Crops per second of the backend alone at each batch size (inputs already in memory): 3 warm-up
     runs, then runs for about `seconds`, at least 2. seconds=0 times a single run after a single
-    warm-up: a quick, rough figure (smoke tests)."""
+    warm-up: a quick, rough figure (smoke tests). step(1), if given, is called after each batch size."""
     w, h = runtime.input_size
     warm_up, least = (3, 2) if seconds > 0 else (1, 1)
     out = []
@@ -101,6 +104,8 @@ def bench_network(runtime, batches, seconds: float = 1.0) -> list[tuple[int, flo
             n += 1
         sync()
         out.append((batch, batch * n / (time.perf_counter() - t0)))
+        if step is not None:
+            step(1)
     return out
 
 

@@ -194,7 +194,12 @@ class ViTPose(nn.Module):
 
     @property
     def num_datasets(self) -> int:
-        return max(self.cfg.num_experts, 1)
+        """The datasets it predicts keypoints for: one per expert that has its own head. A ViTPose++ file
+        with every expert but only the COCO head (Hugging Face's conversions) predicts for COCO alone:
+        another expert read out by COCO's head gives no dataset's keypoints."""
+        if self.cfg.num_experts > 1 and self.cfg.associate_keypoints:
+            return min(self.cfg.num_experts, 1 + len(self.cfg.associate_keypoints))
+        return 1
 
     def num_keypoints_of(self, dataset_index: int) -> int:
         if dataset_index > 0 and self.cfg.associate_keypoints:
@@ -204,8 +209,10 @@ class ViTPose(nn.Module):
     def forward(self, x, dataset_index: int | None = None):
         index = self.dataset_index if dataset_index is None else int(dataset_index)
         if not 0 <= index < self.num_datasets:
-            raise ValueError(f"dataset_index {index} is out of range: this model has {self.num_datasets} "
-                             f"dataset expert(s), so use 0..{self.num_datasets - 1}")
+            only_coco = (f" (it holds {self.cfg.num_experts} experts but only the COCO head)"
+                         if self.cfg.num_experts > self.num_datasets else "")
+            raise ValueError(f"dataset_index {index} is out of range: this model predicts for {self.num_datasets} "
+                             f"dataset(s){only_coco}, so use 0..{self.num_datasets - 1}")
         features = self.backbone(x, index)
         if index > 0 and self.cfg.associate_keypoints:
             return self.associate_keypoint_heads[index - 1](features)

@@ -9,52 +9,68 @@ names are translated to the official ones, which are this project's own.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from rapidpose.errors import CheckpointError, InputError, require
 from rapidpose.hub import hf_download
 from rapidpose.skeletons import VITPOSE_PLUS_DATASETS, Skeleton, skeleton_for
 from rapidpose.model.vitpose import VARIANTS, ViTPose, ViTPoseConfig
+from rapidpose.model.zoo import MODEL_ZOO, ZooEntry, lookup, split_for
 
-EASY_VITPOSE_REPO = "JunkyByte/easy_ViTPose"
-EASY_DATASETS = ("coco", "coco_25", "wholebody", "mpii", "aic", "ap10k", "apt36k")
+log = logging.getLogger("rapidpose")
 
-
-@dataclass(frozen=True)
-class HubModel:
-    repo: str
-    files: tuple[str, ...]
-    dataset: str = "coco"
-    note: str = ""
-
-
-def _zoo() -> dict[str, HubModel]:
-    zoo = {
-        "vitpose-b": HubModel("usyd-community/vitpose-base", ("config.json", "model.safetensors"),
-                              note="ViTPose-B, classic head, COCO (75.8 AP published)"),
-        "vitpose-b-simple": HubModel("usyd-community/vitpose-base-simple", ("config.json", "model.safetensors"),
-                                     note="ViTPose-B, simple head, COCO"),
-    }
-    for short, long in (("s", "small"), ("b", "base"), ("l", "large"), ("h", "huge")):
-        zoo[f"vitpose-plus-{short}"] = HubModel(
-            f"usyd-community/vitpose-plus-{long}", ("config.json", "model.safetensors"),
-            note=f"ViTPose++-{short.upper()}, 6 dataset experts, COCO head")
-        for dataset in EASY_DATASETS:
-            zoo[f"easy-vitpose-{short}-{dataset}"] = HubModel(
-                EASY_VITPOSE_REPO, (f"torch/{dataset}/vitpose-{short}-{dataset}.pth",), dataset,
-                note=f"easy_ViTPose's ViTPose-{short.upper()} for {dataset}")
-    for short in "slh":  # no ViTPose-S/L/H on the usyd-community hub: easy_ViTPose's COCO files
-        zoo[f"vitpose-{short}"] = zoo[f"easy-vitpose-{short}-coco"]
-    return zoo
-
-
-MODEL_ZOO = _zoo()
+# What a failed download says to do instead (one sentence, no closing period).
+LOCAL_MODEL_HINT = ("Pass a local file instead: --model /path/to/file.pth, or a folder holding config.json and "
+                    "model.safetensors (load_model('/path/to/file.pth') in Python)")
 
 
 # ---------------------------------------------------------------- reading files
+
+_TORCH_MAGIC = 0x1950a86a20f9469cfc6c  # the first thing torch.save writes in its legacy (non-zip) format
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why `path` is not a whole PyTorch checkpoint, found by reading its structure without running any
+    of it; None when it looks whole (then a failed load is about what it stores, not about the bytes)."""
+    import pickletools
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "the file is empty"
+    if head[:4] == b"PK\x03\x04":  # torch.save's zip format: archive/data.pkl + one file per tensor
+        try:
+            with zipfile.ZipFile(path) as zf:
+                pickles = [n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+                if not pickles:
+                    return "it is a zip archive without the data.pkl of a PyTorch checkpoint"
+                damaged = zf.testzip()
+                if damaged:
+                    return f"its part {damaged} is damaged"
+                list(pickletools.genops(zf.read(pickles[0])))
+        except Exception as exc:
+            return f"it is a zip archive that is cut short or damaged ({type(exc).__name__}: {str(exc)[:80]})"
+        return None
+    if head[:1] == b"\x80":  # a pickle: torch.save's legacy format is 5 pickles, then the tensor bytes
+        try:
+            with open(path, "rb") as f:
+                first = [arg for op, arg, _ in pickletools.genops(f) if op.name.startswith("LONG")]
+                if first[:1] != [_TORCH_MAGIC]:
+                    return "it is a Python pickle but not one written by torch.save"
+                for _ in range(4):  # protocol version, system info, the saved object, storage keys
+                    list(pickletools.genops(f))
+        except Exception as exc:
+            return f"it is cut short or damaged ({type(exc).__name__}: {str(exc)[:80]})"
+        return None
+    text = head.lower()
+    if b"<html" in text or b"<!doctype" in text:
+        return "it is an HTML page (a download that saved an error page?)"
+    return "it is neither a zip archive nor a pickle, the two formats of torch.save"
+
 
 def _torch_load(path: Path) -> dict:
     torch = require("torch", "torch")
@@ -62,10 +78,23 @@ def _torch_load(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as exc:
-        hint = ("" if trust else " If it is a checkpoint you trust that stores Python objects, set "
-                "RAPIDPOSE_TRUST_CHECKPOINTS=1 to read it without the safe loader.")
-        raise CheckpointError(f"could not read model file '{path}' as a PyTorch checkpoint "
-                              f"({type(exc).__name__}: {str(exc)[:200]}).{hint}") from None
+        error = f"{type(exc).__name__}: {str(exc).strip()}"
+    problem = _unreadable(path)
+    unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", error) if problem is None else None
+    if problem is None and not unsafe and re.search(r"\bEOF\b|corrupt|truncated", error, re.IGNORECASE):
+        # whole pickles but tensor bytes missing (torch: "unexpected EOF ... The file might be corrupted")
+        problem = f"it is cut short or damaged ({error.splitlines()[0][:120].rstrip('. ')})"
+    if problem is not None:
+        raise CheckpointError(f"'{path}' is not a readable checkpoint (corrupt or not a PyTorch file): {problem}. "
+                              f"Download it again, or pass another checkpoint.") from None
+    if unsafe and not trust:
+        raise CheckpointError(
+            f"'{path}' is a PyTorch checkpoint that stores Python objects besides its weights "
+            f"({unsafe[1]}), which the safe loader does not run. If you trust where the file comes from, "
+            f"set RAPIDPOSE_TRUST_CHECKPOINTS=1 to load it with the full unpickler (which can run code).") from None
+    raise CheckpointError(f"could not read model file '{path}' as a PyTorch checkpoint "
+                          f"({error.splitlines()[0][:200].rstrip('. ')}). Check that it is a ViTPose checkpoint, "
+                          f"or download it again.") from None
 
 
 def _safetensors_load(path: Path) -> dict:
@@ -75,7 +104,9 @@ def _safetensors_load(path: Path) -> dict:
     try:
         return load_file(str(path))
     except Exception as exc:
-        raise CheckpointError(f"could not read model file '{path}' as safetensors ({exc})") from None
+        raise CheckpointError(f"'{path}' is not a readable safetensors file (corrupt or not safetensors: "
+                              f"{str(exc).strip().rstrip('.')[:200]}). Download it again, or pass another "
+                              f"checkpoint.") from None
 
 
 def read_checkpoint(path) -> tuple[dict, dict]:
@@ -192,29 +223,59 @@ def infer_config(state: dict, hf_config: dict | None = None) -> ViTPoseConfig:
 
 # ---------------------------------------------------------------- public entry points
 
-def resolve(name_or_path) -> tuple[Path, str | None]:
-    """A hub name -> downloaded local path (+ its dataset); a path is returned as it is."""
+def _zoo_names() -> str:
+    return ", ".join(n for n in MODEL_ZOO if not n.startswith("vitpose-plus-") or n.count("-") == 2)
+
+
+def resolve(name_or_path) -> tuple[Path, ZooEntry | None]:
+    """A zoo name -> its downloaded local path and zoo entry; a path is returned as it is (entry None).
+
+    Old names (zoo.ALIASES) still resolve, with a warning naming the current one."""
     text = str(name_or_path)
-    if text in MODEL_ZOO:
-        entry = MODEL_ZOO[text]
-        paths = hf_download(entry.repo, list(entry.files), what=f"model '{text}'", flag="--model")
-        return paths[-1], entry.dataset
+    entry, old = lookup(text)
+    if entry is not None:
+        if old is not None:
+            log.warning("model name '%s' is deprecated: it is '%s' (%s, %s); use that name", old, entry.name,
+                        entry.network, entry.published)
+        paths = hf_download(entry.repo, list(entry.files), what=f"model '{entry.name}'", instead=LOCAL_MODEL_HINT)
+        return paths[-1], entry
     path = Path(text).expanduser()
     if not path.exists() and not any(sep in text for sep in "/\\") and "." not in Path(text).name:
-        raise InputError(f"unknown model '{text}': use a path to a checkpoint or one of "
-                         f"{', '.join(sorted(n for n in MODEL_ZOO if not n.startswith('easy-')))} "
-                         f"(easy_ViTPose files as easy-vitpose-<s|b|l|h>-<dataset>)")
+        raise InputError(f"unknown model '{text}': use a path to a checkpoint or one of {_zoo_names()} "
+                         f"(vitpose-plus-<s|b|l|h>-<dataset> for one dataset of ViTPose++; `rapidpose models` "
+                         f"lists them all)")
     return path, None
+
+
+def _check_dataset_index(model: ViTPose, dataset_index: int, name_or_path, entry: ZooEntry | None) -> None:
+    """Refuse a dataset_index the file has no head for: never one dataset's keypoints under another's name."""
+    if 0 <= dataset_index < model.num_datasets:
+        return
+    experts = model.cfg.num_experts
+    if experts > 1 and 0 < dataset_index < experts:
+        dataset = VITPOSE_PLUS_DATASETS[dataset_index] if dataset_index < len(VITPOSE_PLUS_DATASETS) else None
+        split = split_for(entry, dataset_index) if entry is not None else None
+        use = (f"use --model {split.name} ({split.network}, {split.num_keypoints} {split.keypoints} keypoints)"
+               if split else "use a file split for that dataset")
+        raise InputError(
+            f"dataset_index {dataset_index}{f' ({dataset})' if dataset else ''} asks '{name_or_path}' for a "
+            f"dataset it has no keypoint head for: the file holds {experts} ViTPose++ experts but only the "
+            f"{model.cfg.num_keypoints}-keypoint head of dataset 0 (COCO), so that expert would be read out with "
+            f"COCO's head. To get that dataset's own keypoints, {use}, or pass the official ViTPose++ .pth, which "
+            f"carries every dataset's head (--model /path/to/vitpose+_base.pth --dataset-index {dataset_index}).")
+    raise InputError(f"dataset_index {dataset_index} is out of range: '{name_or_path}' has {model.num_datasets} "
+                     f"dataset(s), so use 0..{model.num_datasets - 1} (--dataset-index picks a ViTPose++ expert "
+                     f"of files that hold several)")
 
 
 def load_model(name_or_path="vitpose-b", device: str = "cpu", dataset_index: int = 0,
                dtype=None) -> ViTPose:
-    """Build the network from a checkpoint file, folder or hub name; infer the variant from it.
+    """Build the network from a checkpoint file, folder or zoo name; infer the variant from it.
 
     The module gets `.skeleton` (its keypoint set) and `.source` (where it came from).
     """
     require("torch", "torch")  # a clear message when the torch extra is missing
-    path, dataset = resolve(name_or_path)
+    path, entry = resolve(name_or_path)
     raw, hf_config = read_checkpoint(path)
     state = to_official(raw, str(path))
     cfg = infer_config(state, hf_config)
@@ -229,10 +290,9 @@ def load_model(name_or_path="vitpose-b", device: str = "cpu", dataset_index: int
         model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         raise CheckpointError(f"'{path}' has weights of the wrong shape for ViTPose: {str(exc)[:300]}") from None
-    if not 0 <= dataset_index < model.num_datasets:
-        raise InputError(f"dataset_index {dataset_index} is out of range: '{name_or_path}' has "
-                         f"{model.num_datasets} dataset expert(s)")
+    _check_dataset_index(model, dataset_index, name_or_path, entry)
     model.dataset_index = dataset_index
+    dataset = entry.keypoints if entry is not None else None
     if dataset is None and cfg.num_experts > 1:
         dataset = VITPOSE_PLUS_DATASETS[dataset_index] if dataset_index < len(VITPOSE_PLUS_DATASETS) else None
     model.skeleton: Skeleton = skeleton_for(model.num_keypoints_of(dataset_index), dataset)

@@ -9,7 +9,7 @@ import numpy as np
 from rapidpose.topdown.decode import decode_heatmaps, flip_back
 from rapidpose.errors import InputError, RapidPoseError
 from rapidpose.topdown.geometry import boxes_to_center_scale, clean_boxes, normalize_crops, udp_matrices, warp_crops
-from rapidpose.io import as_rgb
+from rapidpose.io import check_color, is_path, to_rgb
 from rapidpose.results import Poses
 from rapidpose.timing import no_timer
 
@@ -32,22 +32,38 @@ def _is_tensor(image) -> bool:
     return type(image).__module__.startswith("torch")
 
 
+def _label(image, index: int, names) -> str:
+    """How messages name an image: its given name, else its path, else its position."""
+    if names is not None:
+        return f"'{names[index]}'"
+    if is_path(image):
+        return f"'{image}'"
+    return f"image {index}"
+
+
 class PoseEstimator:
-    """Top-down ViTPose: `est(image)` for one RGB image, `est.predict(images, boxes)` for many.
+    """Top-down ViTPose: `est(image)` for one image, `est.predict(images, boxes)` for many.
+
+    An image is a numpy array (H, W, 3), RGB unless color='bgr' says it comes from OpenCV
+    (cv2.imread, cv2.VideoCapture); an image file's path (str or Path); or a PIL image. Gray, alpha,
+    16-bit and float images are converted.
 
     model: a hub name ('vitpose-b'), a checkpoint path, an exported .onnx/.xml file, a loaded ViTPose
     module, or a backend made already (rapidpose.runtime). keypoint_set: that of an exported file
     without rapidpose metadata ('coco', 'ap10k', ...).
     detector: None (boxes given, or the whole image), a detector name/path, or a callable
-    image -> (boxes, scores).
+    image -> (boxes, scores); it gets RGB images.
+    color: the channel order of numpy (and tensor) images, 'rgb' (the default) or 'bgr'; predict's
+    color= overrides it for one call. Paths and PIL images are always decoded as RGB.
     """
 
     def __init__(self, model="vitpose-b", detector=None, device: str = "cpu", flip_test: bool = False,
                  detector_threshold: float = 0.3, batch_size: int = 64, dataset_index: int = 0,
                  backend: str = "auto", precision: str = "auto", compile: bool = False,
-                 keypoint_set: str | None = None):
+                 keypoint_set: str | None = None, color: str = "rgb"):
         from rapidpose.runtime import make_runtime
 
+        self.color = check_color(color)  # before loading anything: a typo fails at once
         self.runtime = make_runtime(model, backend=backend, device=device, precision=precision,
                                     batch_size=batch_size, dataset_index=dataset_index, compile=compile,
                                     keypoint_set=keypoint_set)
@@ -75,25 +91,38 @@ class PoseEstimator:
         return load_detector(detector, device=device.split(":")[0] if device != "auto" else "cpu",
                              threshold=threshold)
 
-    def __call__(self, image: np.ndarray, boxes=None) -> Poses:
-        return self.predict([image], None if boxes is None else [boxes])[0]
+    def __call__(self, image, boxes=None, color: str | None = None, name: str | None = None) -> Poses:
+        return self.predict([image], None if boxes is None else [boxes], color=color,
+                            names=None if name is None else [name])[0]
 
-    def predict(self, images: Sequence[np.ndarray], boxes: Sequence | None = None,
-                return_heatmaps: bool = False) -> list[Poses]:
+    def predict(self, images: Sequence, boxes: Sequence | None = None, return_heatmaps: bool = False,
+                color: str | None = None, names: Sequence[str] | None = None) -> list[Poses]:
         """Poses for each image. boxes: per image an (N, 4) xyxy array (or (N, 5) with scores).
 
+        images: numpy arrays, image file paths or PIL images (see the class); color: 'rgb' or 'bgr',
+        the channel order of the numpy images of this call (default: the estimator's).
+        names: one label per image for the messages (such as the file each array was read from);
+        without it an image given as a path is named by its path, others as 'image i'.
         Without boxes the detector finds people; with neither, the whole image is one person.
         A bad image or box is reported (logged) and skipped: its Poses is empty, the rest go on.
-        On a GPU, images may also be (H, W, 3) RGB tensors already there (values 0..255, any dtype).
+        On a GPU, images may also be (H, W, 3) tensors already there (values 0..255, any dtype).
         """
+        color = self.color if color is None else check_color(color)
         if boxes is not None and len(boxes) != len(images):
             raise InputError(f"got {len(images)} images but {len(boxes)} box arrays: give one (N, 4) array per image")
+        if names is not None and (isinstance(names, str) or len(names) != len(images)):
+            raise InputError(f"got {len(images)} images but {1 if isinstance(names, str) else len(names)} "
+                             f"names: give one name per image (or none)")
         rgb, per_image_boxes, per_image_scores = [], [], []
         for i, image in enumerate(images):
+            label = _label(image, i, names)
             try:
-                img = image if self.on_gpu and _is_tensor(image) else as_rgb(image, f"image {i}")
+                if self.on_gpu and _is_tensor(image):
+                    img = image.flip(-1) if color == "bgr" and image.ndim == 3 else image
+                else:
+                    img = to_rgb(image, label, color)
                 with self.timer("detect"):
-                    b, s = self._boxes_for(img, None if boxes is None else boxes[i], i)
+                    b, s = self._boxes_for(img, None if boxes is None else boxes[i], label)
             except RapidPoseError as exc:
                 log.warning("skipped: %s", exc)
                 img, b, s = None, np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
@@ -208,10 +237,10 @@ class PoseEstimator:
         n = len(x)
         return (both[:n] + flip_back_torch(both[n:], self._flip_index)) * 0.5
 
-    def _boxes_for(self, image: np.ndarray, given, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _boxes_for(self, image: np.ndarray, given, label: str) -> tuple[np.ndarray, np.ndarray]:
         h, w = image.shape[:2]
         if given is None and self.detector is not None and _is_tensor(image):
-            raise InputError(f"image {index} is a tensor: the detector takes numpy images, so pass its boxes")
+            raise InputError(f"{label} is a tensor: the detector takes numpy images, so pass its boxes")
         if given is None and self.detector is not None:
             boxes, scores = self.detector(image)
         elif given is None:
@@ -225,6 +254,6 @@ class PoseEstimator:
         inside = (boxes[:, 2] > 0) & (boxes[:, 3] > 0) & (boxes[:, 0] < w) & (boxes[:, 1] < h)
         for j in np.flatnonzero(~(ok & inside)):
             why = "is empty or not finite" if not ok[j] else "lies outside the image"
-            log.warning("image %d: box %d %s %s: skipped", index, j, boxes[j].tolist(), why)
+            log.warning("%s: box %d %s %s: skipped", label, j, boxes[j].tolist(), why)
         keep = ok & inside
         return boxes[keep], np.asarray(scores, np.float32)[keep]

@@ -32,13 +32,12 @@ from rapidpose.io import chunked
 from rapidpose.results import Poses
 from rapidpose.video.smoothing import KeypointSmoother
 from rapidpose.video.sources import Frame, FrameSource, open_source
-from rapidpose.video.tracking import Tracker
+from rapidpose.video.tracking import TRACKER_OPTIONS, Tracker
 
 log = logging.getLogger("rapidpose")
 
 TRACKERS = ("bytetrack", "sort", "none")
 DECODERS = ("auto", "ffmpeg", "nvdec")  # auto: NVDEC where the frames go to a GPU and it can, else FFmpeg
-_LOW_SCORE = 0.1  # ByteTrack's second stage looks at detections down to this score
 # per detector: its host copies by (threshold, copies), its GPU version by device; loading them takes longer
 # than tracking a short clip
 _COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -226,8 +225,8 @@ def _draw_on_host(frames, poses, which=None) -> list:
 
 def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1, smooth: bool = False,
                  frames_per_batch: int | None = None, rotate: int = 0, oks_weight: float = 0.0,
-                 detector_workers: int | None = None, draw: bool = False,
-                 decoder: str = "auto") -> Iterator[tuple[Frame, Poses]]:
+                 detector_workers: int | None = None, draw: bool = False, decoder: str = "auto",
+                 tracker_options: dict | None = None) -> Iterator[tuple[Frame, Poses]]:
     """(Frame, Poses) for each frame of `source` (a FrameSource, or anything open_source takes).
 
     tracker: 'bytetrack', 'sort' or 'none'. detect_every: run the detector on every Nth frame
@@ -238,7 +237,12 @@ def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1,
     draw_poses): on the GPU where the frames are there (draws_on_device), else by cv2 on this thread.
     decoder: 'auto' decodes a video file on the GPU (NVDEC) where the frames go there and
     PyNvVideoCodec can decode it, else with FFmpeg on the CPU; 'ffmpeg' always on the CPU; 'nvdec' on
-    the GPU or fail. Frames that cannot be read come with an empty Poses and `frame.error` set.
+    the GPU or fail. tracker_options: settings of tracking.Tracker, by name (high_threshold 0.35,
+    low_threshold 0.1, new_track_threshold 0.35, match_iou 0.2, max_age 30 frames, min_hits 2 by
+    default); e.g. {"new_track_threshold": 0.5, "min_hits": 3} for fewer, surer tracks. With bytetrack
+    the detector is asked for boxes down to low_threshold; a box below the detector's own threshold is
+    kept only when it has a track id. Frames that cannot be read come with an empty Poses and
+    `frame.error` set.
     """
     if tracker not in TRACKERS:
         raise InputError(f"unknown tracker '{tracker}': use one of {', '.join(TRACKERS)}")
@@ -249,14 +253,14 @@ def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1,
     if detect_every > 1 and tracker == "none":
         raise InputError("--detect-every N > 1 needs a tracker to carry the boxes between detections: "
                          "use --track bytetrack or sort")
+    tracks = _make_tracker(tracker, oks_weight, tracker_options)
     src = source if isinstance(source, FrameSource) else open_source(source, rotate=rotate)
     if frames_per_batch is None:
         frames_per_batch = 1 if src.live else (gpu_batch(src.size) if est.on_gpu else 4)
-    tracks = None if tracker == "none" else Tracker(method=tracker, oks_weight=oks_weight)
     smoother = KeypointSmoother() if smooth else None
     threshold = getattr(est.detector, "threshold", 0.3)
     # ByteTrack matches low-score detections to existing tracks: ask the detector for them too
-    low = min(threshold, _LOW_SCORE) if tracker == "bytetrack" else threshold
+    low = min(threshold, tracks.low_threshold) if tracker == "bytetrack" else threshold
     stage = _make_stage(est, low, detector_workers)
     last_score: dict[int, float] = {}
     try:
@@ -270,6 +274,21 @@ def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1,
     finally:
         src.close()
         stage.close()
+
+
+def _make_tracker(tracker: str, oks_weight: float, options: dict | None) -> Tracker | None:
+    """The Tracker for `tracker` with these settings (tracking.TRACKER_OPTIONS), or None for 'none'."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(TRACKER_OPTIONS))
+    if unknown:
+        raise InputError(f"unknown tracker option{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}: "
+                         f"use {', '.join(TRACKER_OPTIONS)} (oks_weight is an argument of its own)")
+    if tracker == "none":
+        if options:
+            raise InputError(f"tracker options ({', '.join(sorted(options))}) need a tracker: use tracker "
+                             "'bytetrack' or 'sort', or leave the options out")
+        return None
+    return Tracker(method=tracker, oks_weight=oks_weight, **options)
 
 
 def gpu_batch(size) -> int:

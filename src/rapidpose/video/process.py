@@ -15,12 +15,12 @@ log = logging.getLogger("rapidpose")
 
 def process_video(est, source, out=None, json_path=None, jsonl_path=None, window=None, tracker="bytetrack",
                   detect_every=1, smooth=False, frames_per_batch=None, oks_weight=0.0, crf=23, preset="veryfast",
-                  header=None, encoders=None, decoder="auto") -> dict:
+                  header=None, encoders=None, decoder="auto", tracker_options=None) -> dict:
     """Track `source` (a FrameSource) with `est`, drawing into an mp4 (drawing_process.DrawnVideo) and
     writing JSON / JSONL as it goes; the files are closed on every way out. encoders: x264 encoders side
-    by side (VideoWriter); decoder: video.track_frames's. Returns frames, people, bad_frames, seconds,
-    frames_per_s, interrupted and closing_seconds (of seconds, those after the last frame: the mp4's
-    last segments, the JSON)."""
+    by side (VideoWriter); decoder and tracker_options: video.track_frames's. Returns frames, people,
+    bad_frames, seconds, frames_per_s, interrupted and closing_seconds (of seconds, those after the last
+    frame: the mp4's last segments, the JSON)."""
     from rapidpose.video.pipeline import draws_on_device, track_frames
     from rapidpose.video.records import FrameRecords, frame_record
 
@@ -42,7 +42,8 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
     on_device = (writer is not None or window is not None) and draws_on_device(est)  # drawn on the GPU
     try:
         for frame, poses in track_frames(est, source, tracker, detect_every, smooth, frames_per_batch,
-                                         oks_weight=oks_weight, draw=on_device, decoder=decoder):
+                                         oks_weight=oks_weight, draw=on_device, decoder=decoder,
+                                         tracker_options=tracker_options):
             if records.writing:
                 records.add(frame_record(frame.index, frame.time, poses, frame.error))
             frames += 1

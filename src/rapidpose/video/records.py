@@ -13,8 +13,14 @@ from rapidpose.results import Poses
 
 
 def frame_record(index: int, time: float, poses: Poses | None, error: str | None = None) -> dict:
-    """{"frame", "time", "people": [{"track_id", "box", "box_score", "keypoints"}]} (+ "error")."""
-    record = {"frame": int(index), "time": round(float(time), 4), "people": poses.to_list() if poses else []}
+    """{"frame", "time", "people": [{"box", "box_score", "keypoints", "track_id"}]} (+ "error"): each
+    person as `predict --json` writes one (Poses.to_list: keypoints [[x, y, score], ...]) plus their
+    track_id, -1 where none (not confirmed yet, or no tracker)."""
+    people = poses.to_list() if poses else []
+    if poses and poses.track_ids is None:  # --track none
+        for person in people:
+            person["track_id"] = -1
+    record = {"frame": int(index), "time": round(float(time), 4), "people": people}
     if error:
         record["error"] = error
     return record
@@ -23,8 +29,10 @@ def frame_record(index: int, time: float, poses: Poses | None, error: str | None
 class FrameRecords:
     """`add(record)` per frame; `close(summary)` ends the files. A context manager.
 
-    json_path gets {"source", "fps", "width", "height", "keypoint_names", "skeleton", ..., "frames": [...]};
-    jsonl_path gets one frame record per line.
+    json_path gets the header ({"source", "fps", "width", "height", "model", "tracker", "name",
+    "keypoint_names", "skeleton"}: the keys of `predict --json` where they mean the same), then
+    "frames": [...], then the summary ("frames_done", "interrupted", "error"); jsonl_path gets one frame
+    record per line.
     """
 
     def __init__(self, header: dict, json_path=None, jsonl_path=None):

@@ -12,8 +12,10 @@ read so far are kept and `source.error` says what happened.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
+import os
 import queue
 import re
 import threading
@@ -347,7 +349,8 @@ def _fewer_than(index: int, count: int) -> str | None:
 
 def _open_capture(target, kind: str, name: str, rotate: int, fps_override, read_ahead) -> FrameSource:
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, _OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, _OPEN_TIMEOUT_MS]
-    cap = cv2.VideoCapture(target, cv2.CAP_ANY, params)
+    with _opencv_quiet():
+        cap = cv2.VideoCapture(target, cv2.CAP_ANY, params)
     if not cap.isOpened():
         cap.release()
         what = {"camera": f"could not open camera {target}: it is missing, busy or not permitted; check the "
@@ -375,6 +378,28 @@ def _open_capture(target, kind: str, name: str, rotate: int, fps_override, read_
 
     source = FrameSource(name, kind, frames, fps, (w, h), None, rotate, read_ahead, cap.release)
     return source
+
+
+@contextlib.contextmanager
+def _opencv_quiet():
+    """Keep OpenCV's own lines off stderr while it opens a camera or stream: its log ('[ WARN:0@0.4] global
+    cap_v4l.cpp ... can't open camera by index', for each backend it tries) and that of the FFmpeg built
+    into it ('[tcp @ 0x...] Connection to tcp://... failed: Connection refused'). rapidpose says what went
+    wrong in a sentence of its own. With `rapidpose -v` (the 'rapidpose' logger at DEBUG) they pass.
+    OpenCV reads OPENCV_FFMPEG_LOGLEVEL once, when its FFmpeg first starts, so it is set (to FFmpeg's
+    quiet level, unless the user has set it) for the rest of the process: a dropped stream's decoding
+    errors stay quiet too, and `source.error` says where it stopped. PyAV, which decodes video files,
+    keeps FFmpeg quiet by default."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
 
 
 def _open_images(text: str, rotate: int, fps, read_ahead) -> FrameSource:
