@@ -4,6 +4,7 @@ import json
 
 import cv2
 import pytest
+import torch
 from conftest import ASSETS
 
 from rapidpose.cli import main
@@ -53,6 +54,17 @@ def test_bad_bench_requests_get_clear_errors(flags, message, capsys):
         main(["bench", "--device", "cpu", *flags])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bench_on_a_gpu_names_it_and_reports_its_memory(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", "random-s", "--device", "cuda", "--synthetic", "4", "--images", "4",
+                 "--repeats", "1", "--batch", "1", "8", "--seconds", "0", "--json", str(out)]) == 0
+    info = json.loads(out.read_text())
+    assert info["device_name"] == torch.cuda.get_device_name(0) and info["peak_memory_mb"] > 0
+    assert info["images"] == 4 and all(r["crops_per_s"] > 0 for r in info["throughput_by_batch"])
 
 
 def test_every_bench_option_says_its_default():

@@ -31,3 +31,9 @@ def require(module: str, extra: str):
         raise MissingDependencyError(
             f"'{module}' is needed for this but is not installed: run pip install 'rapidpose[{extra}]'"
         ) from exc
+
+
+def check_choice(what: str, value, choices) -> None:
+    """An InputError naming the bad `value` of `what` and the choices, unless value is one of them."""
+    if value not in choices:
+        raise InputError(f"unknown {what} '{value}': use one of {', '.join(map(str, choices))}")

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from rapidpose.deploy.export import FORMATS, default_stem, export_onnx, export_openvino
-from rapidpose.errors import InputError
+from rapidpose.errors import InputError, check_choice
 from rapidpose.runtime.metadata import read_metadata
 
 log = logging.getLogger("rapidpose")
@@ -41,8 +41,7 @@ def run_export(args) -> int:
     from rapidpose.model.weights import load_model
 
     fmt = args.format
-    if fmt not in FORMATS:
-        raise InputError(f"unknown export format '{fmt}': use one of {', '.join(sorted(FORMATS))}")
+    check_choice("export format", fmt, sorted(FORMATS))
     model = load_model(args.model, device="cpu", dataset_index=args.dataset_index)
     if args.output:
         output = Path(args.output).expanduser()

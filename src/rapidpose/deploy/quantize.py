@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from rapidpose.deploy.export import INPUT_NAME, OUTPUT_NAME, default_stem, export_onnx
-from rapidpose.errors import InputError, require
+from rapidpose.errors import InputError, check_choice, require
 from rapidpose.runtime.metadata import METADATA_SECTION, encode_metadata, read_metadata
 from rapidpose.topdown.geometry import boxes_to_center_scale, normalize_crops, udp_matrices, warp_crops
 
@@ -321,10 +321,8 @@ def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str =
     from rapidpose.io import expand_paths
     from rapidpose.runtime.onnx_runtime import OnnxRuntime
 
-    if fmt not in FORMATS:
-        raise InputError(f"unknown format '{fmt}': use one of {', '.join(FORMATS)}")
-    if scheme not in SCHEMES:
-        raise InputError(f"unknown scheme '{scheme}': use one of {', '.join(SCHEMES)}")
+    check_choice("format", fmt, FORMATS)
+    check_choice("scheme", scheme, SCHEMES)
     if images < 1:
         raise InputError(f"--images must be at least 1; got {images}")
     if not 0 <= seconds < float("inf"):  # NaN too

@@ -139,5 +139,5 @@ def device_name(device: str) -> str:
     if device.startswith("cuda"):
         import torch
 
-        return torch.cuda.getdevice_name(device)
+        return torch.cuda.get_device_name(device)
     return platform.processor() or platform.machine()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from rapidpose.errors import InputError
+from rapidpose.errors import InputError, check_choice
 from rapidpose.skeletons import skeleton_for
 from rapidpose.runtime.exported import ExportedRuntime
 from rapidpose.runtime.torch_runtime import TorchRuntime, resolve_device
@@ -42,8 +42,7 @@ def make_runtime(model, backend: str = "auto", device: str = "cpu", precision: s
     cannot compile, or an exported file, it is an InputError. `keypoint_set` names the keypoint set
     of an exported file that has no rapidpose metadata (see rapidpose.runtime.exported).
     """
-    if backend not in BACKENDS:
-        raise InputError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
+    check_choice("backend", backend, BACKENDS)
     if isinstance(model, (TorchRuntime, ExportedRuntime)):  # a backend made by the caller
         if compile and not isinstance(model, TorchRuntime):
             raise InputError(f"compile=True (--compile) asks for torch.compile, but the model given is a "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rapidpose.errors import CheckpointError, InputError, require
+from rapidpose.errors import CheckpointError, InputError, check_choice, require
 from rapidpose.runtime.exported import ExportedRuntime, describe
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -55,8 +55,7 @@ class OpenVinoRuntime(ExportedRuntime):
         if self.path.suffix.lower() == ".xml" and not self.path.with_suffix(".bin").is_file():
             raise CheckpointError(f"'{self.path}' has no weights file '{self.path.with_suffix('.bin').name}' "
                                   f"beside it: keep the .xml and .bin of an IR together")
-        if precision not in PRECISIONS:
-            raise InputError(f"unknown precision '{precision}': use one of {', '.join(PRECISIONS)}")
+        check_choice("precision", precision, PRECISIONS)
         if hint.upper() not in ("LATENCY", "THROUGHPUT"):
             raise InputError(f"unknown performance hint '{hint}': use LATENCY or THROUGHPUT")
         if batch_size < 1:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rapidpose.errors import InputError, require
+from rapidpose.errors import InputError, check_choice, require
 from rapidpose.skeletons import skeleton_for
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -35,8 +35,7 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision '{precision}': use one of {', '.join(PRECISIONS)}")
+    check_choice("precision", precision, PRECISIONS)
     if precision != "auto":
         return precision
     if device.startswith("cuda"):

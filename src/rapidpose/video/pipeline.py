@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from rapidpose.errors import InputError
+from rapidpose.errors import InputError, check_choice
 from rapidpose.io import chunked
 from rapidpose.results import Poses
 from rapidpose.video.smoothing import KeypointSmoother
@@ -244,10 +244,8 @@ def track_frames(est, source, tracker: str = "bytetrack", detect_every: int = 1,
     kept only when it has a track id. Frames that cannot be read come with an empty Poses and
     `frame.error` set.
     """
-    if tracker not in TRACKERS:
-        raise InputError(f"unknown tracker '{tracker}': use one of {', '.join(TRACKERS)}")
-    if decoder not in DECODERS:
-        raise InputError(f"unknown decoder '{decoder}': use one of {', '.join(DECODERS)}")
+    check_choice("tracker", tracker, TRACKERS)
+    check_choice("decoder", decoder, DECODERS)
     if detect_every < 1:
         raise InputError(f"--detect-every must be at least 1; got {detect_every}")
     if detect_every > 1 and tracker == "none":

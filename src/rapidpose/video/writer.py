@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rapidpose.errors import InputError
+from rapidpose.errors import InputError, check_choice
 
 log = logging.getLogger("rapidpose")
 
@@ -32,8 +32,7 @@ _BUFFER_BYTES = 1536 << 20  # frames waiting for the encoders, all segments toge
 
 
 def check_preset(preset: str) -> None:
-    if preset not in PRESETS:
-        raise InputError(f"unknown x264 preset '{preset}': use one of {', '.join(PRESETS)}")
+    check_choice("x264 preset", preset, PRESETS)
 
 
 class VideoWriter:
