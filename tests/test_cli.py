@@ -231,10 +231,16 @@ def test_without_an_output_option_a_table_of_people_per_image_is_printed(tiny_ch
     for row, path in zip(rows[1:], images):
         h, w = cv2.imread(str(path)).shape[:2]
         assert row == [str(path), f"{w}x{h}", "1"]  # --detector none: the whole image is one person
-    assert "no --json, --coco or --draw given" in caplog.text and "not written anywhere" in caplog.text
+    assert "no --json, --jsonl, --coco or --draw given" in caplog.text and "not written anywhere" in caplog.text
 
     # an output asked for: no table, no hint
-    caplog.clear()
-    assert main(["predict", str(COCO_MMPOSE), "--model", str(tiny_checkpoint), "--detector", "none",
-                 "--backend", "torch", "--coco", str(tmp_path / "coco.json")]) == 0
-    assert capsys.readouterr().out == "" and "no --json" not in caplog.text
+    for option, name in (("--coco", "coco.json"), ("--jsonl", "poses.jsonl")):
+        caplog.clear()
+        assert main(["predict", str(COCO_MMPOSE), "--model", str(tiny_checkpoint), "--detector", "none",
+                     "--backend", "torch", option, str(tmp_path / name)]) == 0
+        assert capsys.readouterr().out == "" and "no --json" not in caplog.text
+
+
+def test_no_images_named_at_all_is_an_error_before_anything_loads(tmp_path, caplog):
+    assert main(["predict", "--model", str(tmp_path / "absent.pth")]) == 2
+    assert "no images given" in caplog.text and "--list FILE" in caplog.text and "does not exist" not in caplog.text

@@ -1,7 +1,19 @@
-"""`rapidpose predict`: keypoints of the people in photos and folders, written as JSON, COCO results or drawings."""
+"""`rapidpose predict`: keypoints of the people in photos, folders and listings, written as each photo finishes.
+
+Outputs are written image by image, in input order, as each batch of images (--images-per-batch)
+finishes, so memory does not grow with the collection: --jsonl (one line per image, flushed), --json
+(a document streamed: header, entries, then "images_done", "interrupted", "error"), --coco (a streamed
+array), --draw. Ctrl-C closes every file (whole JSON, whole lines) and exits 130; an image that cannot
+be read keeps its entry with an "error" and the run goes on (exit 1).
+
+--resume continues the --jsonl file of an interrupted run: images with a good line there (matched by
+their path as written in "image") are skipped; lines with an "error", repeated lines of an image and a
+last line cut off mid-write are dropped, so those images are done again. The file then holds each
+image once: the earlier run's lines first, as they were, then the images still to do in input order.
+--json and --coco of a resumed run hold every image, in that same order.
+"""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -18,10 +30,18 @@ log = logging.getLogger("rapidpose")
 
 def add_predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="keypoints of the people in images or folders of images",
-                       description="Detect people, estimate their keypoints, write JSON / COCO / drawn images. "
-                                   "Without --json, --coco or --draw, a table of the people found in each image "
-                                   "is printed instead.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
+                       description="Detect people, estimate their keypoints, write JSON / JSON Lines / COCO / "
+                                   "drawn images, each image as soon as it is done, in input order. Without "
+                                   "--json, --jsonl, --coco or --draw, a table of the people found in each image "
+                                   "is printed instead. Ctrl-C closes the files (exit 130); an unreadable image "
+                                   "is kept with an \"error\" and the run goes on (exit 1).")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="image files, folders of images (searched below) or globs ('photos/*.jpg')")
+    p.add_argument("--list", action="append", metavar="FILE",
+                   help="a listing file: one image path per line, read after the PATHs; blank lines and lines "
+                        "starting with '#' are skipped, a relative path is relative to the listing file's "
+                        "folder, each line is one file (no globs or folders); may be given more than once "
+                        "(default: none)")
     add_network_options(p)
     p.add_argument("--detector", default="rtmdet-nano",
                    help="rtmdet-nano, yolox-nano, an .onnx path, or 'none' (whole image, or --boxes) "
@@ -39,24 +59,42 @@ def add_predict_parser(sub) -> None:
     p.add_argument("--batch-size", type=COUNT, default=64, metavar="N", help="crops per network batch (default 64)")
     p.add_argument("--images-per-batch", type=COUNT, default=16, metavar="N",
                    help="images whose people share a network batch (default 16)")
-    p.add_argument("--json", metavar="FILE", help="write all results to this JSON file (default: none)")
-    p.add_argument("--coco", metavar="FILE", help="write COCO keypoint results to this JSON file (default: none)")
+    p.add_argument("--json", metavar="FILE",
+                   help="write all results to this JSON file, streamed: each image's entry as it finishes, the "
+                        "document closed on every way out (default: none)")
+    p.add_argument("--jsonl", metavar="FILE",
+                   help="write one line per image (the entry --json has for it), in input order, flushed as "
+                        "each image finishes (default: none)")
+    p.add_argument("--resume", action="store_true",
+                   help="with --jsonl: continue the file of an interrupted run. Images it has a good line for "
+                        "(same path string) are skipped; lines with an \"error\" and a last line cut off "
+                        "mid-write are dropped and their images done again. The file ends with each image "
+                        "once: the earlier lines first, as they were, then the rest in input order; --json "
+                        "and --coco hold every image in that order (default: off)")
+    p.add_argument("--coco", metavar="FILE",
+                   help="write COCO keypoint results to this JSON file, streamed (default: none)")
     p.add_argument("--draw", metavar="DIR", help="write drawn images into this folder (default: none)")
     p.add_argument("--heatmaps", action="store_true",
                    help="with --draw, also write heatmap overlays (default: off)")
 
 
 def run_predict(args) -> int:
-    from rapidpose.io import chunked, expand_paths, load_boxes
+    from rapidpose.io import chunked, load_boxes
+    from rapidpose.photos.records import PhotoRecords, photo_record, scan_jsonl
+    from rapidpose.photos.sources import gather
     from rapidpose.topdown.estimator import PoseEstimator
 
-    paths = expand_paths(args.paths)  # before loading anything: a wrong path fails at once
+    _check_outputs(args)
+    paths = gather(args.paths, args.list or ())  # before loading anything: a wrong path fails at once
     box_table = load_boxes(args.boxes) if args.boxes else None
     if box_table is not None:
         _check_boxes_match(box_table, paths)
-    if not (args.json or args.coco or args.draw):
-        log.info("no --json, --coco or --draw given: the keypoints are not written anywhere; a table of the "
-                 "people found per image is printed at the end")
+    earlier = scan_jsonl(args.jsonl) if args.resume else None  # a file that is not predict's: stop here
+    todo = _still_to_do(paths, earlier)
+    writing = bool(args.json or args.jsonl or args.coco)
+    if not (writing or args.draw):
+        log.info("no --json, --jsonl, --coco or --draw given: the keypoints are not written anywhere; a table of "
+                 "the people found per image is printed at the end")
     if args.heatmaps and not args.draw:
         log.warning("--heatmaps draws heatmap overlays into the --draw folder: without --draw it does nothing")
     detector = "none" if box_table is not None else args.detector
@@ -67,53 +105,138 @@ def run_predict(args) -> int:
     if not paths:
         log.error("no images found in %s", " ".join(args.paths))
         return 1
+    if earlier is not None:
+        _check_same_keypoints(earlier, est.skeleton)
+        earlier.tidy()
     draw_dir = Path(args.draw) if args.draw else None
     if draw_dir:
         draw_dir.mkdir(parents=True, exist_ok=True)
 
-    entries, coco, failed, found = [], [], 0, 0
-    with progress(len(paths), "predict") as bar:
-        for chunk in chunked(enumerate(read_ahead(paths)), max(args.images_per_batch, 1)):
-            good = []
-            for index, (path, image) in chunk:
-                if isinstance(image, RapidPoseError):
-                    log.error("%s", image)
-                    failed += 1
-                    entries.append((index, {"image": str(path), "error": str(image), "people": []}))
-                else:
-                    good.append((index, path, image))
-            results = _predict_chunk(est, good, box_table, args)
-            for (index, path, image), poses in zip(good, results):
-                h, w = image.shape[:2]
-                entries.append((index, {"image": str(path), "width": w, "height": h, "people": poses.to_list()}))
-                coco.extend(poses.to_coco(coco_image_id(path, index)))
-                found += len(poses)
-                if draw_dir:
-                    _draw(image, poses, draw_dir / path.stem, args, est.input_size)
-            bar.update(len(chunk))
-            bar.set_postfix(people=found)
+    header = {"model": str(args.model), **est.skeleton.to_dict()}  # the header keys of video --json
+    records = PhotoRecords(header, args.json, args.jsonl, args.coco, append=earlier is not None)
+    rows = None if writing or draw_dir else []  # the table printed without outputs: a short row per image
+    done = failed = found = 0
+    interrupted, error = False, None
+    reader = read_ahead(path for _, path in todo)
+    try:
+        if earlier is not None and (args.json or args.coco):
+            _carry_earlier(records, args.jsonl, paths, est.skeleton, coco=bool(args.coco))
+        with progress(len(todo), "predict") as bar:
+            for chunk in chunked(zip(todo, reader), max(args.images_per_batch, 1)):
+                good = [(index, path, image) for (index, path), (_, image) in chunk
+                        if not isinstance(image, RapidPoseError)]
+                results = iter(_predict_chunk(est, good, box_table, args))
+                for (index, path), (_, image) in chunk:  # in input order, each as soon as its chunk is done
+                    if isinstance(image, RapidPoseError):
+                        log.error("%s", image)
+                        failed += 1
+                        entry, coco = photo_record(path, error=image), ()
+                    else:
+                        poses = next(results)
+                        found += len(poses)
+                        if draw_dir:  # before its line: a line on disk means the image is wholly done
+                            _draw(image, poses, draw_dir / path.stem, args, est.input_size)
+                        entry = photo_record(path, (image.shape[1], image.shape[0]), poses)
+                        coco = poses.to_coco(coco_image_id(path, index)) if args.coco else ()
+                    records.add(entry, coco)
+                    if rows is not None:
+                        rows.append(_row(entry))
+                    done += 1
+                    bar.update(1)
+                bar.set_postfix(people=found)
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("interrupted after %d of %d images: closing the outputs%s", done, len(todo),
+                    f" (continue with --resume: {args.jsonl})" if args.jsonl else "")
+    except BaseException as exc:
+        error = f"{exc}" if isinstance(exc, RapidPoseError) else f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        reader.close()  # the reading threads stop
+        records.close({"images_done": records.images, "interrupted": interrupted, "error": error})
 
-    entries = [entry for _, entry in sorted(entries, key=lambda pair: pair[0])]
-    if args.json:
-        doc = {"model": str(args.model), **est.skeleton.to_dict(), "images": entries}  # the header keys of video --json
-        Path(args.json).write_text(json.dumps(doc))
-    if args.coco:
-        Path(args.coco).write_text(json.dumps(coco))
-    if not (args.json or args.coco or args.draw):
-        print(_table(entries))
-    log.info("%d of %d images processed, %d people%s", len(paths) - failed, len(paths), found,
+    if rows is not None and not interrupted:
+        print(_table(rows))
+    log.info("%d of %d images processed, %d people%s", done - failed, len(todo), found,
              f"; {failed} failed (see messages above)" if failed else "")
+    if interrupted:
+        return 130
     return 1 if failed else 0
 
 
-def _table(entries) -> str:
+def _check_outputs(args) -> None:
+    """--resume needs --jsonl; no two outputs may be one file (each would overwrite the other)."""
+    from rapidpose.errors import InputError
+
+    if args.resume and not args.jsonl:
+        raise InputError("--resume continues the --jsonl file of an interrupted run: give --jsonl FILE too")
+    named = [(option, Path(value).resolve()) for option, value in
+             (("--json", args.json), ("--jsonl", args.jsonl), ("--coco", args.coco)) if value]
+    for i, (first, a) in enumerate(named):
+        for second, b in named[i + 1:]:
+            if a == b:
+                raise InputError(f"{first} and {second} name the same file '{a}': give each output its own file")
+
+
+def _still_to_do(paths, earlier) -> list[tuple[int, Path]]:
+    """(position among the inputs, path) of the images to process: all of them, or under --resume those
+    without a good line in the JSON Lines file (each image once: matched by its path as written)."""
+    if earlier is None:
+        return list(enumerate(paths))
+    seen, todo = set(earlier.done), []
+    for index, path in enumerate(paths):
+        if str(path) not in seen:
+            seen.add(str(path))
+            todo.append((index, path))
+    log.info("resuming '%s': %d of the %d images are done, %d to go%s", earlier.path, len(paths) - len(todo),
+             len(paths), len(todo), _dropped(earlier))
+    return todo
+
+
+def _dropped(earlier) -> str:
+    said = [f"{n} line{'s' if n > 1 else ''} {what}" for n, what in (
+        (earlier.errors, "with an error (tried again)"), (earlier.repeats, "repeating an image"),
+        (earlier.blanks, "left blank")) if n]
+    if earlier.unfinished:
+        said.append("the last line, cut off (done again)")
+    return f"; dropped from the file: {', '.join(said)}" if said else ""
+
+
+def _check_same_keypoints(earlier, skeleton) -> None:
+    from rapidpose.errors import InputError
+
+    if earlier.keypoints is not None and earlier.keypoints != skeleton.num_keypoints:
+        raise InputError(f"the people in '{earlier.path}' have {earlier.keypoints} keypoints, this model's "
+                         f"{skeleton.num_keypoints} ({skeleton.name}): resume with the model of the earlier run, "
+                         f"or write to a new --jsonl file")
+
+
+def _carry_earlier(records, jsonl, paths, skeleton, coco: bool) -> None:
+    """Under --resume, the --json document and the --coco results hold the images of the earlier run
+    too (first, as the JSON Lines file has them). Their COCO results are made from their lines."""
+    from rapidpose.photos.records import poses_from_record, read_jsonl
+
+    position = {str(p): i for i, p in enumerate(paths)} if coco else {}
+    extra = len(paths)  # an image no longer among the inputs: a position after them
+    for entry in read_jsonl(jsonl):
+        results = ()
+        if coco:
+            index = position.get(entry["image"])
+            if index is None:
+                index, extra = extra, extra + 1
+            results = poses_from_record(entry, skeleton).to_coco(coco_image_id(entry["image"], index))
+        records.add(entry, results, earlier=True)
+
+
+def _row(entry) -> tuple[str, str, str]:
+    if "error" in entry:
+        return entry["image"], "unreadable", "-"
+    return entry["image"], f"{entry['width']}x{entry['height']}", str(len(entry["people"]))
+
+
+def _table(rows) -> str:
     """One line per image: its path, size and how many people were found (a plain, aligned table)."""
-    rows = [("image", "size", "people")]
-    for entry in entries:
-        if "error" in entry:
-            rows.append((entry["image"], "unreadable", "-"))
-        else:
-            rows.append((entry["image"], f"{entry['width']}x{entry['height']}", str(len(entry["people"]))))
+    rows = [("image", "size", "people"), *rows]
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     return "\n".join(f"{image:<{widths[0]}}  {size:<{widths[1]}}  {people:>6}" for image, size, people in rows)
 
