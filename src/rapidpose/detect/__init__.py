@@ -1,10 +1,14 @@
 """Person detectors behind one protocol: `boxes, scores = detector(rgb_image)`.
 
 `load_detector` takes a hub name (downloaded once into the cache) or a local .onnx file, which is
-recognised as RTMDet or YOLOX by its input and output names.
+recognised as RTMDet or YOLOX by its input and output names. `load_batched_detector` gives the same
+boxes for many photos at once, `detector.detect_batch(images)`: the ONNX graph run by torch on a GPU
+(one batch of mixed sizes per call), copies of the onnxruntime session in parallel on CPUs.
 """
 from __future__ import annotations
 
+import copy
+import logging
 import zipfile
 from pathlib import Path
 
@@ -14,7 +18,10 @@ from rapidpose.detect.base import Detector, onnx_session
 from rapidpose.detect.rtmdet import RTMDet
 from rapidpose.detect.yolox import YOLOX
 
-__all__ = ["Detector", "load_detector", "RTMDet", "YOLOX", "KNOWN_DETECTORS"]
+__all__ = ["Detector", "load_detector", "load_batched_detector", "RTMDet", "YOLOX", "KNOWN_DETECTORS"]
+
+log = logging.getLogger("rapidpose")
+ENGINES = ("auto", "torch", "onnxruntime")
 
 # name -> (url, cached filename)
 KNOWN_DETECTORS = {
@@ -84,3 +91,53 @@ def load_detector(name_or_path, device: str = "cpu", threshold: float = 0.3, thr
     raise CheckpointError(f"{path} is neither an RTMDet (input -> dets, labels) nor a YOLOX (images -> output) "
                           f"ONNX detector: its inputs are {inputs}, outputs {outputs}. Pass one of those, "
                           f"or a known name: {', '.join(KNOWN_DETECTORS)}.")
+
+
+def load_batched_detector(name_or_path, device: str = "cpu", threshold: float | None = None, engine: str = "auto",
+                          workers: int | None = None):
+    """A detector for many photos at once: `detector.detect_batch(images)` -> per image (boxes, scores),
+    the boxes `load_detector(name_or_path)(image)` gives for each (same contract), images RGB uint8 of
+    any sizes.
+
+    name_or_path: as load_detector's, or a Detector already loaded (its threshold is kept unless
+    threshold is given). engine: 'torch' runs the ONNX graph through PyTorch on `device` in batches
+    (batched.TorchDetector: RTMDet and YOLOX); 'onnxruntime' runs copies of the ONNX session in
+    parallel (batched.ParallelDetector, `workers` of them: default one per 4 cores, at most 8);
+    'auto' (the default): torch on a CUDA device, onnxruntime elsewhere (on CPUs the small detectors
+    run faster in onnxruntime). A graph the torch runner cannot run falls back to onnxruntime, logged.
+    """
+    from rapidpose.errors import check_choice
+
+    check_choice("detector engine", engine, ENGINES)
+    device = str(device)
+    if isinstance(name_or_path, Detector):
+        detector = name_or_path
+        if threshold is not None:  # a copy with this threshold (the session is shared)
+            detector = copy.copy(detector)
+            detector.threshold = float(threshold)
+    else:
+        detector = load_detector(name_or_path, device="cpu" if engine != "onnxruntime" else device,
+                                 threshold=0.3 if threshold is None else threshold)
+    if engine == "auto":
+        engine = "torch" if device.startswith("cuda") else "onnxruntime"
+    if engine == "torch":
+        try:
+            if isinstance(detector, RTMDet):
+                from rapidpose.detect.rtmdet_torch import BatchedRTMDet
+
+                return BatchedRTMDet(detector, device)
+            if isinstance(detector, YOLOX):
+                from rapidpose.detect.yolox_torch import BatchedYOLOX
+
+                return BatchedYOLOX(detector, device)
+            why = f"{type(detector).__name__} has no torch version"
+        except CheckpointError as exc:
+            why = str(exc)
+        log.warning("detector %s runs on onnxruntime image by image, not in torch batches on %s: %s",
+                    getattr(detector, "path", detector), device, why)
+        if device.startswith("cuda") and hasattr(detector, "path"):  # its session on the GPU where it can be
+            detector = copy.copy(detector)
+            detector.session = onnx_session(detector.path, device)
+    from rapidpose.detect.batched import ParallelDetector
+
+    return ParallelDetector(detector, workers=workers, device=device)

@@ -1,9 +1,10 @@
 """A convolutional ONNX graph run by PyTorch: the part of an exported detector that the GPU should run.
 
-Detectors come as ONNX files (mmdeploy's RTMDet, with its NMS inside and a batch of one). On a GPU
-machine without onnxruntime-gpu, and for batches of frames, `OnnxConvNet` runs the graph's layers from
-the input up to chosen tensors (a detector's raw head outputs) with torch functions and the file's own
-weights, so decoding and NMS can be done batched outside. Only the operators such networks use are
+Detectors come as ONNX files (mmdeploy's RTMDet, with its NMS inside and a batch of one; YOLOX, its
+head output reshaped for a batch of one). On a GPU machine without onnxruntime-gpu, and for batches of
+frames or photos, `OnnxConvNet` runs the graph's layers from the input up to chosen tensors (a
+detector's raw head outputs) with torch functions and the file's own weights, so decoding and NMS can
+be done batched outside. Only the operators such networks use are
 implemented; anything else is a clear error naming the operator.
 """
 from __future__ import annotations
@@ -52,6 +53,28 @@ def _static_resize(node, attrs, constant) -> tuple[list[str], dict]:
     return node.input[:1], {"factors": [float(v) for v in scales[2:]]}
 
 
+def _slice(x, *, index, **_):
+    return x[index]
+
+
+def _static_slice(node, constant) -> tuple[list[str], dict]:
+    """Slice by constant starts/ends/axes/steps (YOLOX's space-to-depth "Focus" stem), read once here."""
+    try:
+        args = [None if not name else constant(name) for name in node.input[1:]]
+    except KeyError:
+        raise CheckpointError(f"Slice {node.name} by computed bounds is not supported (only constant ones)") from None
+    starts, ends, axes, steps = (args + [None] * 4)[:4]
+    axes = list(range(len(starts))) if axes is None else [int(a) for a in axes]
+    steps = [1] * len(starts) if steps is None else steps
+    if min(axes) < 0:
+        raise CheckpointError(f"Slice {node.name} on negative axes {axes} is not supported")
+    index = [slice(None)] * (max(axes) + 1)
+    big = 2 ** 62  # ONNX writes "to the end" as INT64_MAX; a Python slice takes any large bound
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        index[axis] = slice(int(np.clip(start, -big, big)), int(np.clip(end, -big, big)), int(step))
+    return node.input[:1], {"index": tuple(index)}
+
+
 _OPS = {
     "Conv": _conv,
     "Add": lambda a, b, **_: a + b,
@@ -64,6 +87,7 @@ _OPS = {
     "MaxPool": _max_pool,
     "Resize": _resize,
     "Identity": lambda x, **_: x,
+    "Slice": _slice,
 }
 
 
@@ -107,6 +131,8 @@ class OnnxConvNet(torch.nn.Module):
                                       f"by the PyTorch runner; run this model with onnxruntime instead")
             if node.op_type == "Resize":
                 inputs, attrs = _static_resize(node, attrs, constant)
+            elif node.op_type == "Slice":
+                inputs, attrs = _static_slice(node, constant)
             self._steps.append((_OPS[node.op_type], inputs, list(node.output), attrs))
         used = {name for _, inputs, _, _ in self._steps for name in inputs}
         self._buffers_by_name = {}
