@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import re
+import struct
 from pathlib import Path
 
 import cv2
@@ -95,22 +96,152 @@ def _jpeg_truncated(data: bytes) -> bool:
 
 
 def read_image(path) -> np.ndarray:
-    """An RGB uint8 image from a file, whatever its depth and channels."""
+    """An RGB uint8 image from a file, whatever its depth and channels, turned upright as its EXIF
+    orientation says (as photo viewers show it)."""
+    path = Path(path)
+    return decode_image(image_bytes(path), path)
+
+
+def image_bytes(path) -> bytes:
+    """An image file's bytes, undecoded; an InputError naming the file when there are none to read."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"'{path}' does not exist")
     if path.is_dir():
         raise InputError(f"'{path}' is a folder, not an image")
-    data = path.read_bytes()
+    try:
+        return path.read_bytes()
+    except OSError as exc:  # unreadable: permissions, a broken network share, a file gone meanwhile
+        raise InputError(f"'{path}' could not be read: {exc.strerror or exc}") from None
+
+
+def decode_image(data: bytes, name="image") -> np.ndarray:
+    """An image file's bytes -> RGB uint8 (H, W, 3), exactly as read_image reads that file (`name` is
+    what error messages call it).
+
+    OpenCV decodes with IMREAD_UNCHANGED (any depth, any channels; as_rgb converts), which ignores EXIF
+    orientation; the orientation is then applied here for JPEG, PNG and WebP, as viewers and
+    PIL.ImageOps.exif_transpose do. OpenCV's TIFF decoder turns TIFFs itself, whatever the flags."""
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if image is None and _jpeg_truncated(data):
-        raise InputError(f"'{path}' is a truncated JPEG (the file ends early) and could not be decoded: "
+        raise InputError(f"'{name}' is a truncated JPEG (the file ends early) and could not be decoded: "
                          f"copy or export it again")
     if image is None:
-        raise InputError(f"'{path}' could not be decoded as an image (empty, corrupt or not an image file)")
+        raise InputError(f"'{name}' could not be decoded as an image (empty, corrupt or not an image file)")
     if image.ndim == 3:  # OpenCV decodes BGR(A); convert once here
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    return as_rgb(image, f"'{path}'")
+    image = as_rgb(image, f"'{name}'")
+    if data[:4] in _TIFF_SIGNATURES:  # TIFF: already turned by OpenCV's decoder
+        return image
+    return upright(image, exif_orientation(data))
+
+
+# (rows, columns) flips after an optional transpose that show a stored image as the EXIF orientation
+# tag (1-8, TIFF's Orientation) asks: 2 mirrored, 3 turned 180 degrees, 4 flipped, 5 transposed,
+# 6 turned 90 degrees clockwise, 7 transversed, 8 turned 90 degrees anticlockwise
+_ORIENTATIONS = {1: (False, False, False), 2: (False, False, True), 3: (False, True, True), 4: (False, True, False),
+                 5: (True, False, False), 6: (True, False, True), 7: (True, True, True), 8: (True, True, False)}
+
+
+def upright(image: np.ndarray, orientation: int) -> np.ndarray:
+    """`image` as stored -> as shown, for an EXIF orientation tag (1-8; anything else leaves it)."""
+    transpose, flip_rows, flip_columns = _ORIENTATIONS.get(orientation, (False, False, False))
+    if transpose:
+        image = image.swapaxes(0, 1)
+    if flip_rows:
+        image = image[::-1]
+    if flip_columns:
+        image = image[:, ::-1]
+    return np.ascontiguousarray(image)
+
+
+def exif_orientation(data) -> int:
+    """The EXIF orientation tag (1-8) of an image file's bytes: JPEG (APP1 'Exif'), PNG (eXIf), WebP
+    (EXIF chunk) or TIFF (its first directory); 1 when there is none or it cannot be parsed."""
+    view = memoryview(data).cast("B")
+    head = bytes(view[:12])
+    try:
+        if head[:2] == b"\xff\xd8":
+            return _jpeg_orientation(view)
+        if head[:8] == b"\x89PNG\r\n\x1a\n":
+            return _png_orientation(view)
+        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            return _webp_orientation(view)
+        if head[:4] in _TIFF_SIGNATURES:
+            return _tiff_orientation(view)
+    except (struct.error, IndexError, ValueError):
+        pass
+    return 1
+
+
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")
+
+
+def _jpeg_orientation(data: memoryview) -> int:
+    """The first APP1 'Exif' segment before the image data (as libjpeg-based readers and PIL take it)."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return 1  # not a marker: corrupt, or a layout this does not follow
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan, end of image: no EXIF came before
+            return 1
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if marker == 0xE1 and bytes(data[pos + 4: pos + 10]) == b"Exif\x00\x00":
+            return _tiff_orientation(data[pos + 10: pos + 2 + length])
+        pos += 2 + length
+    return 1
+
+
+def _png_orientation(data: memoryview) -> int:
+    """The eXIf chunk, wherever it is (PIL reads one after the image data too)."""
+    pos = 8
+    while pos + 8 <= len(data):  # chunks: length (big-endian), type, data, CRC
+        (size,) = struct.unpack_from(">I", data, pos)
+        kind = bytes(data[pos + 4: pos + 8])
+        if kind == b"eXIf":
+            return _tiff_orientation(_without_exif_header(data[pos + 8: pos + 8 + size]))
+        if kind == b"IEND":
+            return 1
+        pos += 12 + size
+    return 1
+
+
+def _webp_orientation(data: memoryview) -> int:
+    pos = 12
+    while pos + 8 <= len(data):  # RIFF chunks: type, length (little-endian), data padded to even
+        kind = bytes(data[pos: pos + 4])
+        (size,) = struct.unpack_from("<I", data, pos + 4)
+        if kind == b"EXIF":
+            return _tiff_orientation(_without_exif_header(data[pos + 8: pos + 8 + size]))
+        pos += 8 + size + (size & 1)
+    return 1
+
+
+def _without_exif_header(block: memoryview) -> memoryview:
+    return block[6:] if bytes(block[:6]) == b"Exif\x00\x00" else block  # some writers keep JPEG's header
+
+
+def _tiff_orientation(tiff: memoryview) -> int:
+    """Tag 0x0112 of a TIFF structure's first directory (EXIF's IFD0)."""
+    order = {b"II": "<", b"MM": ">"}.get(bytes(tiff[:2]))
+    if order is None or len(tiff) < 8:
+        return 1
+    (directory,) = struct.unpack_from(order + "I", tiff, 4)
+    (count,) = struct.unpack_from(order + "H", tiff, directory)
+    for entry in range(directory + 2, min(directory + 2 + 12 * count, len(tiff) - 11), 12):
+        tag, kind = struct.unpack_from(order + "HH", tiff, entry)
+        if tag == 0x0112:
+            value = {3: "H", 4: "I", 1: "B", 7: "B"}.get(kind)  # SHORT as written; LONG, BYTE seen too
+            orientation = struct.unpack_from(order + value, tiff, entry + 8)[0] if value else 1
+            return orientation if 1 <= orientation <= 8 else 1
+    return 1
 
 
 def expand_paths(paths) -> list[Path]:

@@ -5,4 +5,6 @@
 - `records.py`: the outputs, written as each image finishes: a streamed JSON document, JSON Lines (one
   image per line, flushed), a streamed COCO results array; reading a JSON Lines file back to resume an
   interrupted run.
+- `decode.py`: decoding off the critical path: a pool of worker processes (file bytes in, RGB arrays
+  out, in input order, EXIF orientation applied) and nvImageCodec's JPEG decoding on the GPU.
 """
