@@ -316,3 +316,41 @@ def test_the_writers_make_valid_json_at_every_close(tmp_path):
     records.add({"image": "a.jpg", "width": 1, "height": 1, "people": []})
     records.close({"images_done": 1})
     assert json.loads((tmp_path / "p.json").read_text())["images_done"] == 1
+
+
+def test_the_gpu_path_detects_in_batches_and_decodes_in_processes(tiny_checkpoint, tmp_path, monkeypatch):
+    """Where the network runs on a GPU, predict decodes in worker processes and detects all photos of
+    a chunk at once. Driven on the CPU (a runtime that says it is on a GPU): the same people and
+    keypoints as the host path, and the batched detector and the pool were the ones used."""
+    from rapidpose.detect import batched as batched_module
+    from rapidpose.photos import decode as decode_module
+    from rapidpose.topdown.estimator import PoseEstimator
+
+    args = ["predict", str(COCO_MMPOSE), "--model", str(tiny_checkpoint), "--detector", str(RTMDET),
+            "--device", "cpu", "--backend", "torch", "--precision", "fp32"]
+    assert main(args + ["--jsonl", str(tmp_path / "host.jsonl")]) == 0
+    original_init, used = PoseEstimator.__init__, []
+
+    def on_gpu(self, *a, **k):
+        original_init(self, *a, **k)
+        self.on_gpu = True  # the device path, on CPU tensors
+
+    monkeypatch.setattr(PoseEstimator, "__init__", on_gpu)
+    for cls, method in ((decode_module.DecodePool, "map"), (batched_module.ParallelDetector, "detect_batch")):
+        original = getattr(cls, method)
+
+        def spy(self, *a, _original=original, _name=f"{cls.__name__}.{method}", **k):
+            used.append(_name)
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(cls, method, spy)
+    assert main(args + ["--jsonl", str(tmp_path / "device.jsonl")]) == 0
+    assert "DecodePool.map" in used and "ParallelDetector.detect_batch" in used
+    host = [json.loads(line) for line in (tmp_path / "host.jsonl").read_text().splitlines()]
+    device = [json.loads(line) for line in (tmp_path / "device.jsonl").read_text().splitlines()]
+    assert [h["image"] for h in host] == [d["image"] for d in device]
+    for h, d in zip(host, device):
+        assert [p["box"] for p in h["people"]] == [p["box"] for p in d["people"]]
+        for a, b in zip(h["people"], d["people"]):  # random weights: flat maps, near-ties may move a point
+            close = [abs(x[0] - y[0]) < 0.5 and abs(x[1] - y[1]) < 0.5 for x, y in zip(a["keypoints"], b["keypoints"])]
+            assert sum(close) >= 0.8 * len(close)

@@ -119,7 +119,7 @@ def run_predict(args) -> int:
     rows = None if writing or draw_dir else []  # the table printed without outputs: a short row per image
     done = failed = found = 0
     interrupted, error = False, None
-    reader = read_ahead(path for _, path in todo)
+    reader, pool = _reader(est, (path for _, path in todo))
     try:
         if earlier is not None and (args.json or args.coco):
             _carry_earlier(records, args.jsonl, paths, est.skeleton, coco=bool(args.coco))
@@ -154,7 +154,9 @@ def run_predict(args) -> int:
         error = f"{exc}" if isinstance(exc, RapidPoseError) else f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        reader.close()  # the reading threads stop
+        reader.close()  # the reading threads or processes stop
+        if pool is not None:
+            pool.close()
         records.close({"images_done": records.images, "interrupted": interrupted, "error": error})
 
     if rows is not None and not interrupted:
@@ -256,6 +258,18 @@ def _check_boxes_match(box_table, paths) -> None:
         log.warning("%d of the %d input images have no entry in boxes file '%s', so nobody is looked for "
                     "in them: %s", len(lonely_images), len(paths), box_table.source,
                     name_a_few([str(p) for p in lonely_images]))
+
+
+def _reader(est, paths):
+    """(path, image or error) in input order, read ahead. Where the network runs on a GPU, decoding is
+    the host's main work: worker processes do it (photos.decode.DecodePool), out of this process's
+    GIL; on CPUs the network needs the cores, and threads that decode while it runs do as well."""
+    if not est.on_gpu:
+        return read_ahead(paths), None
+    from rapidpose.photos.decode import DecodePool
+
+    pool = DecodePool(window=64)
+    return pool.map(paths), pool
 
 
 def _batched_detector(est, args):
