@@ -1,4 +1,4 @@
-"""PoseEstimator: detect -> crop -> one network batch for all people of all images -> decode."""
+"""PoseEstimator: detect -> crop -> network batches shared by the people of all images -> decode."""
 from __future__ import annotations
 
 import logging
@@ -39,6 +39,27 @@ def _label(image, index: int, names) -> str:
     if is_path(image):
         return f"'{image}'"
     return f"image {index}"
+
+
+def _crop_chunks(images, per_image_matrices, size: int, total: int):
+    """(start, [(image, matrices), ...]) for each run of `size` consecutive people of all images
+    (the last one shorter): start is its first person's index over all images. Without any people,
+    one empty chunk, so that the network still tells the heatmaps' shape."""
+    if total == 0:
+        yield 0, []
+        return
+    parts, filled, start = [], 0, 0
+    for image, matrices in zip(images, per_image_matrices):
+        at = 0
+        while at < len(matrices):
+            take = min(size - filled, len(matrices) - at)
+            parts.append((image, matrices[at:at + take]))
+            filled, at = filled + take, at + take
+            if filled == size:
+                yield start, parts
+                parts, start, filled = [], start + size, 0
+    if parts:
+        yield start, parts
 
 
 class PoseEstimator:
@@ -105,6 +126,10 @@ class PoseEstimator:
         without it an image given as a path is named by its path, others as 'image i'.
         Without boxes the detector finds people; with neither, the whole image is one person.
         A bad image or box is reported (logged) and skipped: its Poses is empty, the rest go on.
+        People go through the network in batches of batch_size, across images; on the CPU each
+        batch is cropped and decoded on its own, so memory is bounded by the batch, not by the number
+        of people. return_heatmaps=True keeps every person's heatmaps (K x 64 x 48 float32, 209 KB
+        for 17 keypoints): with it, memory does grow with the number of people.
         On a GPU, images may also be (H, W, 3) tensors already there (values 0..255, any dtype).
         """
         color = self.color if color is None else check_color(color)
@@ -138,15 +163,7 @@ class PoseEstimator:
         if self.on_gpu:
             keypoints, scores, heatmaps = self._run_on_gpu(rgb, per_image_matrices, center, scale, return_heatmaps)
         else:
-            with self.timer("crop"):
-                crops = [warp_crops(img, m, self.input_size) for img, m in zip(rgb, per_image_matrices) if len(m)]
-                crops = (np.concatenate(crops) if crops
-                         else np.zeros((0, self.input_size[1], self.input_size[0], 3), np.uint8))
-                x = normalize_crops(crops)
-            with self.timer("network"):
-                heatmaps = self._heatmaps(x)
-            with self.timer("decode"):
-                keypoints, scores = _decode_on_cpu(heatmaps, center, scale)
+            keypoints, scores, heatmaps = self._run_on_cpu(rgb, per_image_matrices, center, scale, return_heatmaps)
 
         results, start = [], 0
         for n, b, s in zip(counts, per_image_boxes, per_image_scores):
@@ -171,6 +188,36 @@ class PoseEstimator:
         both = self.runtime(np.concatenate([x, x[..., ::-1]]))  # originals and mirrors in one batch
         n = len(x)
         return (both[:n] + flip_back(both[n:], self._flip_index)) * 0.5
+
+    def _run_on_cpu(self, images, per_image_matrices, center, scale, keep_heatmaps: bool):
+        """Crop, normalise, run and decode one network batch of people at a time. A chunk may take
+        the people of several images, and an image's people may fill several chunks; only keypoints
+        and scores outlive their chunk, so memory grows with the batch, not with the number of people.
+        Kept heatmaps (keep_heatmaps) are the exception: 209 KB a person for 17 keypoints."""
+        total = len(center)
+        keypoints = scores = heatmaps = None
+        for start, parts in _crop_chunks(images, per_image_matrices, self.runtime.batch_size, total):
+            with self.timer("crop"):
+                crops = [warp_crops(img, m, self.input_size) for img, m in parts]
+                if len(crops) != 1:  # several images' people (or none at all)
+                    crops = [np.concatenate(crops) if crops
+                             else np.zeros((0, self.input_size[1], self.input_size[0], 3), np.uint8)]
+                x = normalize_crops(crops.pop())  # pop: the uint8 crops go as soon as x is made
+            with self.timer("network"):
+                maps = self._heatmaps(x)
+                del x
+            stop = start + len(maps)
+            with self.timer("decode"):
+                k, s = _decode_on_cpu(maps, center[start:stop], scale[start:stop])
+                if keypoints is None:  # the first chunk tells the keypoint count and the map size
+                    keypoints = np.empty((total, *k.shape[1:]), k.dtype)
+                    scores = np.empty((total, *s.shape[1:]), s.dtype)
+                    if keep_heatmaps:
+                        heatmaps = np.empty((total, *maps.shape[1:]), maps.dtype)
+                keypoints[start:stop], scores[start:stop] = k, s
+                if keep_heatmaps:
+                    heatmaps[start:stop] = maps
+        return keypoints, scores, heatmaps
 
     def _run_on_gpu(self, images, per_image_matrices, center, scale, keep_heatmaps: bool):
         """Each image's region that its crops read goes to the GPU once; crops and heatmaps stay
