@@ -1,4 +1,4 @@
-"""`rapidpose bench`: where the time goes, stage by stage, and network throughput against batch size."""
+"""Speed: where the time goes, stage by stage, and network throughput against batch size (`rapidpose bench` prints it)."""
 from __future__ import annotations
 
 import platform
