@@ -8,10 +8,13 @@ import pytest
 from conftest import ASSETS, RTMDET
 
 import rapidpose.cli.predict as predict_module
+import rapidpose.io as io_module
+import rapidpose.photos.pipeline as pipeline_module
 from rapidpose.cli import main
 from rapidpose.errors import InputError, RapidPoseError
 from rapidpose.photos.records import JsonLines, JsonStream, PhotoRecords, scan_jsonl
 from rapidpose.photos.sources import gather, read_list
+from rapidpose.topdown.estimator import PoseEstimator
 
 COCO_MMPOSE = ASSETS / "images" / "coco-mmpose"
 COCO_MINI = ASSETS / "images" / "coco-mini" / "images"
@@ -39,29 +42,33 @@ def photos(tmp_path):
 
 
 def stop_reading_after(monkeypatch, n):
-    """Ctrl-C while the (n+1)th image is fetched: n images go through first (with --images-per-batch 1)."""
-    original = predict_module.read_ahead
+    """Ctrl-C in the main thread when the (n+1)th image's result is awaited: n images are written first."""
+    original = pipeline_module.predict_photos
 
-    def stopping(paths, *args, **kwargs):
-        for count, item in enumerate(original(paths, *args, **kwargs)):
-            if count == n:
-                raise KeyboardInterrupt
-            yield item
+    def stopping(*args, **kwargs):
+        results = original(*args, **kwargs)
+        try:
+            for count, result in enumerate(results):
+                if count == n:
+                    raise KeyboardInterrupt
+                yield result
+        finally:
+            results.close()
 
-    monkeypatch.setattr(predict_module, "read_ahead", stopping)
+    monkeypatch.setattr(pipeline_module, "predict_photos", stopping)
 
 
 def count_reads(monkeypatch):
     """The names of the images the run reads, as they come out of the reading threads."""
     reads = []
-    original = predict_module.read_ahead
+    original = io_module.read_ahead
 
     def counting(paths, *args, **kwargs):
         for path, image in original(paths, *args, **kwargs):
             reads.append(path.name)
             yield path, image
 
-    monkeypatch.setattr(predict_module, "read_ahead", counting)
+    monkeypatch.setattr(io_module, "read_ahead", counting)
     return reads
 
 
@@ -86,13 +93,13 @@ def test_jsonl_lines_are_the_json_documents_images(tiny_checkpoint, tmp_path):
 
 def test_outputs_are_on_disk_while_the_run_goes(tiny_checkpoint, tmp_path, monkeypatch):
     js, jl, coco = tmp_path / "poses.json", tmp_path / "poses.jsonl", tmp_path / "coco.json"
-    original, seen = predict_module._predict_chunk, []
+    original, seen = PoseEstimator.predict, []
 
-    def looking(est, good, *args):
+    def looking(est, *args, **kwargs):
         seen.append((js.read_text(), jl.read_text(), coco.read_text()))  # before each image's batch
-        return original(est, good, *args)
+        return original(est, *args, **kwargs)
 
-    monkeypatch.setattr(predict_module, "_predict_chunk", looking)
+    monkeypatch.setattr(PoseEstimator, "predict", looking)
     assert run(tiny_checkpoint, COCO_MMPOSE, "--json", js, "--jsonl", jl, "--coco", coco,
                "--images-per-batch", "1") == 0
     final = lines(jl)
@@ -147,15 +154,15 @@ def test_an_image_has_its_line_only_once_its_drawing_is_written(tiny_checkpoint,
 
 def test_an_error_during_the_run_closes_the_json_with_it(tiny_checkpoint, tmp_path, monkeypatch):
     js = tmp_path / "poses.json"
-    original, calls = predict_module._predict_chunk, []
+    original, calls = PoseEstimator.predict, []
 
-    def failing(*args):
+    def failing(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise RapidPoseError("the backend gave up")
-        return original(*args)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(predict_module, "_predict_chunk", failing)
+    monkeypatch.setattr(PoseEstimator, "predict", failing)
     assert run(tiny_checkpoint, COCO_MMPOSE, "--json", js, "--images-per-batch", "2") == 2
     doc = json.loads(js.read_text())
     assert len(doc["images"]) == 2 and doc["error"] == "the backend gave up" and doc["interrupted"] is False

@@ -14,15 +14,15 @@ image once: the earlier run's lines first, as they were, then the images still t
 """
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from rapidpose.cli.options import COUNT, FRACTION, add_network_options
 from rapidpose.errors import RapidPoseError
-from rapidpose.io import coco_image_id, read_ahead
+from rapidpose.io import coco_image_id
 from rapidpose.progress import progress
 from rapidpose.skeletons import SKELETONS
 
@@ -60,6 +60,10 @@ def add_predict_parser(sub) -> None:
     p.add_argument("--batch-size", type=COUNT, default=64, metavar="N", help="crops per network batch (default 64)")
     p.add_argument("--images-per-batch", type=COUNT, default=16, metavar="N",
                    help="images whose people share a network batch (default 16)")
+    p.add_argument("--decoder", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="where JPEGs are decoded: auto (on the GPU by nvImageCodec when the network runs on a "
+                        "GPU and the extra gpu-decode is installed, else by worker processes or threads), cpu, "
+                        "or gpu (an error where it cannot be) (default auto)")
     p.add_argument("--json", metavar="FILE",
                    help="write all results to this JSON file, streamed: each image's entry as it finishes, the "
                         "document closed on every way out (default: none)")
@@ -80,7 +84,8 @@ def add_predict_parser(sub) -> None:
 
 
 def run_predict(args) -> int:
-    from rapidpose.io import chunked, load_boxes
+    from rapidpose.io import load_boxes
+    from rapidpose.photos.pipeline import predict_photos
     from rapidpose.photos.records import PhotoRecords, photo_record, scan_jsonl
     from rapidpose.photos.sources import gather
     from rapidpose.topdown.estimator import PoseEstimator
@@ -106,7 +111,6 @@ def run_predict(args) -> int:
     if not paths:
         log.error("no images found in %s", " ".join(args.paths))
         return 1
-    batched = _batched_detector(est, args)
     if earlier is not None:
         _check_same_keypoints(earlier, est.skeleton)
         earlier.tidy()
@@ -119,33 +123,34 @@ def run_predict(args) -> int:
     rows = None if writing or draw_dir else []  # the table printed without outputs: a short row per image
     done = failed = found = 0
     interrupted, error = False, None
-    reader, pool = _reader(est, (path for _, path in todo))
+    given = None if box_table is None else functools.partial(_given_boxes, box_table, todo, args.threshold)
+    results = predict_photos(est, [path for _, path in todo], given, images_per_batch=args.images_per_batch,
+                             return_heatmaps=args.heatmaps, decoder=args.decoder)
     try:
         if earlier is not None and (args.json or args.coco):
             _carry_earlier(records, args.jsonl, paths, est.skeleton, coco=bool(args.coco))
         with progress(len(todo), "predict") as bar:
-            for chunk in chunked(zip(todo, reader), max(args.images_per_batch, 1)):
-                good = [(index, path, image) for (index, path), (_, image) in chunk
-                        if not isinstance(image, RapidPoseError)]
-                results = iter(_predict_chunk(est, good, box_table, args, batched))
-                for (index, path), (_, image) in chunk:  # in input order, each as soon as its chunk is done
-                    if isinstance(image, RapidPoseError):
-                        log.error("%s", image)
-                        failed += 1
-                        entry, coco = photo_record(path, error=image), ()
-                    else:
-                        poses = next(results)
-                        found += len(poses)
-                        if draw_dir:  # before its line: a line on disk means the image is wholly done
-                            _draw(image, poses, draw_dir / path.stem, args, est.input_size)
-                        entry = photo_record(path, (image.shape[1], image.shape[0]), poses)
-                        coco = poses.to_coco(coco_image_id(path, index)) if args.coco else ()
-                    records.add(entry, coco)
-                    if rows is not None:
-                        rows.append(_row(entry))
-                    done += 1
-                    bar.update(1)
-                bar.set_postfix(people=found)
+            for result in results:  # in input order, each as soon as its batch is done
+                path, index = result.path, todo[result.index][0]
+                if result.error is not None:
+                    log.error("%s", result.error)
+                    failed += 1
+                    entry, coco = photo_record(path, error=result.error), ()
+                else:
+                    poses = result.poses
+                    found += len(poses)
+                    if draw_dir:  # before its line: a line on disk means the image is wholly done
+                        _draw(result.numpy_image(), poses, draw_dir / path.stem, args, est.input_size)
+                    entry = photo_record(path, result.size, poses)
+                    coco = poses.to_coco(coco_image_id(path, index)) if args.coco else ()
+                records.add(entry, coco)
+                if rows is not None:
+                    rows.append(_row(entry))
+                done += 1
+                bar.update(1)
+                if done % 16 == 0 or done == len(todo):
+                    elapsed = bar.format_dict["elapsed"] or 1e-9
+                    bar.set_postfix_str(f"{found} people, {found / elapsed:,.0f} people/s", refresh=False)
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted after %d of %d images: closing the outputs%s", done, len(todo),
@@ -154,9 +159,7 @@ def run_predict(args) -> int:
         error = f"{exc}" if isinstance(exc, RapidPoseError) else f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        reader.close()  # the reading threads or processes stop
-        if pool is not None:
-            pool.close()
+        results.close()  # the reading and detecting stop
         records.close({"images_done": records.images, "interrupted": interrupted, "error": error})
 
     if rows is not None and not interrupted:
@@ -260,46 +263,12 @@ def _check_boxes_match(box_table, paths) -> None:
                     name_a_few([str(p) for p in lonely_images]))
 
 
-def _reader(est, paths):
-    """(path, image or error) in input order, read ahead. Where the network runs on a GPU, decoding is
-    the host's main work: worker processes do it (photos.decode.DecodePool), out of this process's
-    GIL; on CPUs the network needs the cores, and threads that decode while it runs do as well."""
-    if not est.on_gpu:
-        return read_ahead(paths), None
-    from rapidpose.photos.decode import DecodePool
-
-    pool = DecodePool(window=64)
-    return pool.map(paths), pool
-
-
-def _batched_detector(est, args):
-    """Where the network runs on a GPU, the detector runs there too, on all photos of a chunk at once
-    (detect.load_batched_detector); on CPUs it stays on ONNX Runtime, image by image."""
-    if est.detector is None or not est.on_gpu:
-        return None
-    from rapidpose.detect import Detector, load_batched_detector
-
-    if not isinstance(est.detector, Detector):  # a callable of the user's: left as it is
-        return None
-    return load_batched_detector(est.detector, device=est.runtime.device, threshold=args.threshold)
-
-
-def _predict_chunk(est, good, box_table, args, batched=None):
+def _given_boxes(box_table, todo, threshold, position, path):
+    """The --boxes entry of the photo at `position` among those to do, above the threshold."""
     from rapidpose.io import boxes_for
 
-    if not good:
-        return []
-    boxes = None
-    if batched is not None and box_table is None:
-        found = batched.detect_batch([image for _, _, image in good])
-        boxes = [np.concatenate([b.reshape(-1, 4), s.reshape(-1, 1)], 1) for b, s in found]
-    if box_table is not None:
-        boxes = []
-        for index, path, _ in good:
-            given = boxes_for(box_table, path, coco_image_id(path, index))
-            boxes.append(given[given[:, 4] >= args.threshold])
-    return est.predict([image for _, _, image in good], boxes, return_heatmaps=args.heatmaps,
-                       names=[str(path) for _, path, _ in good])
+    given = boxes_for(box_table, path, coco_image_id(path, todo[position][0]))
+    return given[given[:, 4] >= threshold]
 
 
 def _draw(image, poses, stem: Path, args, input_size) -> None:

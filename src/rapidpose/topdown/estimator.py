@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -98,8 +99,11 @@ class PoseEstimator:
             log.warning("flip test asked for, but keypoint set '%s' has no left/right pairs: "
                         "only the mirror image is averaged", self.skeleton.name)
         self.detector = self._make_detector(detector, device, detector_threshold)
+        self.detector_threshold = detector_threshold
         self.timer = no_timer  # benchmarks attach a timing.StageTimer
         self._uploader = None  # pinned host buffers of the GPU path, made on first use
+        self._batched = None  # the detector for many images at once, made on first use
+        self._batched_lock = threading.Lock()  # it serves one caller at a time
 
     @staticmethod
     def _make_detector(detector, device, threshold):
@@ -111,6 +115,30 @@ class PoseEstimator:
 
         return load_detector(detector, device=device.split(":")[0] if device != "auto" else "cpu",
                              threshold=threshold)
+
+    def detect(self, images: Sequence) -> list[np.ndarray]:
+        """Person boxes of many RGB images at once: per image an (N, 5) float32 array, x1, y1, x2, y2,
+        score (above the detector's threshold). Where the network runs on a GPU, RTMDet and YOLOX run
+        there too, on all the images in batches (detect.load_batched_detector: the ONNX session's boxes
+        within a stated tolerance), and the images may be (H, W, 3) uint8 tensors already there; on
+        CPUs copies of the ONNX session run the images in parallel. A detector callable of your own
+        runs image by image. A bad image is logged and gets no boxes. Safe to call from several
+        threads (one at a time)."""
+        if self.detector is None:
+            raise InputError("this estimator has no detector: give boxes, or make it with detector='rtmdet-nano'")
+        with self._batched_lock:
+            if self._batched is None:
+                self._batched = self._make_batched()
+            found = self._batched.detect_batch(list(images))
+        return [np.concatenate([b.reshape(-1, 4), s.reshape(-1, 1)], 1).astype(np.float32) for b, s in found]
+
+    def _make_batched(self):
+        from rapidpose.detect import Detector, load_batched_detector
+
+        if isinstance(self.detector, Detector):
+            device = self.runtime.device if self.on_gpu else "cpu"
+            return load_batched_detector(self.detector, device=device, threshold=self.detector_threshold)
+        return _OneByOne(self.detector)
 
     def __call__(self, image, boxes=None, color: str | None = None, name: str | None = None) -> Poses:
         return self.predict([image], None if boxes is None else [boxes], color=color,
@@ -138,20 +166,30 @@ class PoseEstimator:
         if names is not None and (isinstance(names, str) or len(names) != len(images)):
             raise InputError(f"got {len(images)} images but {1 if isinstance(names, str) else len(names)} "
                              f"names: give one name per image (or none)")
-        rgb, per_image_boxes, per_image_scores = [], [], []
+        rgb = []
         for i, image in enumerate(images):
-            label = _label(image, i, names)
             try:
                 if self.on_gpu and _is_tensor(image):
-                    img = image.flip(-1) if color == "bgr" and image.ndim == 3 else image
+                    rgb.append(image.flip(-1) if color == "bgr" and image.ndim == 3 else image)
                 else:
-                    img = to_rgb(image, label, color)
-                with self.timer("detect"):
-                    b, s = self._boxes_for(img, None if boxes is None else boxes[i], label)
+                    rgb.append(to_rgb(image, _label(image, i, names), color))
             except RapidPoseError as exc:
                 log.warning("skipped: %s", exc)
-                img, b, s = None, np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
-            rgb.append(img)
+                rgb.append(None)
+        if boxes is None and self.detector is not None:  # all images' people found at once
+            good = [i for i, img in enumerate(rgb) if img is not None]
+            with self.timer("detect"):
+                found = dict(zip(good, self.detect([rgb[i] for i in good]))) if good else {}
+            boxes = [found.get(i) for i in range(len(rgb))]
+        per_image_boxes, per_image_scores = [], []
+        for i, img in enumerate(rgb):
+            b, s = np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+            if img is not None:
+                try:
+                    b, s = self._boxes_for(img, None if boxes is None else boxes[i], _label(images[i], i, names))
+                except RapidPoseError as exc:
+                    log.warning("skipped: %s", exc)
+                    rgb[i] = None
             per_image_boxes.append(b)
             per_image_scores.append(s)
 
@@ -286,11 +324,7 @@ class PoseEstimator:
 
     def _boxes_for(self, image: np.ndarray, given, label: str) -> tuple[np.ndarray, np.ndarray]:
         h, w = image.shape[:2]
-        if given is None and self.detector is not None and _is_tensor(image):
-            raise InputError(f"{label} is a tensor: the detector takes numpy images, so pass its boxes")
-        if given is None and self.detector is not None:
-            boxes, scores = self.detector(image)
-        elif given is None:
+        if given is None:
             boxes, scores = np.array([[0, 0, w, h]], np.float32), np.ones(1, np.float32)
         else:
             given = np.asarray(given, np.float32)
@@ -304,3 +338,23 @@ class PoseEstimator:
             log.warning("%s: box %d %s %s: skipped", label, j, boxes[j].tolist(), why)
         keep = ok & inside
         return boxes[keep], np.asarray(scores, np.float32)[keep]
+
+
+class _OneByOne:
+    """A detector callable of the user's behind the batched detectors' detect_batch."""
+
+    def __init__(self, detector):
+        self.detector = detector
+
+    def detect_batch(self, images):
+        found = []
+        for i, image in enumerate(images):
+            if _is_tensor(image):
+                image = image.cpu().numpy()
+            try:
+                boxes, scores = self.detector(image)
+            except RapidPoseError as exc:
+                log.warning("image %d skipped by the detector: %s", i, exc)
+                boxes, scores = np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+            found.append((np.asarray(boxes, np.float32), np.asarray(scores, np.float32)))
+        return found
