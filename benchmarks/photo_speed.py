@@ -12,7 +12,7 @@ it has no detector of its own), so its figure is an upper bound; ultralytics' YO
 itself (random weights find few, so its post-processing is light: an upper bound too).
 
     python benchmarks/photo_speed.py --variant b --repeat 20                      # 2,000 photos on a GPU
-    python benchmarks/photo_speed.py --variant s --device cpu --repeat 1 --baseline /tmp/head/src
+    python benchmarks/photo_speed.py --variant s --device cpu --runs 2 --baseline /tmp/head/src --compare
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from rapidpose.io import expand_paths
 ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 
 
-def rapidpose_run(paths, checkpoint, detector, device, out_dir: Path, pythonpath=None, jsonl=True) -> dict:
+def rapidpose_run(paths, checkpoint, detector, device, out_dir: Path, pythonpath=None, jsonl=True, extra=()) -> dict:
     """One `rapidpose predict` command over `paths`; its wall time, and when its JSON Lines grew."""
     out_dir.mkdir(parents=True, exist_ok=True)
     listing = out_dir / "photos.txt"
@@ -44,6 +44,7 @@ def rapidpose_run(paths, checkpoint, detector, device, out_dir: Path, pythonpath
            "--device", device]
     cmd += ["--list", str(listing), "--jsonl", str(jsonl_path)] if jsonl else [*map(str, paths), "--json",
                                                                                str(out_dir / "out.json")]
+    cmd += list(extra)
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = str(pythonpath) + os.pathsep + env.get("PYTHONPATH", "")
@@ -141,6 +142,12 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--detector", default=str(ASSETS / "detectors" / "rtmdet-nano-person.onnx"))
     p.add_argument("--baseline", metavar="SRC", help="another rapidpose's src/ to run the same way, side by side")
+    p.add_argument("--decoder", nargs="+", default=["auto"], choices=["auto", "cpu", "gpu"],
+                   help="a rapidpose run with each --decoder (default: auto)")
+    p.add_argument("--images-per-batch", type=int, help="rapidpose predict's --images-per-batch (default: its own)")
+    p.add_argument("--runs", type=int, default=1,
+                   help="run each rapidpose command this many times in a row; from the second on, a CPU backend's "
+                        "export of the checkpoint is kept from the first (runtime/export_cache.py) (default 1)")
     p.add_argument("--no-jsonl", action="store_true", help="write --json (for a rapidpose without --jsonl/--list)")
     p.add_argument("--compare", nargs="*", default=["transformers", "ultralytics"],
                    choices=["transformers", "ultralytics"])
@@ -157,13 +164,17 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / f"vitpose-{args.variant}-random.pth"
         torch.save({"state_dict": model.state_dict()}, checkpoint)
-        runs = [("rapidpose predict", None, not args.no_jsonl)]
+        per_batch = ["--images-per-batch", str(args.images_per_batch)] if args.images_per_batch else []
+        runs = [(f"rapidpose predict --decoder {d}", None, not args.no_jsonl, ["--decoder", d, *per_batch])
+                for d in args.decoder]
         if args.baseline:
-            runs.append((f"rapidpose predict, {args.baseline}", args.baseline, False))
-        for label, src, jsonl in runs:
-            r = rapidpose_run(paths, checkpoint, args.detector, args.device, Path(tmp) / label.replace(" ", "_")[:40],
-                              pythonpath=src, jsonl=jsonl)
-            print(row(label, r), flush=True)
+            runs.append((f"rapidpose predict, {args.baseline}", args.baseline, False, []))
+        os.environ["RAPIDPOSE_CACHE"] = str(Path(tmp) / "cache")  # cold: no export kept from before
+        for k, (label, src, jsonl, extra) in enumerate(runs):
+            for again in range(args.runs):
+                r = rapidpose_run(paths, checkpoint, args.detector, args.device, Path(tmp) / f"run{k}-{again}",
+                                  pythonpath=src, jsonl=jsonl, extra=extra)
+                print(row(label + (f", run {again + 1}" if args.runs > 1 else ""), r), flush=True)
         if "transformers" in args.compare:
             r = transformers_run(model, paths, args.detector, args.device)
             if r:

@@ -27,9 +27,11 @@ def test_bench_reports_stages_throughput_and_plot(tmp_path, capsys, caplog):
     assert [r["batch"] for r in info["throughput_by_batch"]] == [1, 2]
     assert all(r["crops_per_s"] > 0 for r in info["throughput_by_batch"]) and info["peak_memory_mb"] > 0
     assert info["people_per_s"] > 0 and info["network_crops_per_s"] > 0
+    photo = info["photo_path"]  # as predict runs it: --detector none, the whole image is the person
+    assert photo["images"] == 4 and photo["people"] == 4 and photo["images_per_s"] > 0
     assert cv2.imread(str(plot)).shape == (420, 720, 3)
     table = capsys.readouterr().out
-    assert "| network |" in table and "people/s" in table
+    assert "| network |" in table and "people/s" in table and "photo path, stages overlapped" in table
     assert info["sweep_seconds"] == 0 and "(one run each: a rough figure)" in table
     # it says what it is doing while it works, stage by stage
     said = [r.getMessage() for r in caplog.records if r.name == "rapidpose"]

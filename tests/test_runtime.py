@@ -130,3 +130,31 @@ def test_cuda_graphs_equal_eager_and_precisions_agree(model, precision):
         assert np.allclose(a, b, atol=1e-2 * np.abs(b).max()), (n, np.abs(a - b).max())
     assert sorted(graphed._graphs) == [1, 4, 8]
     assert cosine(graphed(crops(5)), ref) > 0.995
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_a_checkpoints_export_is_kept_and_made_again_when_it_changes(tiny_checkpoint, tmp_path, monkeypatch, backend):
+    import os
+    import shutil
+
+    import rapidpose.deploy.export as export_module
+
+    checkpoint = tmp_path / "model.pth"
+    shutil.copy(tiny_checkpoint, checkpoint)
+    x = np.random.default_rng(0).normal(size=(2, 3, 256, 192)).astype(np.float32)
+    first = make_runtime(checkpoint, backend=backend)
+    kept = list((Path(os.environ["RAPIDPOSE_CACHE"]) / "exported").glob("*/model.*"))
+    assert len(kept) == 1 + (backend == "openvino")  # the .onnx, or the IR's .xml and .bin
+    exports = []
+    name = f"export_{backend}"
+    original = getattr(export_module, name)
+    monkeypatch.setattr(export_module, name, lambda *a, **k: exports.append(1) or original(*a, **k))
+    again = make_runtime(checkpoint, backend=backend)
+    assert exports == [] and again.skeleton.name == "coco"  # read back, not exported again
+    np.testing.assert_array_equal(again(x), first(x))
+    with pytest.raises(InputError, match="keypoint set 'coco'"):
+        make_runtime(checkpoint, backend=backend, keypoint_set="ap10k")
+    os.utime(checkpoint, ns=(1, 1))  # the checkpoint changed: its export is made again
+    make_runtime(checkpoint, backend=backend)
+    assert exports == [1]
+    assert len(list((Path(os.environ["RAPIDPOSE_CACHE"]) / "exported").glob("*/model.*"))) == 2 * len(kept)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rapidpose.evaluate.speed import (STAGES, bench_network, bench_pipeline, device_name, peak_memory_mb,
-                                      plot_throughput, random_model)
+from rapidpose.evaluate.speed import (STAGES, bench_network, bench_photos, bench_pipeline, device_name,
+                                      peak_memory_mb, plot_throughput, random_model)
 from rapidpose.progress import progress
 
 log = logging.getLogger("rapidpose")
@@ -19,7 +19,8 @@ def add_bench_parser(sub) -> None:
 
     p = sub.add_parser("bench", help="time each stage and the network's throughput",
                        description="Per-stage timing (read, detect, crop, network, decode, draw), crops/s, "
-                                   "people/s, peak memory, and throughput against batch size.")
+                                   "people/s, peak memory, throughput against batch size, and with image files the "
+                                   "photo path as `rapidpose predict` runs it (stages overlapped: images/s, people/s).")
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="images or folders (default: --synthetic random 1280x720 images)")
     p.add_argument("--model", default="vitpose-b",
@@ -75,6 +76,13 @@ def run_bench(args) -> int:
     with progress(args.repeats * n_sources, "stages") as bar:
         seconds, n_images, n_people, wall = bench_pipeline(est, paths, synthetic, people, args.images,
                                                            args.repeats, args.draw, step=bar.update)
+    photos = None
+    if paths:
+        log.info("bench: the photo path with its stages overlapped, as `rapidpose predict` runs it (--detector %s%s)",
+                 args.detector, ": the whole image is the person" if args.detector == "none" else "")
+        with progress(args.repeats * n_sources, "photos") as bar:
+            bench_photos(est, paths[:args.images], args.images, 1)  # warm-up
+            photos = bench_photos(est, paths, args.images, args.repeats, step=bar.update)
     log.info("bench: timing the network alone at batch sizes %s, %s", " ".join(map(str, args.batch)),
              f"about {args.seconds:g} s each" if args.seconds > 0 else "one run each")
     with progress(len(args.batch), "network", unit="batch") as bar:
@@ -87,6 +95,10 @@ def run_bench(args) -> int:
         "stages_ms_per_image": {s: 1e3 * seconds.get(s, 0.0) / max(n_images, 1) for s in STAGES},
         "people_per_s": n_people / wall if wall else 0.0,
         "network_crops_per_s": n_people * (2 if args.flip else 1) / max(seconds.get("network", 1e-9), 1e-9),
+        "photo_path": None if photos is None else {
+            "images": photos[0], "people": photos[1], "wall_s": photos[2],
+            "images_per_s": photos[0] / photos[2] if photos[2] else 0.0,
+            "people_per_s": photos[1] / photos[2] if photos[2] else 0.0},
         "peak_memory_mb": peak_memory_mb(device),
         "throughput_by_batch": [{"batch": b, "crops_per_s": v} for b, v in sweep],
         "sweep_seconds": args.seconds,
@@ -110,6 +122,10 @@ def _print_report(info: dict) -> None:
     print(f"| **total** | {total:.2f} | |")
     print(f"\npeople/s (whole path): {info['people_per_s']:,.0f}   network crops/s: "
           f"{info['network_crops_per_s']:,.0f}   peak memory: {info['peak_memory_mb']:,.0f} MiB")
+    if info.get("photo_path"):
+        photo = info["photo_path"]
+        print(f"photo path, stages overlapped (as `rapidpose predict` runs it): {photo['images_per_s']:,.1f} images/s, "
+              f"{photo['people_per_s']:,.0f} people/s ({photo['images']} images, {photo['wall_s']:.1f} s)")
     rough = " (one run each: a rough figure)" if info["sweep_seconds"] == 0 else ""
     print(f"\n| batch | crops/s (network only){rough} |\n|---:|---:|")
     for row in info["throughput_by_batch"]:

@@ -58,8 +58,9 @@ def add_predict_parser(sub) -> None:
                    help="keypoint set of an .onnx/.xml model without rapidpose metadata (17 keypoints: "
                         "coco or ap10k); files from `rapidpose export` name their own (default: the model's)")
     p.add_argument("--batch-size", type=COUNT, default=64, metavar="N", help="crops per network batch (default 64)")
-    p.add_argument("--images-per-batch", type=COUNT, default=16, metavar="N",
-                   help="images whose people share a network batch (default 16)")
+    p.add_argument("--images-per-batch", type=COUNT, metavar="N",
+                   help="images read, detected and posed together, their people sharing network batches "
+                        "(default 64 on a GPU, 16 on CPUs: a GPU wants large batches, a CPU an early first result)")
     p.add_argument("--decoder", choices=["auto", "cpu", "gpu"], default="auto",
                    help="where JPEGs are decoded: auto (on the GPU by nvImageCodec when the network runs on a "
                         "GPU and the extra gpu-decode is installed, else by worker processes or threads), cpu, "
@@ -124,7 +125,8 @@ def run_predict(args) -> int:
     done = failed = found = 0
     interrupted, error = False, None
     given = None if box_table is None else functools.partial(_given_boxes, box_table, todo, args.threshold)
-    results = predict_photos(est, [path for _, path in todo], given, images_per_batch=args.images_per_batch,
+    per_batch = args.images_per_batch or (64 if est.on_gpu else 16)
+    results = predict_photos(est, [path for _, path in todo], given, images_per_batch=per_batch,
                              return_heatmaps=args.heatmaps, decoder=args.decoder)
     try:
         if earlier is not None and (args.json or args.coco):

@@ -70,6 +70,21 @@ def bench_pipeline(est, paths, synthetic, people: int | None, images_per_batch: 
     return dict(timer.seconds), n_images, n_people, time.perf_counter() - start
 
 
+def bench_photos(est, paths, images_per_batch: int, repeats: int, step=None) -> tuple[int, int, float]:
+    """The photo path as `rapidpose predict` runs it, stages overlapped (photos.pipeline), `repeats`
+    passes over the files: images, people and wall seconds. step(n): called with each image done."""
+    from rapidpose.photos.pipeline import predict_photos
+
+    n_images = n_people = 0
+    start = time.perf_counter()
+    for result in predict_photos(est, list(paths) * repeats, images_per_batch=images_per_batch):
+        n_images += 1
+        n_people += len(result.poses) if result.poses is not None else 0
+        if step is not None:
+            step(1)
+    return n_images, n_people, time.perf_counter() - start
+
+
 def _sync(est):
     if est.on_gpu:
         import torch

@@ -37,6 +37,8 @@ nvImageCodec or a GPU, goes through a DecodePool (the reason said once, at info 
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 import itertools
 import json
 import logging
@@ -509,7 +511,7 @@ def gpu_decoding_unavailable(device) -> str | None:
     if not torch.cuda.is_available():
         return "torch sees no CUDA device"
     try:
-        from nvidia import nvimgcodec  # noqa: F401
+        importlib.import_module("nvidia.nvimgcodec")  # (through sys.modules: tests hide it there)
     except ImportError:
         cuda = (torch.version.cuda or "").split(".")[0]
         install = (f"pip install 'nvidia-nvimgcodec-cu{cuda}[nvjpeg]'" if cuda and cuda != "13" else
@@ -617,24 +619,51 @@ class GpuJpegDecoder:
 
     def map(self, paths, batch_size: int = 32, readers: int = 4):
         """(path, image or error) for each path, in order, images as in decode(): files are read on
-        `readers` threads a batch ahead and decoded `batch_size` at a time."""
-        with ThreadPoolExecutor(readers, thread_name_prefix="rapidpose-read") as pool:
+        `readers` threads and decoded `batch_size` at a time by a thread of its own (on a CUDA stream
+        of its own), a batch ahead of the caller, whose stream then waits for that batch only."""
+        import torch
+
+        on_cuda = self.device.type == "cuda"
+        stream = torch.cuda.Stream(self.device) if on_cuda else None
+
+        def read_and_decode(chunk, reads):
+            out = [read.result() for read in reads]
+            good = [i for i, blob in enumerate(out) if not isinstance(blob, RapidPoseError)]
+            with torch.cuda.stream(stream) if on_cuda else contextlib.nullcontext():
+                for i, image in zip(good, self.decode([out[i] for i in good], [chunk[i] for i in good])):
+                    out[i] = image
+                done = None
+                if on_cuda:
+                    done = torch.cuda.Event()
+                    done.record(stream)
+            return chunk, out, done
+
+        with ThreadPoolExecutor(readers, thread_name_prefix="rapidpose-read") as pool, \
+                ThreadPoolExecutor(1, thread_name_prefix="rapidpose-jpeg") as decoder:
             chunks = chunked(paths, max(int(batch_size), 1))
             ahead = deque()
 
             def read_next():
                 for chunk in itertools.islice(chunks, 1):
-                    ahead.append((chunk, [pool.submit(_read_bytes, path) for path in chunk]))
+                    reads = [pool.submit(_read_bytes, path) for path in chunk]
+                    ahead.append(decoder.submit(read_and_decode, chunk, reads))
 
             read_next()
-            while ahead:
-                read_next()
-                chunk, reads = ahead.popleft()
-                out = [read.result() for read in reads]
-                good = [i for i, blob in enumerate(out) if not isinstance(blob, RapidPoseError)]
-                for i, image in zip(good, self.decode([out[i] for i in good], [chunk[i] for i in good])):
-                    out[i] = image
-                yield from zip(chunk, out)
+            read_next()
+            try:
+                while ahead:
+                    read_next()
+                    chunk, out, done = ahead.popleft().result()
+                    if done is not None:
+                        user = torch.cuda.current_stream(self.device)
+                        user.wait_event(done)  # the caller's work on these images waits for their decoding
+                        for image in out:
+                            if torch.is_tensor(image):
+                                image.record_stream(user)  # (the pool's uploads: torch's memory)
+                    yield from zip(chunk, out)
+            finally:
+                for future in ahead:
+                    future.cancel()
 
     def close(self) -> None:
         self.pool.close()

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from rapidpose.errors import InputError, check_choice
-from rapidpose.skeletons import skeleton_for
+from rapidpose.skeletons import SKELETONS, skeleton_for
 from rapidpose.runtime.exported import ExportedRuntime
 from rapidpose.runtime.torch_runtime import TorchRuntime, resolve_device
 
@@ -74,27 +74,46 @@ def make_runtime(model, backend: str = "auto", device: str = "cpu", precision: s
             log.info("--compile asks for torch.compile: running on the torch backend, not %s "
                      "(the default on %s)", backend, resolved)
             backend = "torch"
-    from rapidpose.model.weights import load_model
+    from rapidpose.model.weights import load_model, resolve
 
+    checkpoint = None
+    if backend != "torch" and isinstance(model, (str, Path)):  # a checkpoint: its export may be kept
+        from rapidpose.runtime import export_cache
+
+        checkpoint = resolve(model)[0]
+        kept = export_cache.cached_export(checkpoint, dataset_index, backend)
+        if kept is not None:
+            runtime = _exported_runtime(backend, kept, device, precision, batch_size)
+            _check_keypoint_set(keypoint_set, runtime.skeleton, model)
+            return runtime
     network = model if hasattr(model, "cfg") else load_model(model, "cpu", dataset_index)
     own = getattr(network, "skeleton", None) or skeleton_for(network.num_keypoints_of(network.dataset_index))
-    if keypoint_set is not None and own.name != keypoint_set:
-        raise InputError(f"keypoint_set '{keypoint_set}' is for exported .onnx/.xml files without rapidpose "
-                         f"metadata; the model '{getattr(network, 'source', model)}' has keypoint set "
-                         f"'{own.name}' (for a ViTPose++ expert, choose it with dataset_index)")
+    _check_keypoint_set(keypoint_set, own, getattr(network, "source", model))
     if backend == "torch":
         return TorchRuntime(network, device, batch_size, precision, compile)
     import tempfile
 
     from rapidpose.deploy.export import export_onnx, export_openvino
 
-    # export on the fly; the backends hold the model in memory, so the files can go at once.
-    # `rapidpose export` writes them once for runs that start often.
+    def export(path: Path) -> Path:
+        return export_onnx(network, path) if backend == "onnx" else export_openvino(network, path)
+
+    if checkpoint is not None and own.name in SKELETONS:  # kept for the next run (export_cache)
+        return _exported_runtime(backend, export_cache.keep_export(checkpoint, dataset_index, backend, export),
+                                 device, precision, batch_size)
+    # a module, or a keypoint set rapidpose does not list: exported for this run only (the backends
+    # hold the model in memory, so the files can go at once)
     with tempfile.TemporaryDirectory(prefix="rapidpose-export-") as folder:
-        path = (export_onnx(network, Path(folder) / "model.onnx") if backend == "onnx"
-                else export_openvino(network, Path(folder) / "model.xml"))
+        path = export(Path(folder) / ("model.onnx" if backend == "onnx" else "model.xml"))
         # the module's own keypoint set object, which may be one rapidpose does not list
         return _exported_runtime(backend, path, device, precision, batch_size, own)
+
+
+def _check_keypoint_set(keypoint_set, own, source) -> None:
+    if keypoint_set is not None and own.name != keypoint_set:
+        raise InputError(f"keypoint_set '{keypoint_set}' is for exported .onnx/.xml files without rapidpose "
+                         f"metadata; the model '{source}' has keypoint set '{own.name}' (for a ViTPose++ "
+                         f"expert, choose it with dataset_index)")
 
 
 def _exported_runtime(backend, path, device, precision, batch_size, keypoint_set=None):
