@@ -20,6 +20,7 @@ place; the rest go on.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -30,12 +31,12 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from rapidpose.errors import InputError, RapidPoseError, check_choice
-from rapidpose.io import chunked
 from rapidpose.results import Poses
 
 log = logging.getLogger("rapidpose")
 
-DECODERS = ("auto", "cpu", "gpu")  # auto: nvImageCodec where the network runs on a GPU and it is there
+DECODERS = ("auto", "cpu", "gpu")
+FIRST_BATCH = 8  # images in the first batch: a first result soon after the start  # auto: nvImageCodec where the network runs on a GPU and it is there
 
 
 @dataclass
@@ -75,7 +76,7 @@ def predict_photos(est, paths: Iterable, boxes: Callable[[int, Path], np.ndarray
     if boxes is None and est.detector is None:  # the whole image is the person
         boxes = _whole_image
     reader, closers = open_reader(est, paths, decoder, size)
-    stage = _DetectStage(est, boxes, chunked(enumerate(reader), size))
+    stage = _DetectStage(est, boxes, _batches(enumerate(reader), size), first=min(size, FIRST_BATCH))
     pending: deque = deque(stage.submit() for _ in range(max(int(ahead), 1)))
     try:
         while pending:
@@ -94,6 +95,15 @@ def predict_photos(est, paths: Iterable, boxes: Callable[[int, Path], np.ndarray
 
 def _whole_image(index, path):
     return None  # predict's own default: the whole image as the box
+
+
+def _batches(items, size: int):
+    """Lists of `size` items, the first of FIRST_BATCH only: the first results come out sooner."""
+    it = iter(items)
+    take = min(size, FIRST_BATCH)
+    while batch := list(itertools.islice(it, take)):
+        yield batch
+        take = size
 
 
 def open_reader(est, paths, decoder: str = "auto", batch_size: int = 16):
@@ -130,7 +140,7 @@ class _DetectStage:
     """The worker thread that takes the next batch of photos from the reader and finds their people.
     On a GPU it works on a CUDA stream of its own, and the pose work waits for its event only."""
 
-    def __init__(self, est, boxes, batches):
+    def __init__(self, est, boxes, batches, first: int):
         self.est, self.boxes, self.batches = est, boxes, batches
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="rapidpose-detect")
         self.stream = self.pose_stream = None
@@ -141,6 +151,14 @@ class _DetectStage:
             if device.type == "cuda":
                 self.stream = torch.cuda.Stream(device)
                 self.pose_stream = torch.cuda.current_stream(device)
+                if boxes is None:  # the detector made and its first batch size captured while the reader starts
+                    self.pool.submit(self._warm_up, first)
+
+    def _warm_up(self, first: int):
+        import torch
+
+        with torch.cuda.stream(self.stream):
+            self.est.detect([np.zeros((480, 640, 3), np.uint8)] * first)
 
     def submit(self):
         """The next batch, read and detected on the worker (its jobs run one after another, in order):
