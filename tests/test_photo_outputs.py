@@ -8,7 +8,6 @@ import pytest
 from conftest import ASSETS, RTMDET
 
 import rapidpose.cli.predict as predict_module
-import rapidpose.io as io_module
 import rapidpose.photos.pipeline as pipeline_module
 from rapidpose.cli import main
 from rapidpose.errors import InputError, RapidPoseError
@@ -59,16 +58,21 @@ def stop_reading_after(monkeypatch, n):
 
 
 def count_reads(monkeypatch):
-    """The names of the images the run reads, as they come out of the reading threads."""
+    """The names of the images the run reads, as they come out of its reader (threads, processes or GPU)."""
     reads = []
-    original = io_module.read_ahead
+    original = pipeline_module.open_reader
 
-    def counting(paths, *args, **kwargs):
-        for path, image in original(paths, *args, **kwargs):
-            reads.append(path.name)
-            yield path, image
+    def counting(*args, **kwargs):
+        reader, closers = original(*args, **kwargs)
 
-    monkeypatch.setattr(io_module, "read_ahead", counting)
+        def counted():
+            for path, image in reader:
+                reads.append(path.name)
+                yield path, image
+
+        return counted(), closers
+
+    monkeypatch.setattr(pipeline_module, "open_reader", counting)
     return reads
 
 

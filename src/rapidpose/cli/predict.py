@@ -62,9 +62,9 @@ def add_predict_parser(sub) -> None:
                    help="images read, detected and posed together, their people sharing network batches "
                         "(default 64 on a GPU, 16 on CPUs: a GPU wants large batches, a CPU an early first result)")
     p.add_argument("--decoder", choices=["auto", "cpu", "gpu"], default="auto",
-                   help="where JPEGs are decoded: auto (on the GPU by nvImageCodec when the network runs on a "
-                        "GPU and the extra gpu-decode is installed, else by worker processes or threads), cpu, "
-                        "or gpu (an error where it cannot be) (default auto)")
+                   help="where JPEGs are decoded: auto or cpu (worker processes where the network runs on a "
+                        "GPU, threads on CPUs), or gpu (nvImageCodec, extra gpu-decode: for hosts with few cores; "
+                        "an error where it cannot be) (default auto)")
     p.add_argument("--json", metavar="FILE",
                    help="write all results to this JSON file, streamed: each image's entry as it finishes, the "
                         "document closed on every way out (default: none)")

@@ -5,9 +5,9 @@
 
 Three stages run at once, each a batch of `images_per_batch` photos apart:
 
-- reading: JPEGs decoded on the GPU by nvImageCodec where the network runs there and it is installed
-  (photos.decode.GpuJpegDecoder; other files by worker processes), else by worker processes
-  (DecodePool) on a GPU machine, or by threads on CPUs (where the network needs the processes' cores);
+- reading: where the network runs on a GPU, worker processes decode (DecodePool), or with
+  decoder='gpu' nvImageCodec decodes the JPEGs on the GPU (photos.decode.GpuJpegDecoder: worth it
+  where the host has few cores); on CPUs threads decode (the network needs the processes' cores);
 - detecting: a worker thread takes the next batch from the reader and finds its people
   (PoseEstimator.detect: RTMDet / YOLOX batched on the GPU, on a CUDA stream of its own; copies of the
   ONNX session on CPUs) or looks up given boxes;
@@ -67,7 +67,7 @@ def predict_photos(est, paths: Iterable, boxes: Callable[[int, Path], np.ndarray
     """A PhotoResult for each path, in input order, as each batch of photos finishes (see the module).
 
     est: a PoseEstimator. boxes: in place of its detector, a function (position, path) -> (N, 4) or
-    (N, 5) boxes of that photo. decoder: 'auto', 'cpu' (worker processes or threads) or 'gpu'
+    (N, 5) boxes of that photo. decoder: 'auto' or 'cpu' (worker processes or threads) or 'gpu'
     (nvImageCodec; an error where it cannot be used). ahead: batches read and detected ahead of the
     pose work. Closing the generator (or leaving the loop) stops the reading and the worker.
     """
@@ -122,15 +122,13 @@ def open_reader(est, paths, decoder: str = "auto", batch_size: int = 16):
     if not est.on_gpu:
         reader = read_ahead(paths)
         return reader, [reader.close]
-    if decoder != "cpu" and gpu_decoding_unavailable(device) is None:
+    if decoder == "gpu":
         gpu = GpuJpegDecoder(device, pool=DecodePool(window=64))
         if gpu.reason is None:
             reader = gpu.map(paths, batch_size=batch_size)
             return reader, [reader.close, gpu.close]
-        if decoder == "gpu":
-            gpu.close()
-            raise InputError(f"--decoder gpu: {gpu.reason}; use --decoder auto or cpu")
         gpu.close()
+        raise InputError(f"--decoder gpu: {gpu.reason}; use --decoder auto or cpu")
     pool = DecodePool(window=64)
     reader = pool.map(paths)
     return reader, [reader.close, pool.close]
