@@ -225,14 +225,15 @@ def test_resume_completes_an_interrupted_run_doing_only_what_is_missing(tiny_che
 
 def test_a_cut_off_last_line_alone_is_cut_away_and_its_image_done_again(tiny_checkpoint, tmp_path, monkeypatch):
     jl = tmp_path / "poses.jsonl"
-    assert run(tiny_checkpoint, COCO_MMPOSE, "--jsonl", jl) == 0
+    # an image a batch, in both runs: a GPU's numbers may change in the last bits with the batch
+    assert run(tiny_checkpoint, COCO_MMPOSE, "--jsonl", jl, "--images-per-batch", "1") == 0
     whole = jl.read_text()
     first_three = "".join(whole.splitlines(keepends=True)[:3])
     last = whole.splitlines()[3]
     for cut in (last[:40], last):  # mid-line, and a whole line but its newline
         jl.write_text(first_three + cut)
         reads = count_reads(monkeypatch)
-        assert run(tiny_checkpoint, COCO_MMPOSE, "--jsonl", jl, "--resume") == 0
+        assert run(tiny_checkpoint, COCO_MMPOSE, "--jsonl", jl, "--resume", "--images-per-batch", "1") == 0
         assert reads == ["000000197388.jpg"] and jl.read_text() == whole
 
 
