@@ -17,8 +17,11 @@ def __getattr__(name):
     if name == "load_detector":
         from rapidpose.detect import load_detector
         return load_detector
+    if name == "predict_photos":
+        from rapidpose.photos.pipeline import predict_photos
+        return predict_photos
     raise AttributeError(f"module 'rapidpose' has no attribute '{name}'")
 
 
-__all__ = ["PoseEstimator", "Poses", "load_model", "load_detector", "Skeleton", "COCO", "get_skeleton",
+__all__ = ["PoseEstimator", "Poses", "predict_photos", "load_model", "load_detector", "Skeleton", "COCO", "get_skeleton",
            "RapidPoseError", "InputError", "CheckpointError", "DownloadError", "MissingDependencyError"]

@@ -81,7 +81,9 @@ def make_runtime(model, backend: str = "auto", device: str = "cpu", precision: s
         from rapidpose.runtime import export_cache
 
         checkpoint = resolve(model)[0]
-        kept = export_cache.cached_export(checkpoint, dataset_index, backend)
+        if not checkpoint.exists():  # load_model says what is wrong with it
+            checkpoint = None
+        kept = checkpoint and export_cache.cached_export(checkpoint, dataset_index, backend)
         if kept is not None:
             runtime = _exported_runtime(backend, kept, device, precision, batch_size)
             _check_keypoint_set(keypoint_set, runtime.skeleton, model)
