@@ -187,6 +187,21 @@ SKELETONS: dict[str, Skeleton] = {
 VITPOSE_PLUS_DATASETS = ("coco", "aic", "mpii", "ap10k", "apt36k", "wholebody")
 
 
+def skeleton_to_meta(skeleton: Skeleton) -> dict:
+    """Everything a keypoint set is, JSON-ready: what a trained checkpoint carries (skeleton_from_meta)."""
+    return {"name": skeleton.name, "keypoints": list(skeleton.keypoints), "edges": [list(e) for e in skeleton.edges],
+            "flip_pairs": [list(p) for p in skeleton.flip_pairs],
+            "sigmas": None if skeleton.sigmas is None else list(skeleton.sigmas)}
+
+
+def skeleton_from_meta(meta: dict) -> Skeleton:
+    """skeleton_to_meta's dict back: one of rapidpose's own sets where it is one, else a set of its own."""
+    known = SKELETONS.get(meta.get("name"))
+    if known is not None and list(known.keypoints) == list(meta["keypoints"]):
+        return known
+    return _make(meta["name"], meta["keypoints"], meta.get("edges", ()), meta.get("flip_pairs", ()), meta.get("sigmas"))
+
+
 def get_skeleton(name: str) -> Skeleton:
     try:
         return SKELETONS[name]

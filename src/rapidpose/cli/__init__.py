@@ -21,6 +21,7 @@ def main(argv=None) -> int:
     from rapidpose.cli.models import add_models_parser, run_models
     from rapidpose.cli.predict import add_predict_parser, run_predict
     from rapidpose.cli.quantize import add_quantize_parser, run_quantize
+    from rapidpose.cli.train import add_train_parser, run_train
     from rapidpose.cli.video import add_video_parser, run_video
 
     add_predict_parser(sub)
@@ -30,6 +31,7 @@ def main(argv=None) -> int:
     add_eval_parser(sub)
     add_quantize_parser(sub)
     add_models_parser(sub)
+    add_train_parser(sub)
     for command in sub.choices.values():  # -q/-v after the subcommand too: `rapidpose predict x.jpg -q`
         _add_message_options(command, default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -38,7 +40,8 @@ def main(argv=None) -> int:
     with messages(quiet=args.quiet, verbose=args.verbose):
         try:
             return {"predict": run_predict, "video": run_video, "bench": run_bench,
-                    "export": run_export, "eval": run_eval, "quantize": run_quantize, "models": run_models}[args.command](args)
+                    "export": run_export, "eval": run_eval, "quantize": run_quantize, "models": run_models,
+                    "train": run_train}[args.command](args)
         except RapidPoseError as exc:  # a whole-run problem (model, detector, boxes file): one clear line
             log.error("%s", exc)
             return 2

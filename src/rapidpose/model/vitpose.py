@@ -118,10 +118,19 @@ class Block(nn.Module):
         self.attn = Attention(cfg.dim, cfg.heads)
         self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.eps)
         self.mlp = Mlp(cfg.dim, cfg.dim * cfg.mlp_ratio, cfg.num_experts, cfg.part_features)
+        self.drop_path = 0.0  # stochastic depth while training (ViT.set_drop_path); never at inference
 
     def forward(self, x, dataset_index: int = 0):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x), dataset_index)
+        x = x + self._dropped(self.attn(self.norm1(x)))
+        return x + self._dropped(self.mlp(self.norm2(x), dataset_index))
+
+    def _dropped(self, branch):
+        """Each sample's residual branch kept with probability 1 - drop_path and scaled to keep its mean."""
+        if not self.training or self.drop_path == 0.0:
+            return branch
+        keep = 1.0 - self.drop_path
+        mask = branch.new_empty((branch.shape[0],) + (1,) * (branch.ndim - 1)).bernoulli_(keep)
+        return branch * mask / keep
 
 
 class ViT(nn.Module):
@@ -132,6 +141,12 @@ class ViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.grid[0] * cfg.grid[1] + 1, cfg.dim))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.last_norm = nn.LayerNorm(cfg.dim, eps=cfg.eps)
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth rising linearly from 0 at the first block to `rate` at the last, as ViTPose
+        trains (drop path 0.1 S, 0.3 B, 0.5 L, 0.55 H); it acts only in training mode."""
+        for block, r in zip(self.blocks, torch.linspace(0, float(rate), len(self.blocks)).tolist()):
+            block.drop_path = r
 
     def forward(self, x, dataset_index: int = 0):
         x = self.patch_embed(x)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rapidpose.errors import CheckpointError, InputError, require
 from rapidpose.hub import hf_download
-from rapidpose.skeletons import VITPOSE_PLUS_DATASETS, Skeleton, skeleton_for
+from rapidpose.skeletons import VITPOSE_PLUS_DATASETS, Skeleton, skeleton_for, skeleton_from_meta
 from rapidpose.model.vitpose import VARIANTS, ViTPose, ViTPoseConfig
 from rapidpose.model.zoo import MODEL_ZOO, ZooEntry, lookup, split_for
 
@@ -109,8 +109,9 @@ def _safetensors_load(path: Path) -> dict:
                               f"checkpoint.") from None
 
 
-def read_checkpoint(path) -> tuple[dict, dict]:
-    """A local file or Hugging Face folder -> (raw state dict, Hugging Face config or {})."""
+def read_checkpoint(path) -> tuple[dict, dict, dict]:
+    """A local file or Hugging Face folder -> (raw state dict, Hugging Face config or {}, rapidpose's
+    metadata or {}: what `rapidpose train` writes under "meta" -> "rapidpose", such as the keypoint set)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"model file '{path}' does not exist: pass a ViTPose checkpoint "
@@ -131,11 +132,13 @@ def read_checkpoint(path) -> tuple[dict, dict]:
     if not isinstance(state, dict):
         raise CheckpointError(f"'{path}' is not a ViTPose checkpoint: it holds a {type(state).__name__}, "
                               f"not a dict of weights")
+    meta = state.get("meta") if isinstance(state.get("meta"), dict) else {}
+    meta = meta.get("rapidpose") if isinstance(meta.get("rapidpose"), dict) else {}
     for key in ("state_dict", "model", "module"):  # training checkpoints nest the weights
         if isinstance(state.get(key), dict):
             state = state[key]
             break
-    return state, config
+    return state, config, meta
 
 
 # ---------------------------------------------------------------- layouts
@@ -276,7 +279,7 @@ def load_model(name_or_path="vitpose-b", device: str = "cpu", dataset_index: int
     """
     require("torch", "torch")  # a clear message when the torch extra is missing
     path, entry = resolve(name_or_path)
-    raw, hf_config = read_checkpoint(path)
+    raw, hf_config, meta = read_checkpoint(path)
     state = to_official(raw, str(path))
     cfg = infer_config(state, hf_config)
     model = ViTPose(cfg)
@@ -296,5 +299,9 @@ def load_model(name_or_path="vitpose-b", device: str = "cpu", dataset_index: int
     if dataset is None and cfg.num_experts > 1:
         dataset = VITPOSE_PLUS_DATASETS[dataset_index] if dataset_index < len(VITPOSE_PLUS_DATASETS) else None
     model.skeleton: Skeleton = skeleton_for(model.num_keypoints_of(dataset_index), dataset)
+    if meta.get("keypoint_set") and dataset_index == 0:  # a model trained by rapidpose names its own set
+        carried = skeleton_from_meta(meta["keypoint_set"])
+        if carried.num_keypoints == model.num_keypoints_of(0):
+            model.skeleton = carried
     model.source = str(name_or_path)
     return model.to(device=device, dtype=dtype).eval()

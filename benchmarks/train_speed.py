@@ -1,0 +1,99 @@
+"""Training crops/s: `rapidpose.train` end to end (decoding, augmentation, warp, targets, the step) and
+the training step alone on crops already on the device (the ceiling). Random weights: speed only.
+
+coco-mini's people are repeated (--repeat) so that one epoch holds all the timed steps: the figure is
+the trainer's steady rate, not its checkpoint writing.
+
+    python benchmarks/train_speed.py --variant b --batch-size 64 --steps 60          # a GPU: bf16
+    python benchmarks/train_speed.py --variant s --batch-size 8 --steps 6 --device cpu
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
+COCO_MINI = ASSETS / "images" / "coco-mini"
+
+
+def step_alone(variant: str, batch: int, device: str, precision: str, steps: int) -> float:
+    """Crops/s of forward + backward + AdamW on random crops already on the device."""
+    import torch
+
+    from rapidpose.model.vitpose import ViTPose, ViTPoseConfig
+    from rapidpose.train.recipe import make_optimizer, recipe_for
+
+    model = ViTPose(ViTPoseConfig.from_variant(variant)).to(device).train()
+    recipe = recipe_for(variant)
+    model.backbone.set_drop_path(recipe.drop_path)
+    optimizer = make_optimizer(model, recipe, batch)
+    x = torch.randn(batch, 3, 256, 192, device=device)
+    target = torch.rand(batch, 17, 64, 48, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def one():
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            y = model(x)
+        loss = ((y.float() - target) ** 2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    for _ in range(3):
+        one()
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        one()
+    sync()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variant", default="b", choices=["s", "b", "l", "h"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=60, help="timed steps (the first tenth are left out as warm-up)")
+    p.add_argument("--device", default=None, help="default: cuda when there is one")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--repeat", type=int, default=200, help="coco-mini's people this many times over")
+    args = p.parse_args()
+
+    import torch
+
+    from rapidpose.train import TrainOptions, train
+
+    logging.basicConfig(level=logging.WARNING)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = args.precision if args.precision != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    with tempfile.TemporaryDirectory() as tmp:
+        coco = json.loads((COCO_MINI / "person_keypoints.json").read_text())
+        people = [a for a in coco["annotations"] if a.get("num_keypoints", 0) > 0 and not a.get("iscrowd")]
+        coco["annotations"] = [{**a, "id": k * 1_000_000 + a["id"]} for k in range(args.repeat) for a in people]
+        annotations = Path(tmp) / "repeated.json"
+        annotations.write_text(json.dumps(coco))
+        log_every = max(args.steps // 10, 1)
+        start = time.perf_counter()
+        result = train(TrainOptions(annotations, COCO_MINI / "images", Path(tmp) / "run", model=f"random-{args.variant}",
+                                    epochs=1, batch_size=args.batch_size, device=device, precision=precision,
+                                    max_steps=args.steps, log_every=log_every), progress_bar=False)
+        wall = time.perf_counter() - start
+        rates = [e["images_per_s"] for e in map(json.loads, (Path(tmp) / "run" / "log.jsonl").read_text().splitlines())
+                 if "images_per_s" in e][1:]
+    alone = step_alone(args.variant, args.batch_size, device, precision, max(args.steps // 3, 3))
+    print(f"ViTPose-{args.variant.upper()} (random weights), batch {args.batch_size}, {precision}, {name}\n")
+    print("| what | crops/s |\n|---|---:|")
+    print(f"| rapidpose.train, augmentation on, after the first {log_every} steps (mean of {len(rates)} windows) | "
+          f"{sum(rates) / max(len(rates), 1):,.0f} |")
+    print(f"| the training step alone (crops already on the device) | {alone:,.0f} |")
+    print(f"\n{result.steps} steps in {wall:.1f} s (start-up and the checkpoint write included); last loss {result.last_loss:.4g}")
+
+
+if __name__ == "__main__":
+    main()
