@@ -608,6 +608,8 @@ def _device_for(device: str, rank: int):
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # torchrun: a GPU per process
     device = torch.device(device)
     if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     return device
 
