@@ -215,7 +215,9 @@ def make_optimizer(model, recipe: Recipe, batch_size: int):
     torch = require("torch", "torch")
     lr = scaled_lr(recipe, batch_size)
     groups = param_groups(model, lr, recipe.weight_decay, recipe.layer_decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
+    # one fused kernel for all parameters where they all live on a GPU (the step's optimiser time drops)
+    fused = all(p.is_cuda for group in groups for p in group["params"]) and bool(groups)
+    return torch.optim.AdamW(groups, lr=lr, betas=recipe.betas, weight_decay=recipe.weight_decay, fused=fused or None)
 
 
 class Schedule:

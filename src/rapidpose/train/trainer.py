@@ -279,25 +279,42 @@ class _Feeder:
         self._said: set = set()
 
     def epoch(self, epoch: int, global_batch: int, rank: int, batch_size: int, steps: int):
-        """This process's share of each of the epoch's `steps` global batches, in order: an order and
-        augmentations that depend on (seed, epoch) and the place in the epoch only."""
+        """This process's share of each of the epoch's `steps` global batches, in order. The order and
+        every person's augmentation depend on (seed, epoch, step) only: each process draws those of the
+        whole global batch (one vectorised draw) and keeps its slice, so N processes train as one."""
         n = len(self.data.samples)
         order = np.random.default_rng([self.seed, epoch]).permutation(n)
         if n < global_batch:  # a set smaller than one batch: every person, each step the same set
             order = np.resize(order, global_batch)
-        picks = [order[s * global_batch + rank * batch_size: s * global_batch + (rank + 1) * batch_size]
-                 for s in range(steps)]
-        wanted = [self.data.samples[i].image for pick in picks for i in pick]
-        images = self._reader(wanted)
+        picks = [order[s * global_batch:(s + 1) * global_batch] for s in range(steps)]
+        mine = slice(rank * batch_size, (rank + 1) * batch_size)
+        images = self._reader([self.data.samples[i].image for pick in picks for i in pick[mine]])
         try:
             for s, pick in enumerate(picks):
-                got = [next(images)[1] for _ in pick]
-                seeds = [(self.seed, epoch, s * global_batch + rank * batch_size + j) for j in range(len(pick))]
-                batch = self._make(pick, got, seeds)
+                aug = self._augment(pick, np.random.default_rng([self.seed, epoch, s]))
+                got = [next(images)[1] for _ in pick[mine]]
+                batch = self._make(pick[mine], got, _take(aug, np.arange(len(pick))[mine]))
                 if batch is not None:
                     yield batch
         finally:
             images.close()
+
+    def _augment(self, pick, rng):
+        """The official augmentation of the people `pick` (indices into the samples), drawn at once."""
+        from rapidpose.topdown.geometry import boxes_to_center_scale
+        from rapidpose.train.augment import sample_augmentation
+
+        samples = [self.data.samples[i] for i in pick]
+        boxes = np.stack([s.box for s in samples])
+        center, scale = boxes_to_center_scale(boxes, self.cfg.input_size)
+        center += self._jitter(pick, boxes)
+        widths = np.array([self.data.images[s.image_id]["width"] for s in samples], np.float32)
+        r = self.recipe
+        return sample_augmentation(
+            rng, center, scale, np.stack([s.keypoints for s in samples]), np.stack([s.visible for s in samples]),
+            self.flip_index, image_widths=widths, flip_p=r.flip_p, half_body_p=r.half_body_p,
+            half_body_min=r.half_body_min, upper_body=self.upper_body, scale_factor=r.scale_factor,
+            rotation_factor=r.rotation_factor, rotation_p=r.rotation_p, input_size=self.cfg.input_size)
 
     def _reader(self, paths):
         from rapidpose.io import read_ahead
@@ -310,11 +327,10 @@ class _Feeder:
             self._pool = DecodePool(window=128)
         return self._pool.map(paths)
 
-    def _make(self, pick, images, seeds):
+    def _make(self, pick, images, aug):
         import torch
 
-        from rapidpose.topdown.geometry import boxes_to_center_scale
-        from rapidpose.train.augment import sample_augmentation, training_matrices, transform_keypoints
+        from rapidpose.train.augment import training_matrices, transform_keypoints
         from rapidpose.train.targets import udp_heatmaps
 
         keep = []
@@ -329,30 +345,16 @@ class _Feeder:
         if not keep:
             return None
         samples = [self.data.samples[pick[j]] for j in keep]
-        images = [images[j] for j in keep]
+        aug = _take(aug, np.array(keep))
         size = self.cfg.input_size
-        boxes = np.stack([s.box for s in samples])
-        center, scale = boxes_to_center_scale(boxes, size)
-        center += self._jitter([pick[j] for j in keep], boxes)
         keypoints = np.stack([s.keypoints for s in samples]).astype(np.float32)
         visible = np.stack([s.visible for s in samples]).astype(np.float32)
-        widths = np.array([im.shape[1] for im in images], np.float32)
-        r = self.recipe
-        augs = []
-        for k, j in enumerate(keep):  # one generator per person: the same person, the same augmentation
-            rng = np.random.default_rng(seeds[j])
-            augs.append(sample_augmentation(
-                rng, center[k:k + 1], scale[k:k + 1], keypoints[k:k + 1], visible[k:k + 1], self.flip_index,
-                image_widths=widths[k:k + 1], flip_p=r.flip_p, half_body_p=r.half_body_p,
-                half_body_min=r.half_body_min, upper_body=self.upper_body, scale_factor=r.scale_factor,
-                rotation_factor=r.rotation_factor, rotation_p=r.rotation_p, input_size=size))
-        aug = _stack_augmentations(augs)
-        matrices = training_matrices(aug, size, widths)
+        matrices = training_matrices(aug, size)
         crop_keypoints, crop_visible = transform_keypoints(keypoints, visible, matrices, aug, self.flip_index, size)
-        crops = self._crops(images, matrices)
+        crops = self._crops([images[j] for j in keep], matrices)
         targets, weights = udp_heatmaps(torch.from_numpy(crop_keypoints).to(self.device),
                                         torch.from_numpy(crop_visible).to(self.device), size,
-                                        self.cfg.heatmap_size, r.sigma)
+                                        self.cfg.heatmap_size, self.recipe.sigma)
         return _Batch(crops, targets, weights)
 
     def _jitter(self, indices, boxes) -> np.ndarray:
@@ -427,11 +429,9 @@ def _ahead(batches, depth: int = 2):
                 worker.join(0.05)
 
 
-def _stack_augmentations(augs):
-    """One Augmentation of many people from one each (same dataclass, arrays joined)."""
-    first = augs[0]
-    fields = {name: np.concatenate([getattr(a, name) for a in augs]) for name in first.__dataclass_fields__}
-    return type(first)(**fields)
+def _take(aug, rows):
+    """The Augmentation of some of its people (same dataclass, each array indexed)."""
+    return type(aug)(**{name: getattr(aug, name)[rows] for name in aug.__dataclass_fields__})
 
 
 # ---------------------------------------------------------------- one step
