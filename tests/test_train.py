@@ -123,6 +123,16 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
     assert [e["step"] for e in lines(cut / "log.jsonl")] == [e["step"] for e in lines(tmp_path / "whole" / "log.jsonl")]
 
 
+def test_a_compiled_network_trains_as_the_plain_one(tmp_path):
+    start = micro_checkpoint(tmp_path / "start.pth")
+    common = dict(model=str(start), epochs=1, max_steps=2, batch_size=4, log_every=1, recipe=STILL)
+    plain = train(TrainOptions(ANNOTATIONS, IMAGES, tmp_path / "plain", **common), progress_bar=False)
+    compiled = train(TrainOptions(ANNOTATIONS, IMAGES, tmp_path / "compiled", compile=True, **common), progress_bar=False)
+    assert compiled.last_loss == pytest.approx(plain.last_loss, rel=1e-3)
+    for name, value in weights(tmp_path / "plain" / "last.pth").items():  # saved without torch.compile's prefix
+        torch.testing.assert_close(weights(tmp_path / "compiled" / "last.pth")[name], value, rtol=1e-3, atol=1e-4)
+
+
 def test_two_processes_train_as_one_on_the_same_global_batch(tmp_path):
     start = micro_checkpoint(tmp_path / "start.pth")
     args = ["-m", "rapidpose", "-q", "train", "--annotations", str(ANNOTATIONS), "--images", str(IMAGES),
