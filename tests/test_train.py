@@ -103,6 +103,14 @@ def test_a_custom_keypoint_set_trains_and_its_checkpoint_is_a_model(tmp_path, ca
                  "--backend", "torch", "--json", str(js)]) == 0
     doc = json.loads(js.read_text())
     assert doc["keypoint_names"] == names and len(doc["images"][0]["people"][0]["keypoints"]) == 5
+    # exported, the file carries the whole set: predict names the keypoints from it
+    onnx, js = tmp_path / "critter.onnx", tmp_path / "exported.json"
+    assert main(["export", "--model", str(out / "epoch_001.pth"), "--output", str(onnx)]) == 0
+    assert main(["predict", str(IMAGES), "--model", str(onnx), "--detector", "none", "--json", str(js)]) == 0
+    assert json.loads(js.read_text())["keypoint_names"] == names
+    # and eval scores it against the annotations with their own sigmas
+    assert main(["eval", "--annotations", str(annotations), "--images", str(IMAGES), "--model", str(out / "epoch_001.pth"),
+                 "--backend", "torch", "--limit", "4"]) == 0
 
 
 def weights(path):

@@ -31,6 +31,7 @@ import numpy as np
 
 from rapidpose.errors import CheckpointError, InputError, RapidPoseError, require
 from rapidpose.runtime.metadata import METADATA_SECTION, encode_metadata, parse_metadata, read_metadata
+from rapidpose.skeletons import SKELETONS, skeleton_to_meta
 
 log = logging.getLogger("rapidpose")
 
@@ -80,6 +81,9 @@ def model_metadata(model, dataset_index: int | None = None) -> dict:
         "num_keypoints": model.num_keypoints_of(index),
         "input_size": list(cfg.input_size),
     }
+    skeleton = _skeleton_of(model, index)
+    if SKELETONS.get(skeleton.name) is not skeleton:  # a set of its own (a model trained by rapidpose): all of it
+        meta["keypoint_set"] = skeleton_to_meta(skeleton)
     if getattr(model, "source", None):
         meta["source"] = str(model.source)
     return meta

@@ -78,6 +78,21 @@ def _is_set(keypoint_set, name, num_keypoints: int) -> bool:
             and keypoint_set.num_keypoints == num_keypoints)
 
 
+def _carried_set(meta: dict, name: str, num_keypoints: int):
+    """The keypoint set a file carries whole (a set of one's own, see metadata.py), when it is the
+    one named and has the file's number of keypoints; else None."""
+    from rapidpose.skeletons import skeleton_from_meta
+
+    carried = meta.get("keypoint_set")
+    if not isinstance(carried, dict) or carried.get("name") != name:
+        return None
+    try:
+        skeleton = skeleton_from_meta(carried)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return skeleton if skeleton.num_keypoints == num_keypoints else None
+
+
 def skeleton_from(meta: dict, num_keypoints: int, path="the model file", keypoint_set=None):
     """The keypoint set of an exported file: the one its rapidpose metadata names, checked against
     its `num_keypoints` heatmaps; without metadata `keypoint_set`, or the only known set of that size.
@@ -97,7 +112,8 @@ def skeleton_from(meta: dict, num_keypoints: int, path="the model file", keypoin
                                   f"{_REDO}")
         if _is_set(keypoint_set, name, num_keypoints):  # the object the file was exported with
             return keypoint_set
-        skeleton = _named_set(name, num_keypoints, path, True)
+        carried = _carried_set(meta, name, num_keypoints)
+        skeleton = carried if carried is not None else _named_set(name, num_keypoints, path, True)
         keypoint_set = getattr(keypoint_set, "name", keypoint_set)
         if keypoint_set is not None and keypoint_set != skeleton.name:
             raise InputError(f"keypoint_set '{keypoint_set}' contradicts '{path}', whose metadata says "

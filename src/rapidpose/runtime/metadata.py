@@ -10,6 +10,8 @@ Metadata (strings in the file; read_metadata gives them back typed):
 ``num_experts``        1, or 6 for ViTPose++
 ``dataset_index``      the ViTPose++ expert baked in (0 for plain ViTPose)
 ``skeleton``           keypoint set name (``coco``, ``coco_25``, ``wholebody``, ...)
+``keypoint_set``       a set rapidpose does not list (a model trained on one's own keypoints): the
+                       whole set as JSON (names, edges, flip pairs, sigmas; skeletons.skeleton_to_meta)
 ``num_keypoints``      K, the heatmap channels
 ``input_size``         ``[width, height]`` of a crop, e.g. ``[192, 256]``
 ``source``             where the weights came from, when known
@@ -32,7 +34,7 @@ _INT_KEYS = ("num_keypoints", "dataset_index", "num_experts")
 
 def encode_metadata(meta: dict) -> dict[str, str]:
     """Metadata values as the strings a file keeps (lists as JSON)."""
-    return {k: json.dumps(v) if isinstance(v, (list, tuple)) else str(v) for k, v in meta.items()}
+    return {k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v) for k, v in meta.items()}
 
 
 def parse_metadata(raw: dict[str, str]) -> dict:
@@ -42,6 +44,11 @@ def parse_metadata(raw: dict[str, str]) -> dict:
         if key in _INT_KEYS:
             try:
                 value = int(value)
+            except ValueError:
+                pass
+        elif key == "keypoint_set":
+            try:
+                value = json.loads(value)
             except ValueError:
                 pass
         elif key in ("input_size", "heatmap_size"):
