@@ -1,0 +1,292 @@
+"""Photos over several devices: a worker process per device, the photos shared out, results in input order.
+
+    devices = parse_devices("cuda")            # every visible GPU: ['cuda:0', 'cuda:1', ...]
+    with DeviceWorkers(devices, settings) as workers:
+        for index, path, entry, coco, error in workers.run(todo):   # todo: [(input position, path)]
+            ...
+
+Each worker is a fresh interpreter (as photos/decode.py starts its decoders, and for the same reasons:
+no fork of a process with CUDA and threads, no re-import of the caller's main module) that makes a
+PoseEstimator on its device and runs the photo pipeline (photos/pipeline.py) over the chunks of photos
+it is sent, answering with each photo's JSON entry (records.photo_record), its COCO results and its
+error, if any. Each worker has at most two chunks in hand, so the fastest take the most; the results
+come back in input order through a reorder buffer. A worker that dies (a crash, out of memory, killed)
+is reported with its device and exit code; its chunks go to the others, and only when none is left do
+its photos come back as errors: reported, never lost.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+from rapidpose.errors import InputError
+
+log = logging.getLogger("rapidpose")
+
+_BOOT = ("import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
+         "from rapidpose.photos.devices import _serve; _serve(int(sys.argv[2]))")
+CHUNK = 64  # photos a worker is sent at a time (two in hand each)
+
+
+def parse_devices(device: str) -> list[str]:
+    """The devices a run uses: 'cuda' -> every visible GPU (one: ['cuda']); 'cuda:0,2' -> those two;
+    'cpu' -> ['cpu']; a list may repeat a device ('cpu,cpu': two workers on the CPU, as tests do)."""
+    device = str(device).strip()
+    parts = [p.strip() for p in device.split(",") if p.strip()]
+    if not parts:
+        raise InputError("--device is empty: give cpu, cuda, cuda:N or a list such as cuda:0,2")
+    if len(parts) > 1 and parts[0].startswith("cuda:") and all(p.isdigit() for p in parts[1:]):
+        parts = [parts[0]] + [f"cuda:{p}" for p in parts[1:]]  # cuda:0,2 -> cuda:0, cuda:2
+    if parts == ["cuda"]:
+        try:
+            import torch
+        except ImportError:
+            return ["cuda"]
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [f"cuda:{i}" for i in range(count)] if count > 1 else ["cuda"]
+    for p in parts:
+        if not (p in ("cpu", "cuda", "auto") or (p.startswith("cuda:") and p[5:].isdigit())):
+            raise InputError(f"unknown device '{p}' in --device {device}: use cpu, cuda, cuda:N or a "
+                             f"comma-separated list of them (cuda:0,2)")
+    return parts
+
+
+@dataclass
+class WorkerSettings:
+    """What each worker's PoseEstimator and photo pipeline are made with (see PoseEstimator)."""
+
+    model: str
+    detector: str | None = "rtmdet-nano"
+    flip_test: bool = False
+    detector_threshold: float = 0.3
+    batch_size: int = 64
+    dataset_index: int = 0
+    backend: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    keypoint_set: str | None = None
+    images_per_batch: int | None = None
+    decoder: str = "auto"
+    coco: bool = False  # answer each photo's COCO results too
+    boxes: str | None = None  # a boxes file (io.load_boxes) in place of the detector
+    box_threshold: float = 0.3
+    extra: dict = field(default_factory=dict)
+
+
+class DeviceWorkers:
+    """Worker processes, one per device (see the module). `header` is the skeleton header the first
+    worker answered with once it was ready (the keypoint set of the model)."""
+
+    def __init__(self, devices: list[str], settings: WorkerSettings, chunk: int = CHUNK):
+        if not isinstance(settings.model, (str, os.PathLike)):
+            raise InputError("several devices need the model as a name or a file (each worker loads it), "
+                             "not a loaded module")
+        self.devices, self.settings, self.chunk = list(devices), settings, max(int(chunk), 1)
+        self._workers: list[_Worker] = []
+        self.header = None
+        for device in self.devices:
+            self._workers.append(_Worker.start(device, settings))
+        for worker in self._workers:  # loading happens in parallel; wait for each to be ready
+            ready = worker.receive()
+            if ready is None or ready[0] != "ready":
+                why = ready[1] if ready else f"it exited with code {worker.process.wait()}"
+                self.close()
+                raise InputError(f"the worker on {worker.device} could not start: {why}")
+            self.header = self.header or ready[1]
+
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers if w.alive]
+
+    def run(self, todo):
+        """(position, path, entry, coco results, error message or None) for each (position, path) of
+        `todo`, in its order."""
+        todo = [(int(i), str(p)) for i, p in todo]
+        size = self.chunk
+        chunks = deque((k, todo[s:s + size]) for k, s in enumerate(range(0, len(todo), size)))
+        total = len(chunks)
+        done: dict[int, list] = {}
+        next_chunk = 0
+        in_hand: dict[int, _Worker] = {}
+        while next_chunk < total:
+            # chunks handed out at most a few ahead of the next to write: the reorder buffer stays small
+            self._hand_out(chunks, in_hand, next_chunk + 3 * len(self._workers))
+            if not in_hand:  # no worker left
+                break
+            self._collect(chunks, in_hand, done)
+            while next_chunk in done:
+                yield from done.pop(next_chunk)
+                next_chunk += 1
+        waiting = dict(chunks)
+        for key in range(next_chunk, total):  # every worker died: what is left is reported, not lost
+            if key in done:
+                yield from done.pop(key)
+                continue
+            for index, path in waiting[key]:
+                yield index, path, None, [], "no worker left to process it (see the errors above)"
+
+    def _hand_out(self, chunks, in_hand, limit: int) -> None:
+        for worker in self._workers:
+            while worker.alive and len(worker.chunks) < 2 and chunks and chunks[0][0] < limit:
+                key, items = chunks.popleft()
+                try:
+                    worker.send(("chunk", key, items))
+                except OSError:
+                    chunks.appendleft((key, items))
+                    self._lost(worker, chunks, in_hand)
+                    break
+                worker.chunks[key] = items
+                in_hand[key] = worker
+
+    def _collect(self, chunks, in_hand, done) -> None:
+        by_conn = {w.conn: w for w in set(in_hand.values())}
+        for conn in wait(list(by_conn)):
+            worker = by_conn[conn]
+            answer = worker.receive()
+            if answer is None:
+                self._lost(worker, chunks, in_hand)
+                continue
+            _, key, results = answer
+            worker.chunks.pop(key, None)
+            in_hand.pop(key, None)
+            done[key] = results
+
+    def _lost(self, worker, chunks, in_hand) -> None:
+        code = worker.process.wait()
+        worker.alive = False
+        lost = sorted(worker.chunks.items())
+        log.error("the worker on %s stopped (exit code %s) with %d photos in hand: %s", worker.device, code,
+                  sum(len(items) for _, items in lost), "they go to the other workers" if any(
+                      w.alive for w in self._workers) else "no worker is left")
+        for key, items in reversed(lost):
+            in_hand.pop(key, None)
+            chunks.appendleft((key, items))
+        worker.chunks.clear()
+
+    def close(self) -> None:
+        for worker in self._workers:
+            worker.stop()
+        self._workers = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _Worker:
+    def __init__(self, device: str, process: subprocess.Popen, conn: Connection):
+        self.device, self.process, self.conn = device, process, conn
+        self.alive = True
+        self.chunks: dict[int, list] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def start(cls, device: str, settings: WorkerSettings) -> "_Worker":
+        ours, theirs = socket.socketpair()
+        try:
+            path = json.dumps([entry for entry in sys.path if isinstance(entry, str)])
+            env = dict(os.environ)
+            process = subprocess.Popen([sys.executable, "-c", _BOOT, path, str(theirs.fileno())],
+                                       pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        worker = cls(device, process, Connection(ours.detach()))
+        worker.send(("start", device, settings))
+        return worker
+
+    def send(self, message) -> None:
+        with self._lock:
+            self.conn.send(message)
+
+    def receive(self):
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            return None
+
+    def stop(self) -> None:
+        if self.alive:
+            try:
+                self.send(("stop",))
+            except OSError:
+                pass
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.alive = False
+        self.conn.close()
+
+
+def _serve(fd: int) -> None:
+    """A worker's life: ('start', device, settings), then ('chunk', key, [(position, path)]) answered
+    with ('done', key, [(position, path, entry, coco, error)]) until ('stop',)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the workers
+    conn = Connection(fd)
+    _, device, settings = conn.recv()
+    try:
+        est, boxes = _estimator(device, settings)
+    except Exception as exc:  # a wrong model or detector: said once, by the parent
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", {"model": str(settings.model), **est.skeleton.to_dict()}))
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message[0] == "stop":
+            return
+        _, key, items = message
+        conn.send(("done", key, _chunk(est, boxes, settings, items)))
+
+
+def _estimator(device, settings: WorkerSettings):
+    from rapidpose.io import load_boxes
+    from rapidpose.topdown.estimator import PoseEstimator
+
+    detector = "none" if settings.boxes else settings.detector
+    est = PoseEstimator(settings.model, detector=detector, device=device, flip_test=settings.flip_test,
+                        detector_threshold=settings.detector_threshold, batch_size=settings.batch_size,
+                        dataset_index=settings.dataset_index, backend=settings.backend,
+                        precision=settings.precision, compile=settings.compile, keypoint_set=settings.keypoint_set)
+    return est, (load_boxes(settings.boxes) if settings.boxes else None)
+
+
+def _chunk(est, box_table, settings: WorkerSettings, items) -> list:
+    from rapidpose.io import boxes_for, coco_image_id
+    from rapidpose.photos.pipeline import predict_photos
+    from rapidpose.photos.records import photo_record
+
+    def given(position, path):  # the --boxes entry of a photo, above the threshold
+        found = boxes_for(box_table, path, coco_image_id(path, items[position][0]))
+        return found[found[:, 4] >= settings.box_threshold]
+
+    per_batch = settings.images_per_batch or (64 if est.on_gpu else 16)
+    out = []
+    for result in predict_photos(est, [Path(p) for _, p in items], given if box_table is not None else None,
+                                 images_per_batch=per_batch,
+                                 decoder=settings.decoder):
+        index, path = items[result.index]
+        if result.error is not None:
+            out.append((index, path, photo_record(path, error=result.error), [], str(result.error)))
+            continue
+        coco = result.poses.to_coco(coco_image_id(Path(path), index)) if settings.coco else []
+        out.append((index, path, photo_record(path, result.size, result.poses), coco, None))
+    return out
