@@ -110,7 +110,8 @@ def test_a_custom_keypoint_set_trains_and_its_checkpoint_is_a_model(tmp_path, ca
     assert json.loads(js.read_text())["keypoint_names"] == names
     # and eval scores it against the annotations with their own sigmas
     assert main(["eval", "--annotations", str(annotations), "--images", str(IMAGES), "--model", str(out / "epoch_001.pth"),
-                 "--backend", "torch", "--limit", "4"]) == 0
+                 "--backend", "torch", "--limit", "4", "--json", str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["metrics"]["AP"] >= 0
 
 
 def weights(path):
