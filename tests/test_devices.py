@@ -88,3 +88,27 @@ def test_a_dead_workers_photos_go_to_the_others_and_are_reported_without_any(tin
 def test_a_worker_that_cannot_start_says_why(tmp_path):
     with pytest.raises(InputError, match="the worker on cpu could not start: .*missing.pth"):
         DeviceWorkers(["cpu"], WorkerSettings(model=str(tmp_path / "missing.pth"), detector="none", backend="torch"))
+
+
+def test_predict_on_two_cpu_workers_writes_what_one_process_writes(tiny_checkpoint, tmp_path, caplog):
+    import json
+
+    from rapidpose.cli import main
+
+    outputs = {}
+    for devices in ("cpu", "cpu,cpu"):
+        out = tmp_path / devices.replace(",", "-")
+        code = main(["predict", *map(str, PHOTOS[:8]), "--model", str(tiny_checkpoint), "--detector", str(RTMDET),
+                     "--backend", "torch", "--precision", "fp32", "--device", devices, "--images-per-batch", "4",
+                     "--jsonl", str(out / "poses.jsonl"), "--coco", str(out / "coco.json"), "--draw", str(out / "drawn")])
+        assert code == 0
+        outputs[devices] = out
+    assert "predicting on 2 devices (cpu, cpu): a worker process each" in caplog.text
+    one, two = ([json.loads(line) for line in (outputs[d] / "poses.jsonl").read_text().splitlines()] for d in outputs)
+    assert [e["image"] for e in two] == [str(p) for p in PHOTOS[:8]]
+    for got, want in zip(two, one):
+        assert_same_entry(got, want)
+    coco_one, coco_two = (json.loads((outputs[d] / "coco.json").read_text()) for d in outputs)
+    assert [r["image_id"] for r in coco_two] == [r["image_id"] for r in coco_one]
+    assert sorted(p.name for p in (outputs["cpu,cpu"] / "drawn").iterdir()) == sorted(
+        p.name for p in (outputs["cpu"] / "drawn").iterdir())

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from conftest import ASSETS, RTMDET
 
-import rapidpose.cli.predict as predict_module
+import rapidpose.draw.cpu as draw_module
 import rapidpose.photos.pipeline as pipeline_module
 from rapidpose.cli import main
 from rapidpose.errors import InputError, RapidPoseError
@@ -142,7 +142,7 @@ def test_ctrl_c_leaves_whole_files_and_exits_130(tiny_checkpoint, photos, tmp_pa
 
 def test_an_image_has_its_line_only_once_its_drawing_is_written(tiny_checkpoint, tmp_path, monkeypatch):
     jl, drawn = tmp_path / "poses.jsonl", tmp_path / "drawn"
-    original, calls = predict_module._draw, []
+    original, calls = draw_module.save_drawn, []
 
     def stopping(*args):
         calls.append(1)
@@ -150,7 +150,7 @@ def test_an_image_has_its_line_only_once_its_drawing_is_written(tiny_checkpoint,
             raise KeyboardInterrupt
         return original(*args)
 
-    monkeypatch.setattr(predict_module, "_draw", stopping)
+    monkeypatch.setattr(draw_module, "save_drawn", stopping)
     assert run(tiny_checkpoint, COCO_MMPOSE, "--jsonl", jl, "--draw", drawn, "--images-per-batch", "4") == 130
     assert [e["image"] for e in lines(jl)] == [str(p) for p in sorted(COCO_MMPOSE.glob("*.jpg"))[:2]]
     assert sorted(p.stem for p in drawn.glob("*.jpg")) == ["000000000785", "000000040083"]

@@ -18,8 +18,6 @@ import functools
 import logging
 from pathlib import Path
 
-import cv2
-
 from rapidpose.cli.options import COUNT, FRACTION, add_network_options
 from rapidpose.errors import RapidPoseError
 from rapidpose.io import coco_image_id
@@ -86,13 +84,13 @@ def add_predict_parser(sub) -> None:
 
 def run_predict(args) -> int:
     from rapidpose.io import load_boxes
-    from rapidpose.photos.pipeline import predict_photos
-    from rapidpose.photos.records import PhotoRecords, photo_record, scan_jsonl
+    from rapidpose.photos.devices import parse_devices
+    from rapidpose.photos.records import PhotoRecords, scan_jsonl
     from rapidpose.photos.sources import gather
-    from rapidpose.topdown.estimator import PoseEstimator
 
     _check_outputs(args)
     paths = gather(args.paths, args.list or ())  # before loading anything: a wrong path fails at once
+    devices = parse_devices(args.device)
     box_table = load_boxes(args.boxes) if args.boxes else None
     if box_table is not None:
         _check_boxes_match(box_table, paths)
@@ -104,47 +102,35 @@ def run_predict(args) -> int:
                  "the people found per image is printed at the end")
     if args.heatmaps and not args.draw:
         log.warning("--heatmaps draws heatmap overlays into the --draw folder: without --draw it does nothing")
-    detector = "none" if box_table is not None else args.detector
-    est = PoseEstimator(args.model, detector=detector, device=args.device, flip_test=args.flip,
-                        detector_threshold=args.threshold, batch_size=args.batch_size,
-                        dataset_index=args.dataset_index, backend=args.backend, precision=args.precision,
-                        compile=args.compile, keypoint_set=args.keypoint_set)
-    if not paths:
-        log.error("no images found in %s", " ".join(args.paths))
-        return 1
-    if earlier is not None:
-        _check_same_keypoints(earlier, est.skeleton)
-        earlier.tidy()
     draw_dir = Path(args.draw) if args.draw else None
     if draw_dir:
         draw_dir.mkdir(parents=True, exist_ok=True)
+    if len(devices) > 1:
+        skeleton, results, stop = _on_devices(args, devices, todo, draw_dir)
+    else:
+        skeleton, results, stop = _on_one_device(args, todo, box_table, draw_dir)
+    if not paths:
+        stop()
+        log.error("no images found in %s", " ".join(args.paths))
+        return 1
+    if earlier is not None:
+        _check_same_keypoints(earlier, skeleton)
+        earlier.tidy()
 
-    header = {"model": str(args.model), **est.skeleton.to_dict()}  # the header keys of video --json
+    header = {"model": str(args.model), **skeleton.to_dict()}  # the header keys of video --json
     records = PhotoRecords(header, args.json, args.jsonl, args.coco, append=earlier is not None)
     rows = None if writing or draw_dir else []  # the table printed without outputs: a short row per image
     done = failed = found = 0
     interrupted, error = False, None
-    given = None if box_table is None else functools.partial(_given_boxes, box_table, todo, args.threshold)
-    per_batch = args.images_per_batch or (64 if est.on_gpu else 16)
-    results = predict_photos(est, [path for _, path in todo], given, images_per_batch=per_batch,
-                             return_heatmaps=args.heatmaps, decoder=args.decoder)
     try:
         if earlier is not None and (args.json or args.coco):
-            _carry_earlier(records, args.jsonl, paths, est.skeleton, coco=bool(args.coco))
+            _carry_earlier(records, args.jsonl, paths, skeleton, coco=bool(args.coco))
         with progress(len(todo), "predict") as bar:
-            for result in results:  # in input order, each as soon as its batch is done
-                path, index = result.path, todo[result.index][0]
-                if result.error is not None:
-                    log.error("%s", result.error)
+            for entry, coco, problem in results:  # in input order, each as soon as its batch is done
+                if problem is not None:
+                    log.error("%s", problem)
                     failed += 1
-                    entry, coco = photo_record(path, error=result.error), ()
-                else:
-                    poses = result.poses
-                    found += len(poses)
-                    if draw_dir:  # before its line: a line on disk means the image is wholly done
-                        _draw(result.numpy_image(), poses, draw_dir / path.stem, args, est.input_size)
-                    entry = photo_record(path, result.size, poses)
-                    coco = poses.to_coco(coco_image_id(path, index)) if args.coco else ()
+                found += len(entry["people"])
                 records.add(entry, coco)
                 if rows is not None:
                     rows.append(_row(entry))
@@ -161,7 +147,7 @@ def run_predict(args) -> int:
         error = f"{exc}" if isinstance(exc, RapidPoseError) else f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        results.close()  # the reading and detecting stop
+        stop()  # the reading, detecting and workers stop
         records.close({"images_done": records.images, "interrupted": interrupted, "error": error})
 
     if rows is not None and not interrupted:
@@ -171,6 +157,65 @@ def run_predict(args) -> int:
     if interrupted:
         return 130
     return 1 if failed else 0
+
+
+def _on_one_device(args, todo, box_table, draw_dir):
+    """(keypoint set, (entry, COCO results, error) per photo in order, stop): the photo pipeline here."""
+    from rapidpose.draw.cpu import save_drawn
+    from rapidpose.photos.pipeline import predict_photos
+    from rapidpose.photos.records import photo_record
+    from rapidpose.topdown.estimator import PoseEstimator
+
+    detector = "none" if box_table is not None else args.detector
+    est = PoseEstimator(args.model, detector=detector, device=args.device, flip_test=args.flip,
+                        detector_threshold=args.threshold, batch_size=args.batch_size,
+                        dataset_index=args.dataset_index, backend=args.backend, precision=args.precision,
+                        compile=args.compile, keypoint_set=args.keypoint_set)
+    given = None if box_table is None else functools.partial(_given_boxes, box_table, todo, args.threshold)
+    per_batch = args.images_per_batch or (64 if est.on_gpu else 16)
+    results = predict_photos(est, [path for _, path in todo], given, images_per_batch=per_batch,
+                             return_heatmaps=args.heatmaps, decoder=args.decoder)
+
+    def entries():
+        for result in results:
+            path, index = result.path, todo[result.index][0]
+            if result.error is not None:
+                yield photo_record(path, error=result.error), (), result.error
+                continue
+            if draw_dir:  # before its line: a line on disk means the image is wholly done
+                save_drawn(result.numpy_image(), result.poses, draw_dir / path.stem, args.keypoint_threshold,
+                           args.heatmaps, est.input_size)
+            coco = result.poses.to_coco(coco_image_id(path, index)) if args.coco else ()
+            yield photo_record(path, result.size, result.poses), coco, None
+
+    return est.skeleton, entries(), results.close
+
+
+def _on_devices(args, devices, todo, draw_dir):
+    """The same from a worker process per device (photos.devices): `--device cuda` with several GPUs,
+    or a list such as cuda:0,2."""
+    from rapidpose.photos.devices import DeviceWorkers, WorkerSettings
+    from rapidpose.photos.records import photo_record
+    from rapidpose.skeletons import skeleton_from_meta
+
+    settings = WorkerSettings(
+        model=str(args.model), detector=args.detector, flip_test=args.flip, detector_threshold=args.threshold,
+        batch_size=args.batch_size, dataset_index=args.dataset_index, backend=args.backend,
+        precision=args.precision, compile=args.compile, keypoint_set=args.keypoint_set,
+        images_per_batch=args.images_per_batch, decoder=args.decoder, coco=bool(args.coco), boxes=args.boxes,
+        box_threshold=args.threshold, draw_dir=str(draw_dir) if draw_dir else None,
+        keypoint_threshold=args.keypoint_threshold, heatmaps=args.heatmaps)
+    log.info("predicting on %d devices (%s): a worker process each", len(devices), ", ".join(devices))
+    workers = DeviceWorkers(devices, settings)
+    header = workers.header
+    skeleton = skeleton_from_meta({"name": header["name"], "keypoints": header["keypoint_names"],
+                                   "edges": header["skeleton"]})
+
+    def entries():
+        for _, path, entry, coco, problem in workers.run(todo):
+            yield entry if entry is not None else photo_record(path, error=problem), coco, problem
+
+    return skeleton, entries(), workers.close
 
 
 def _check_outputs(args) -> None:
@@ -271,16 +316,3 @@ def _given_boxes(box_table, todo, threshold, position, path):
 
     given = boxes_for(box_table, path, coco_image_id(path, todo[position][0]))
     return given[given[:, 4] >= threshold]
-
-
-def _draw(image, poses, stem: Path, args, input_size) -> None:
-    from rapidpose.draw import cpu as draw
-    from rapidpose.topdown.geometry import boxes_to_center_scale
-
-    drawn = draw.draw_poses(image, poses, keypoint_threshold=args.keypoint_threshold)
-    cv2.imwrite(f"{stem}.jpg", drawn[:, :, ::-1])
-    if args.heatmaps and len(poses):
-        overlay = draw.draw_heatmaps(image, poses.heatmaps, *boxes_to_center_scale(poses.boxes, input_size))
-        cv2.imwrite(f"{stem}_heatmaps.jpg", overlay[:, :, ::-1])
-
-

@@ -330,3 +330,16 @@ def draw_frame(pixels, poses):
     """`poses` drawn into I420 pixels (H*3//2, W) in place (the encoder takes I420 without a colour
     conversion), or onto a copy of RGB pixels (H, W, 3)."""
     return draw_poses_i420(pixels, poses) if pixels.ndim == 2 else draw_poses(pixels, poses)
+
+
+def save_drawn(image, poses: Poses, stem, keypoint_threshold: float = 0.3, heatmaps: bool = False,
+               input_size=(192, 256)) -> None:
+    """`stem`.jpg: the RGB image with its poses drawn; with heatmaps (and poses.heatmaps kept),
+    `stem`_heatmaps.jpg too: what `rapidpose predict --draw [--heatmaps]` writes for each photo."""
+    from rapidpose.topdown.geometry import boxes_to_center_scale
+
+    drawn = draw_poses(image, poses, keypoint_threshold=keypoint_threshold)
+    cv2.imwrite(f"{stem}.jpg", drawn[:, :, ::-1])
+    if heatmaps and len(poses) and poses.heatmaps is not None:
+        overlay = draw_heatmaps(image, poses.heatmaps, *boxes_to_center_scale(poses.boxes, input_size))
+        cv2.imwrite(f"{stem}_heatmaps.jpg", overlay[:, :, ::-1])

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
@@ -79,7 +79,9 @@ class WorkerSettings:
     coco: bool = False  # answer each photo's COCO results too
     boxes: str | None = None  # a boxes file (io.load_boxes) in place of the detector
     box_threshold: float = 0.3
-    extra: dict = field(default_factory=dict)
+    draw_dir: str | None = None  # each photo drawn there (draw.cpu.save_drawn) before its answer
+    keypoint_threshold: float = 0.3
+    heatmaps: bool = False
 
 
 class DeviceWorkers:
@@ -281,12 +283,17 @@ def _chunk(est, box_table, settings: WorkerSettings, items) -> list:
     per_batch = settings.images_per_batch or (64 if est.on_gpu else 16)
     out = []
     for result in predict_photos(est, [Path(p) for _, p in items], given if box_table is not None else None,
-                                 images_per_batch=per_batch,
+                                 images_per_batch=per_batch, return_heatmaps=settings.heatmaps,
                                  decoder=settings.decoder):
         index, path = items[result.index]
         if result.error is not None:
             out.append((index, path, photo_record(path, error=result.error), [], str(result.error)))
             continue
+        if settings.draw_dir:
+            from rapidpose.draw.cpu import save_drawn
+
+            save_drawn(result.numpy_image(), result.poses, Path(settings.draw_dir) / Path(path).stem,
+                       settings.keypoint_threshold, settings.heatmaps, est.input_size)
         coco = result.poses.to_coco(coco_image_id(Path(path), index)) if settings.coco else []
         out.append((index, path, photo_record(path, result.size, result.poses), coco, None))
     return out
