@@ -1,4 +1,4 @@
-"""The rapidpose command: one module per subcommand (predict, video, eval, bench, export, quantize, models)."""
+"""The rapidpose command: one module per subcommand (predict, video, eval, bench, export, quantize, models, train, serve)."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +21,7 @@ def main(argv=None) -> int:
     from rapidpose.cli.models import add_models_parser, run_models
     from rapidpose.cli.predict import add_predict_parser, run_predict
     from rapidpose.cli.quantize import add_quantize_parser, run_quantize
+    from rapidpose.cli.serve import add_serve_parser, run_serve
     from rapidpose.cli.train import add_train_parser, run_train
     from rapidpose.cli.video import add_video_parser, run_video
 
@@ -32,6 +33,7 @@ def main(argv=None) -> int:
     add_quantize_parser(sub)
     add_models_parser(sub)
     add_train_parser(sub)
+    add_serve_parser(sub)
     for command in sub.choices.values():  # -q/-v after the subcommand too: `rapidpose predict x.jpg -q`
         _add_message_options(command, default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -41,7 +43,7 @@ def main(argv=None) -> int:
         try:
             return {"predict": run_predict, "video": run_video, "bench": run_bench,
                     "export": run_export, "eval": run_eval, "quantize": run_quantize, "models": run_models,
-                    "train": run_train}[args.command](args)
+                    "train": run_train, "serve": run_serve}[args.command](args)
         except RapidPoseError as exc:  # a whole-run problem (model, detector, boxes file): one clear line
             log.error("%s", exc)
             return 2
