@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 
 from rapidpose.cli.options import COUNT, FRACTION, add_network_options
+from rapidpose.cli.predict_ray import add_ray_options, asks_for_ray, run_on_ray
 from rapidpose.errors import RapidPoseError
 from rapidpose.io import coco_image_id
 from rapidpose.progress import progress
@@ -80,6 +81,7 @@ def add_predict_parser(sub) -> None:
     p.add_argument("--draw", metavar="DIR", help="write drawn images into this folder (default: none)")
     p.add_argument("--heatmaps", action="store_true",
                    help="with --draw, also write heatmap overlays (default: off)")
+    add_ray_options(p)
 
 
 def run_predict(args) -> int:
@@ -89,6 +91,8 @@ def run_predict(args) -> int:
     from rapidpose.photos.sources import gather
 
     _check_outputs(args)
+    if asks_for_ray(args):  # the same photos and outputs, the work spread over a Ray cluster
+        return run_on_ray(args)
     paths = gather(args.paths, args.list or ())  # before loading anything: a wrong path fails at once
     devices = parse_devices(args.device)
     box_table = load_boxes(args.boxes) if args.boxes else None
