@@ -36,14 +36,15 @@ SECONDS = number(float, 0)  # durations: 0 allowed (a quick, rough figure)
 
 
 def add_network_options(p, *, model_help: str = "hub name (vitpose-b, vitpose-plus-b, ...) or checkpoint path",
-                        precision: str = "auto", compile: bool = True) -> None:
+                        precision: str = "auto", compile: bool = True,
+                        device_help: str = "cpu, cuda, cuda:N or auto (GPU when there is one)") -> None:
     """--model, --device, --backend, --precision, --flip, --dataset-index (and --compile): the network
     and where it runs, the same for every command that runs it."""
     from rapidpose.runtime import BACKENDS
     from rapidpose.runtime.torch_runtime import PRECISIONS
 
     p.add_argument("--model", default="vitpose-b", help=f"{model_help} (default vitpose-b)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (GPU when there is one) (default auto)")
+    p.add_argument("--device", default="auto", help=f"{device_help} (default auto)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="inference backend (auto: the fastest for the device); .onnx/.xml models pick their own "
                         "(default auto)")

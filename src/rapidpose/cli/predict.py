@@ -42,7 +42,9 @@ def add_predict_parser(sub) -> None:
                         "starting with '#' are skipped, a relative path is relative to the listing file's "
                         "folder, each line is one file (no globs or folders); may be given more than once "
                         "(default: none)")
-    add_network_options(p)
+    add_network_options(p, device_help="cpu, cuda, cuda:N or auto (GPU when there is one); cuda on a host with "
+                                       "several GPUs is every visible one, and a list (cuda:0,2) names some: a "
+                                       "worker process each, outputs in input order")
     p.add_argument("--detector", default="rtmdet-nano",
                    help="rtmdet-nano, yolox-nano, an .onnx path, or 'none' (whole image, or --boxes) "
                         "(default rtmdet-nano)")
