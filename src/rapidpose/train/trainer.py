@@ -154,7 +154,9 @@ def train(options: TrainOptions, progress_bar: bool = True) -> TrainResult:
                  settings["lr_rule"], schedule.describe(), steps_per_epoch, global_batch, epochs, precision, device)
 
     feeder = _Feeder(data, recipe, model.cfg, device, options.seed)
-    writer = _Log(output / "log.jsonl", append=options.resume) if rank == 0 else None
+    from rapidpose.photos.records import JsonLines
+
+    writer = JsonLines(output / "log.jsonl", append=options.resume) if rank == 0 else None
     last_loss, rate = float("nan"), 0.0
     total = steps_per_epoch * epochs if options.max_steps is None else min(options.max_steps, steps_per_epoch * epochs)
     bar = _bar(total, state.step, progress_bar and rank == 0)
@@ -198,6 +200,8 @@ def train(options: TrainOptions, progress_bar: bool = True) -> TrainResult:
     finally:
         if bar is not None:
             bar.close()
+        if writer is not None:
+            writer.close()
         feeder.close()
     if rank == 0 and feeder.unreadable:
         log.warning("%d people skipped: their images could not be read (named above)", feeder.unreadable)
@@ -549,18 +553,6 @@ def _resume(path: Path, model, optimizer, skeleton) -> _State:
     optimizer.load_state_dict(saved["optimizer"])
     log.info("resuming '%s' after epoch %d (step %d)", path, saved["epoch"], saved["step"])
     return _State(epoch=int(saved["epoch"]), step=int(saved["step"]), best_ap=saved.get("best_ap"))
-
-
-class _Log:
-    """log.jsonl: one JSON object a line, flushed as written."""
-
-    def __init__(self, path: Path, append: bool):
-        self.path = path
-        self.file = open(path, "a" if append else "w", encoding="utf-8")
-
-    def add(self, entry: dict) -> None:
-        self.file.write(json.dumps(entry) + "\n")
-        self.file.flush()
 
 
 def _plot(log_path: Path, png: Path) -> None:
