@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rapidpose.evaluate.speed import random_model
@@ -96,7 +97,7 @@ def transformers_run(model, paths, detector_path, device) -> dict | None:
     detector = load_detector(detector_path)
     boxes, images = [], []
     for p in paths[: min(len(paths), 200)]:  # boxes found beforehand, untimed (transformers has no detector)
-        image = cv2.imread(str(p))[:, :, ::-1]
+        image = np.ascontiguousarray(cv2.imread(str(p))[:, :, ::-1])  # transformers refuses negative strides
         b, _ = detector(image)
         boxes.append([[x1, y1, x2 - x1, y2 - y1] for x1, y1, x2, y2 in b.tolist()])
         images.append(image)
@@ -104,7 +105,7 @@ def transformers_run(model, paths, detector_path, device) -> dict | None:
     start, people = time.perf_counter(), 0
     for i in range(0, len(keep), 32):
         chunk = keep[i:i + 32]
-        batch_images = [cv2.imread(str(paths[j]))[:, :, ::-1] for j in chunk]  # reading is timed, as for the others
+        batch_images = [np.ascontiguousarray(cv2.imread(str(paths[j]))[:, :, ::-1]) for j in chunk]  # reading is timed, as for the others
         run(batch_images, [boxes[j] for j in chunk])
         people += sum(len(boxes[j]) for j in chunk)
     if device.startswith("cuda"):

@@ -7,10 +7,13 @@
 
 Each worker is a fresh interpreter (as photos/decode.py starts its decoders, and for the same reasons:
 no fork of a process with CUDA and threads, no re-import of the caller's main module) that makes a
-PoseEstimator on its device and runs the photo pipeline (photos/pipeline.py) over the chunks of photos
-it is sent, answering with each photo's JSON entry (records.photo_record), its COCO results and its
-error, if any. Each worker has at most two chunks in hand, so the fastest take the most; the results
-come back in input order through a reorder buffer. A worker that dies (a crash, out of memory, killed)
+PoseEstimator on its device and runs one photo pipeline (photos/pipeline.py) over the stream of chunks
+of photos it is sent, answering each chunk with its photos' JSON entries (records.photo_record), COCO
+results and errors. The pipeline stays up between chunks (its decoders, its detection thread, its
+batches of 64 photos spanning chunks): a pipeline per chunk ran two H200s at a quarter of one's rate.
+So a worker is kept supplied with the photos its pipeline reads ahead (`in_hand`, a few batches) and
+told to finish what it holds ('end') once no chunk is left; the fastest workers take the most, and the
+results come back in input order through a reorder buffer. A worker that dies (a crash, out of memory, killed)
 is reported with its device and exit code; its chunks go to the others, and only when none is left do
 its photos come back as errors: reported, never lost.
 """
@@ -34,7 +37,7 @@ log = logging.getLogger("rapidpose")
 
 _BOOT = ("import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
          "from rapidpose.photos.devices import _serve; _serve(int(sys.argv[2]))")
-CHUNK = 64  # photos a worker is sent at a time (two in hand each)
+CHUNK = 64  # photos a worker is sent at a time
 
 
 def parse_devices(device: str) -> list[str]:
@@ -93,6 +96,11 @@ class DeviceWorkers:
             raise InputError("several devices need the model as a name or a file (each worker loads it), "
                              "not a loaded module")
         self.devices, self.settings, self.chunk = list(devices), settings, max(int(chunk), 1)
+        # photos a worker holds: what its pipeline reads ahead (the decoders' window, the batch in the
+        # detector, the ones queued behind it, the one in the pose network) and a batch more, so that it
+        # never waits for a chunk to finish the one before (and no more: the last photos stay shared out)
+        per_batch = settings.images_per_batch or 64
+        self.in_hand = max(2 * self.chunk, 4 * per_batch + 96)
         self._workers: list[_Worker] = []
         self.header = None
         for device in self.devices:
@@ -118,9 +126,17 @@ class DeviceWorkers:
         done: dict[int, list] = {}
         next_chunk = 0
         in_hand: dict[int, _Worker] = {}
+        per_worker = -(-self.in_hand // size)
         while next_chunk < total:
-            # chunks handed out at most a few ahead of the next to write: the reorder buffer stays small
-            self._hand_out(chunks, in_hand, next_chunk + 3 * len(self._workers))
+            # chunks handed out at most so far ahead of the next to write that the reorder buffer stays
+            # small; the worker that holds that next chunk is always kept supplied (it may need the
+            # photos after it to finish it: its batches span chunks)
+            self._hand_out(chunks, in_hand, next_chunk + (per_worker + 2) * len(self._workers), per_worker,
+                           in_hand.get(next_chunk))
+            if not chunks:  # nothing left to hand out: each worker finishes what it holds
+                for worker in self._workers:
+                    if worker.alive and worker.chunks and not worker.flushed:
+                        self._send(worker, ("end",), chunks, in_hand)
             if not in_hand:  # no worker left
                 break
             self._collect(chunks, in_hand, done)
@@ -135,18 +151,28 @@ class DeviceWorkers:
             for index, path in waiting[key]:
                 yield index, path, None, [], "no worker left to process it (see the errors above)"
 
-    def _hand_out(self, chunks, in_hand, limit: int) -> None:
+    def _hand_out(self, chunks, in_hand, limit: int, per_worker: int, oldest) -> None:
         for worker in self._workers:
-            while worker.alive and len(worker.chunks) < 2 and chunks and chunks[0][0] < limit:
+            while (worker.alive and len(worker.chunks) < per_worker and chunks
+                   and (chunks[0][0] < limit or worker is oldest)):
                 key, items = chunks.popleft()
-                try:
-                    worker.send(("chunk", key, items))
-                except OSError:
-                    chunks.appendleft((key, items))
-                    self._lost(worker, chunks, in_hand)
+                if not self._send(worker, ("chunk", key, items), chunks, in_hand, (key, items)):
                     break
                 worker.chunks[key] = items
+                worker.flushed = False
                 in_hand[key] = worker
+
+    def _send(self, worker, message, chunks, in_hand, item=None) -> bool:
+        try:
+            worker.send(message)
+        except OSError:
+            if item is not None:
+                chunks.appendleft(item)
+            self._lost(worker, chunks, in_hand)
+            return False
+        if message[0] == "end":
+            worker.flushed = True
+        return True
 
     def _collect(self, chunks, in_hand, done) -> None:
         by_conn = {w.conn: w for w in set(in_hand.values())}
@@ -189,6 +215,7 @@ class _Worker:
     def __init__(self, device: str, process: subprocess.Popen, conn: Connection):
         self.device, self.process, self.conn = device, process, conn
         self.alive = True
+        self.flushed = True  # told to finish what it holds ('end') since its last chunk
         self.chunks: dict[int, list] = {}
         self._lock = threading.Lock()
 
@@ -235,8 +262,10 @@ class _Worker:
 
 
 def _serve(fd: int) -> None:
-    """A worker's life: ('start', device, settings), then ('chunk', key, [(position, path)]) answered
-    with ('done', key, [(position, path, entry, coco, error)]) until ('stop',)."""
+    """A worker's life: ('start', device, settings), then chunks ('chunk', key, [(position, path)]),
+    each answered with ('done', key, [(position, path, entry, coco, error)]) as the pipeline finishes
+    it; ('end',) finishes every chunk in hand; ('stop',) ends the worker."""
+    import queue
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the workers
@@ -248,15 +277,76 @@ def _serve(fd: int) -> None:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", {"model": str(settings.model), **est.skeleton.to_dict()}))
-    while True:
-        try:
-            message = conn.recv()
-        except EOFError:
+    inbox: queue.Queue = queue.Queue()
+
+    def listen():  # the parent's messages, taken as they come (the pipeline reads them when it wants photos)
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                message = ("stop",)
+            inbox.put(message)
+            if message[0] == "stop":
+                return
+
+    threading.Thread(target=listen, name="rapidpose-device-inbox", daemon=True).start()
+    while (message := inbox.get())[0] != "stop":
+        if message[0] == "chunk" and _pipeline_run(est, boxes, settings, message, inbox, conn) == "stop":
             return
-        if message[0] == "stop":
-            return
-        _, key, items = message
-        conn.send(("done", key, _chunk(est, boxes, settings, items)))
+
+
+def _pipeline_run(est, box_table, settings: WorkerSettings, first, inbox, conn):
+    """One photo pipeline over `first` and the chunks that follow it until ('end',); 'stop' if the
+    parent said stop (or went away) meanwhile."""
+    from rapidpose.io import boxes_for, coco_image_id
+    from rapidpose.photos.pipeline import predict_photos
+
+    stream: list = []  # (chunk key, (position, path)) of each photo in pipeline order
+    pending: dict[int, list] = {}  # chunk key -> [photos still to come, answers so far]
+    ended = []
+
+    def photos():  # read by the pipeline's reader, a window ahead of the results
+        message = first
+        while message[0] == "chunk":
+            _, key, items = message
+            pending[key] = [len(items), []]
+            for item in items:
+                stream.append((key, item))
+                yield Path(item[1])
+            message = inbox.get()
+        ended.append(message[0])
+
+    def given(index, path):  # the --boxes entry of a photo, above the threshold
+        found = boxes_for(box_table, path, coco_image_id(path, stream[index][1][0]))
+        return found[found[:, 4] >= settings.box_threshold]
+
+    per_batch = settings.images_per_batch or (64 if est.on_gpu else 16)
+    for result in predict_photos(est, photos(), given if box_table is not None else None,
+                                 images_per_batch=per_batch, return_heatmaps=settings.heatmaps,
+                                 decoder=settings.decoder):
+        key, (index, path) = stream[result.index]
+        stream[result.index] = None
+        count, answers = pending[key]
+        answers.append(_answer(est, settings, index, path, result))
+        if len(answers) == count:
+            conn.send(("done", key, answers))
+            del pending[key]
+    return "stop" if ended and ended[0] == "stop" else None
+
+
+def _answer(est, settings: WorkerSettings, index: int, path: str, result) -> tuple:
+    from rapidpose.io import coco_image_id
+    from rapidpose.photos.records import photo_record
+
+    if result.error is not None:
+        return index, path, photo_record(path, error=result.error), [], str(result.error)
+    if settings.draw_dir:
+        from rapidpose.draw.cpu import save_drawn
+
+        save_drawn(result.numpy_image(), result.poses, Path(settings.draw_dir) / Path(path).stem,
+                   settings.keypoint_threshold, settings.heatmaps, est.input_size)
+    coco = result.poses.to_coco(coco_image_id(Path(path), index)) if settings.coco else []
+    return index, path, photo_record(path, result.size, result.poses), coco, None
 
 
 def _estimator(device, settings: WorkerSettings):
@@ -269,31 +359,3 @@ def _estimator(device, settings: WorkerSettings):
                         dataset_index=settings.dataset_index, backend=settings.backend,
                         precision=settings.precision, compile=settings.compile, keypoint_set=settings.keypoint_set)
     return est, (load_boxes(settings.boxes) if settings.boxes else None)
-
-
-def _chunk(est, box_table, settings: WorkerSettings, items) -> list:
-    from rapidpose.io import boxes_for, coco_image_id
-    from rapidpose.photos.pipeline import predict_photos
-    from rapidpose.photos.records import photo_record
-
-    def given(position, path):  # the --boxes entry of a photo, above the threshold
-        found = boxes_for(box_table, path, coco_image_id(path, items[position][0]))
-        return found[found[:, 4] >= settings.box_threshold]
-
-    per_batch = settings.images_per_batch or (64 if est.on_gpu else 16)
-    out = []
-    for result in predict_photos(est, [Path(p) for _, p in items], given if box_table is not None else None,
-                                 images_per_batch=per_batch, return_heatmaps=settings.heatmaps,
-                                 decoder=settings.decoder):
-        index, path = items[result.index]
-        if result.error is not None:
-            out.append((index, path, photo_record(path, error=result.error), [], str(result.error)))
-            continue
-        if settings.draw_dir:
-            from rapidpose.draw.cpu import save_drawn
-
-            save_drawn(result.numpy_image(), result.poses, Path(settings.draw_dir) / Path(path).stem,
-                       settings.keypoint_threshold, settings.heatmaps, est.input_size)
-        coco = result.poses.to_coco(coco_image_id(Path(path), index)) if settings.coco else []
-        out.append((index, path, photo_record(path, result.size, result.poses), coco, None))
-    return out

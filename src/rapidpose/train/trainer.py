@@ -23,6 +23,7 @@ epoch and its place in the epoch only, so N processes of batch B train as one of
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -272,6 +273,19 @@ class _Batch:
     crops: object  # (B, 3, 256, 192) float32 tensor on the device
     targets: object  # (B, K, 64, 48)
     weights: object  # (B, K)
+    ready: object = None  # on a GPU: the event after which the tensors above are made (the feeder's stream)
+
+    def wait(self, device) -> None:
+        """Make the training stream wait for this batch, and keep the batch's memory from being reused
+        by the feeder's stream while the step that reads it is still queued."""
+        if self.ready is None:
+            return
+        import torch
+
+        stream = torch.cuda.current_stream(device)
+        stream.wait_event(self.ready)
+        for t in (self.crops, self.targets, self.weights):
+            t.record_stream(stream)
 
 
 class _Feeder:
@@ -284,6 +298,13 @@ class _Feeder:
         self.unreadable = 0
         self._pool = None
         self._said: set = set()
+        # The batches are made on a CUDA stream of their own: on the training stream their uploads and
+        # warps would queue behind the step in flight (and the pageable uploads block this thread till then).
+        self._stream = None
+        if device.type == "cuda":
+            import torch
+
+            self._stream = torch.cuda.Stream(device)
 
     def epoch(self, epoch: int, global_batch: int, rank: int, batch_size: int, steps: int):
         """This process's share of each of the epoch's `steps` global batches, in order. The order and
@@ -331,7 +352,7 @@ class _Feeder:
         from rapidpose.photos.decode import DecodePool
 
         if self._pool is None:
-            self._pool = DecodePool(window=128)
+            self._pool = DecodePool(workers=_decode_workers(), window=256)
         return self._pool.map(paths)
 
     def _make(self, pick, images, aug):
@@ -358,11 +379,16 @@ class _Feeder:
         visible = np.stack([s.visible for s in samples]).astype(np.float32)
         matrices = training_matrices(aug, size)
         crop_keypoints, crop_visible = transform_keypoints(keypoints, visible, matrices, aug, self.flip_index, size)
-        crops = self._crops([images[j] for j in keep], matrices)
-        targets, weights = udp_heatmaps(torch.from_numpy(crop_keypoints).to(self.device),
-                                        torch.from_numpy(crop_visible).to(self.device), size,
-                                        self.cfg.heatmap_size, self.recipe.sigma)
-        return _Batch(crops, targets, weights)
+        with contextlib.nullcontext() if self._stream is None else torch.cuda.stream(self._stream):
+            crops = self._crops([images[j] for j in keep], matrices)
+            targets, weights = udp_heatmaps(torch.from_numpy(crop_keypoints).to(self.device),
+                                            torch.from_numpy(crop_visible).to(self.device), size,
+                                            self.cfg.heatmap_size, self.recipe.sigma)
+            ready = None
+            if self._stream is not None:
+                ready = torch.cuda.Event()
+                ready.record(self._stream)
+        return _Batch(crops, targets, weights, ready)
 
     def _jitter(self, indices, boxes) -> np.ndarray:
         """The official dataset's centre shift of each person, drawn once a run (its seed and the
@@ -394,7 +420,19 @@ class _Feeder:
             self._pool.close()
 
 
-def _ahead(batches, depth: int = 2):
+def _decode_workers() -> int:
+    """Decoding processes for one training process: every person is a decoded photo (about 4 ms of a
+    core for a COCO one), so a GPU stepping 2,000+ crops/s needs about 10 cores; the host's cores are
+    shared among the processes torchrun starts on it, and one is left to each for its own Python."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    local = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    return max(1, min(16, cpus // local - 1))
+
+
+def _ahead(batches, depth: int = 3):
     """The batches made on a thread of their own, `depth` ahead: decoding, augmenting, warping and the
     targets of the next steps overlap the network's step (torch and OpenCV release the GIL)."""
     import queue
@@ -448,6 +486,7 @@ def _step(net, model, optimizer, batch, recipe, precision, device):
 
     from rapidpose.train.targets import keypoint_mse_loss
 
+    batch.wait(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with autocast:
         heatmaps = net(batch.crops.to(device, non_blocking=True))
