@@ -56,10 +56,10 @@ def test_two_workers_give_one_process_results_in_input_order(tiny_checkpoint, tm
         assert workers.header["keypoint_names"][0] == "nose" and len(workers.pids()) == 2
         got = list(workers.run(todo))
     assert [(i, p) for i, p, *_ in got] == [(i, str(p)) for i, p in todo]
-    for (_, _, entry, coco, error), w in zip(got, want):
+    for (_, _, entry, coco, _, error), w in zip(got, want):
         assert_same_entry(entry, w)
         assert (error is None) == ("error" not in w) and len(coco) == len(w["people"])
-    assert "junk.jpg" in got[2][4]
+    assert "junk.jpg" in got[2][5]
 
 
 def test_a_dead_workers_photos_go_to_the_others_and_are_reported_without_any(tiny_checkpoint, caplog):
@@ -112,3 +112,35 @@ def test_predict_on_two_cpu_workers_writes_what_one_process_writes(tiny_checkpoi
     assert [r["image_id"] for r in coco_two] == [r["image_id"] for r in coco_one]
     assert sorted(p.name for p in (outputs["cpu,cpu"] / "drawn").iterdir()) == sorted(
         p.name for p in (outputs["cpu"] / "drawn").iterdir())
+
+
+def test_eval_on_two_workers_scores_what_one_process_scores(tiny_checkpoint, tmp_path):
+    """`eval --device cpu,cpu`: the boxes go out with the images, the exact poses come back, and the
+    metrics and results equal one process's; an unreadable image counts as missed on both paths."""
+    import json
+    import shutil
+
+    from rapidpose.cli import main
+
+    folder = tmp_path / "images"
+    shutil.copytree(ASSETS / "images" / "coco-mmpose", folder, ignore=shutil.ignore_patterns("*.json"))
+    (folder / "000000040083.jpg").write_text("not an image")
+    annotations = ASSETS / "images" / "coco-mmpose" / "test_coco.json"
+    detections = ASSETS / "images" / "coco-mmpose" / "test_coco_det_AP_H_56.json"
+    docs = {}
+    for device in ("cpu", "cpu,cpu"):
+        out = tmp_path / device.replace(",", "-")
+        assert main(["eval", "--annotations", str(annotations), "--images", str(folder), "--model",
+                     str(tiny_checkpoint), "--device", device, "--backend", "torch", "--boxes", str(detections),
+                     "--images-per-batch", "2", "--json", str(out / "m.json")]) == 1  # 1: an image was skipped
+        docs[device] = json.loads((out / "m.json").read_text())
+        docs[device]["results"] = json.loads((out / "m.keypoints.json").read_text())
+    one, two = docs["cpu"], docs["cpu,cpu"]
+    assert two["settings"]["device"] == "cpu,cpu" and len(two["skipped_images"]) == 1 == len(one["skipped_images"])
+    assert two["people"] == one["people"] > 0 and len(two["results"]) == len(one["results"]) > 0
+    for g, w in zip(sorted(two["results"], key=lambda r: (r["image_id"], -r["score"])),
+                    sorted(one["results"], key=lambda r: (r["image_id"], -r["score"]))):
+        assert g["image_id"] == w["image_id"]
+        np.testing.assert_allclose(g["keypoints"], w["keypoints"], atol=1e-3)
+    for name, value in one["metrics"].items():
+        assert two["metrics"][name] == pytest.approx(value, abs=1e-6)

@@ -35,6 +35,10 @@ INDEX = number(int, 0)  # dataset (expert) indices: the model says how many it h
 SECONDS = number(float, 0)  # durations: 0 allowed (a quick, rough figure)
 
 
+DEVICES_HELP = ("cpu, cuda, cuda:N or auto (GPU when there is one); cuda on a host with several GPUs is every "
+                "visible one, and a list (cuda:0,2) names some: a worker process each, outputs in input order")
+
+
 def add_network_options(p, *, model_help: str = "hub name (vitpose-b, vitpose-plus-b, ...) or checkpoint path",
                         precision: str = "auto", compile: bool = True,
                         device_help: str = "cpu, cuda, cuda:N or auto (GPU when there is one)") -> None:

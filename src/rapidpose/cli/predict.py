@@ -18,7 +18,7 @@ import functools
 import logging
 from pathlib import Path
 
-from rapidpose.cli.options import COUNT, FRACTION, add_network_options
+from rapidpose.cli.options import COUNT, DEVICES_HELP, FRACTION, add_network_options
 from rapidpose.cli.predict_ray import add_ray_options, asks_for_ray, run_on_ray
 from rapidpose.errors import RapidPoseError
 from rapidpose.io import coco_image_id
@@ -42,9 +42,7 @@ def add_predict_parser(sub) -> None:
                         "starting with '#' are skipped, a relative path is relative to the listing file's "
                         "folder, each line is one file (no globs or folders); may be given more than once "
                         "(default: none)")
-    add_network_options(p, device_help="cpu, cuda, cuda:N or auto (GPU when there is one); cuda on a host with "
-                                       "several GPUs is every visible one, and a list (cuda:0,2) names some: a "
-                                       "worker process each, outputs in input order")
+    add_network_options(p, device_help=DEVICES_HELP)
     p.add_argument("--detector", default="rtmdet-nano",
                    help="rtmdet-nano, yolox-nano, an .onnx path, or 'none' (whole image, or --boxes) "
                         "(default rtmdet-nano)")
@@ -202,7 +200,6 @@ def _on_devices(args, devices, todo, draw_dir):
     or a list such as cuda:0,2."""
     from rapidpose.photos.devices import DeviceWorkers, WorkerSettings
     from rapidpose.photos.records import photo_record
-    from rapidpose.skeletons import skeleton_from_meta
 
     settings = WorkerSettings(
         model=str(args.model), detector=args.detector, flip_test=args.flip, detector_threshold=args.threshold,
@@ -213,15 +210,12 @@ def _on_devices(args, devices, todo, draw_dir):
         keypoint_threshold=args.keypoint_threshold, heatmaps=args.heatmaps)
     log.info("predicting on %d devices (%s): a worker process each", len(devices), ", ".join(devices))
     workers = DeviceWorkers(devices, settings)
-    header = workers.header
-    skeleton = skeleton_from_meta({"name": header["name"], "keypoints": header["keypoint_names"],
-                                   "edges": header["skeleton"]})
 
     def entries():
-        for _, path, entry, coco, problem in workers.run(todo):
+        for _, path, entry, coco, _, problem in workers.run(todo):
             yield entry if entry is not None else photo_record(path, error=problem), coco, problem
 
-    return skeleton, entries(), workers.close
+    return workers.skeleton, entries(), workers.close
 
 
 def _check_outputs(args) -> None:

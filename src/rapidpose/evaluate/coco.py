@@ -292,30 +292,78 @@ def evaluate(estimator, annotations, images_dir, boxes="gt", limit: int | None =
     from rapidpose.progress import progress
 
     start = time.perf_counter()
-    coco = load_annotations(annotations) if isinstance(annotations, (str, Path)) else annotations
-    images = select_images(coco, images_dir, limit)
-    sigmas = _sigmas_for(estimator.skeleton, coco)
-    category_id = keypoint_category(coco)["id"]
-    table = person_boxes(coco, boxes, [im["id"] for im in images], min_box_score)
-    paths = [Path(images_dir) / im["file_name"] for im in images]
-
-    predictions, skipped, people = [], [], 0
+    coco, images, table, paths = _inputs(annotations, images_dir, boxes, limit, min_box_score)
+    scoring = _Scoring(coco, estimator.skeleton, estimator.input_size)
     with progress(len(images), "eval") as bar:
         for chunk in chunked(zip(images, read_ahead(paths)), max(images_per_batch, 1)):
             good = []
             for info, (path, image) in chunk:
                 if isinstance(image, RapidPoseError):
-                    log.warning("%s: skipped, its people count as missed", image)
-                    skipped.append(str(path))
+                    scoring.skip(path, image)
                 else:
                     good.append((info["id"], image))
             if good:
                 found = estimator.predict([image for _, image in good], [table[i] for i, _ in good])
                 for (image_id, _), poses in zip(good, found):
-                    predictions.extend(image_results(poses, image_id, sigmas, estimator.input_size, category_id))
-                    people += len(poses)
+                    scoring.add(image_id, poses)
             bar.update(len(chunk))
-            bar.set_postfix(people=people)
+            bar.set_postfix(people=scoring.people)
+    return scoring.result(images, start)
 
-    metrics = evaluate_predictions(coco, predictions, [im["id"] for im in images], sigmas)
-    return EvalResult(metrics, predictions, len(images), people, time.perf_counter() - start, skipped)
+
+def evaluate_on_devices(settings, devices: list[str], annotations, images_dir, boxes="gt",
+                        limit: int | None = None, min_box_score: float = 0.0) -> EvalResult:
+    """evaluate() with a worker process per device (photos.devices: `eval --device cuda` on every GPU):
+    settings, a photos.devices.WorkerSettings, says how each worker makes its PoseEstimator; the person
+    boxes go to the workers with the images, the poses come back exact and are scored here."""
+    import dataclasses
+
+    from rapidpose.photos.devices import DeviceWorkers
+    from rapidpose.progress import progress
+
+    start = time.perf_counter()
+    coco, images, table, paths = _inputs(annotations, images_dir, boxes, limit, min_box_score)
+    settings = dataclasses.replace(settings, detector=None, boxes=None, coco=False, poses=True, draw_dir=None,
+                                   box_table={str(p): table[im["id"]] for p, im in zip(paths, images)})
+    with DeviceWorkers(devices, settings) as workers:
+        scoring = _Scoring(coco, workers.skeleton, tuple(workers.header["input_size"]))
+        with progress(len(images), f"eval on {len(devices)} devices") as bar:
+            for index, path, _, _, poses, error in workers.run(list(enumerate(paths))):
+                if error is not None:
+                    scoring.skip(path, error)
+                else:
+                    scoring.add(images[index]["id"], poses)
+                bar.update(1)
+                bar.set_postfix(people=scoring.people, refresh=False)
+    return scoring.result(images, start)
+
+
+def _inputs(annotations, images_dir, boxes, limit, min_box_score):
+    """The annotations, the images evaluated, their person boxes {image_id: (N, 5)} and their paths."""
+    coco = load_annotations(annotations) if isinstance(annotations, (str, Path)) else annotations
+    images = select_images(coco, images_dir, limit)
+    table = person_boxes(coco, boxes, [im["id"] for im in images], min_box_score)
+    return coco, images, table, [Path(images_dir) / im["file_name"] for im in images]
+
+
+class _Scoring:
+    """The COCO results of each image's poses as they come (rescored, OKS-NMS), then the metrics."""
+
+    def __init__(self, coco, skeleton, input_size):
+        self.coco, self.input_size = coco, input_size
+        self.sigmas = _sigmas_for(skeleton, coco)
+        self.category_id = keypoint_category(coco)["id"]
+        self.predictions, self.skipped, self.people = [], [], 0
+
+    def add(self, image_id, poses: Poses) -> None:
+        self.predictions.extend(image_results(poses, image_id, self.sigmas, self.input_size, self.category_id))
+        self.people += len(poses)
+
+    def skip(self, path, error) -> None:
+        log.warning("%s: skipped, its people count as missed", error)
+        self.skipped.append(str(path))
+
+    def result(self, images, start: float) -> EvalResult:
+        metrics = evaluate_predictions(self.coco, self.predictions, [im["id"] for im in images], self.sigmas)
+        return EvalResult(metrics, self.predictions, len(images), self.people, time.perf_counter() - start,
+                          self.skipped)

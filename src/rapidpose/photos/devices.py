@@ -2,7 +2,7 @@
 
     devices = parse_devices("cuda")            # every visible GPU: ['cuda:0', 'cuda:1', ...]
     with DeviceWorkers(devices, settings) as workers:
-        for index, path, entry, coco, error in workers.run(todo):   # todo: [(input position, path)]
+        for index, path, entry, coco, poses, error in workers.run(todo):   # todo: [(input position, path)]
             ...
 
 Each worker is a fresh interpreter (as photos/decode.py starts its decoders, and for the same reasons:
@@ -30,6 +30,8 @@ from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
+
+import numpy as np
 
 from rapidpose.errors import InputError
 
@@ -85,11 +87,13 @@ class WorkerSettings:
     draw_dir: str | None = None  # each photo drawn there (draw.cpu.save_drawn) before its answer
     keypoint_threshold: float = 0.3
     heatmaps: bool = False
+    box_table: dict | None = None  # {photo path as given: (N, 5) boxes}: the boxes of each photo, no detector
+    poses: bool = False  # answer each photo's Poses too (exact, unrounded: what evaluation scores)
 
 
 class DeviceWorkers:
     """Worker processes, one per device (see the module). `header` is the skeleton header the first
-    worker answered with once it was ready (the keypoint set of the model)."""
+    worker answered with once it was ready, `skeleton` the model's keypoint set."""
 
     def __init__(self, devices: list[str], settings: WorkerSettings, chunk: int = CHUNK):
         if not isinstance(settings.model, (str, os.PathLike)):
@@ -113,12 +117,18 @@ class DeviceWorkers:
                 raise InputError(f"the worker on {worker.device} could not start: {why}")
             self.header = self.header or ready[1]
 
+    @property
+    def skeleton(self):
+        from rapidpose.skeletons import skeleton_from_meta
+
+        return skeleton_from_meta(self.header["meta"])
+
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w.alive]
 
     def run(self, todo):
-        """(position, path, entry, coco results, error message or None) for each (position, path) of
-        `todo`, in its order."""
+        """(position, path, entry, coco results, poses, error message or None) for each (position, path)
+        of `todo`, in its order (poses: the Poses with settings.poses, else None)."""
         todo = [(int(i), str(p)) for i, p in todo]
         size = self.chunk
         chunks = deque((k, todo[s:s + size]) for k, s in enumerate(range(0, len(todo), size)))
@@ -149,7 +159,7 @@ class DeviceWorkers:
                 yield from done.pop(key)
                 continue
             for index, path in waiting[key]:
-                yield index, path, None, [], "no worker left to process it (see the errors above)"
+                yield index, path, None, [], None, "no worker left to process it (see the errors above)"
 
     def _hand_out(self, chunks, in_hand, limit: int, per_worker: int, oldest) -> None:
         for worker in self._workers:
@@ -263,7 +273,7 @@ class _Worker:
 
 def _serve(fd: int) -> None:
     """A worker's life: ('start', device, settings), then chunks ('chunk', key, [(position, path)]),
-    each answered with ('done', key, [(position, path, entry, coco, error)]) as the pipeline finishes
+    each answered with ('done', key, [(position, path, entry, coco, poses, error)]) as the pipeline finishes
     it; ('end',) finishes every chunk in hand; ('stop',) ends the worker."""
     import queue
     import signal
@@ -276,7 +286,10 @@ def _serve(fd: int) -> None:
     except Exception as exc:  # a wrong model or detector: said once, by the parent
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", {"model": str(settings.model), **est.skeleton.to_dict()}))
+    from rapidpose.skeletons import skeleton_to_meta
+
+    conn.send(("ready", {"model": str(settings.model), **est.skeleton.to_dict(), "meta": skeleton_to_meta(est.skeleton),
+                         "input_size": list(est.input_size)}))
     inbox: queue.Queue = queue.Queue()
 
     def listen():  # the parent's messages, taken as they come (the pipeline reads them when it wants photos)
@@ -320,8 +333,12 @@ def _pipeline_run(est, box_table, settings: WorkerSettings, first, inbox, conn):
         found = boxes_for(box_table, path, coco_image_id(path, stream[index][1][0]))
         return found[found[:, 4] >= settings.box_threshold]
 
+    def listed(index, path):  # the photo's boxes as the caller gave them
+        return settings.box_table.get(stream[index][1][1], np.zeros((0, 5), np.float32))
+
+    boxes = listed if settings.box_table is not None else given if box_table is not None else None
     per_batch = settings.images_per_batch or (64 if est.on_gpu else 16)
-    for result in predict_photos(est, photos(), given if box_table is not None else None,
+    for result in predict_photos(est, photos(), boxes,
                                  images_per_batch=per_batch, return_heatmaps=settings.heatmaps,
                                  decoder=settings.decoder):
         key, (index, path) = stream[result.index]
@@ -339,21 +356,22 @@ def _answer(est, settings: WorkerSettings, index: int, path: str, result) -> tup
     from rapidpose.photos.records import photo_record
 
     if result.error is not None:
-        return index, path, photo_record(path, error=result.error), [], str(result.error)
+        return index, path, photo_record(path, error=result.error), [], None, str(result.error)
     if settings.draw_dir:
         from rapidpose.draw.cpu import save_drawn
 
         save_drawn(result.numpy_image(), result.poses, Path(settings.draw_dir) / Path(path).stem,
                    settings.keypoint_threshold, settings.heatmaps, est.input_size)
     coco = result.poses.to_coco(coco_image_id(Path(path), index)) if settings.coco else []
-    return index, path, photo_record(path, result.size, result.poses), coco, None
+    poses = result.poses if settings.poses else None
+    return index, path, photo_record(path, result.size, result.poses), coco, poses, None
 
 
 def _estimator(device, settings: WorkerSettings):
     from rapidpose.io import load_boxes
     from rapidpose.topdown.estimator import PoseEstimator
 
-    detector = "none" if settings.boxes else settings.detector
+    detector = "none" if settings.boxes or settings.box_table is not None else settings.detector
     est = PoseEstimator(settings.model, detector=detector, device=device, flip_test=settings.flip_test,
                         detector_threshold=settings.detector_threshold, batch_size=settings.batch_size,
                         dataset_index=settings.dataset_index, backend=settings.backend,
