@@ -61,6 +61,34 @@ def step_alone(variant: str, batch: int, device: str, precision: str, steps: int
     return batch * steps / (time.perf_counter() - start)
 
 
+def data_alone(annotations: Path, variant: str, batch: int, device: str, steps: int) -> float:
+    """Crops/s of the trainer's data path alone (decoding, augmentation, warp, targets; no step): the
+    other ceiling. Uses the trainer's own feeder, a private class: this is a diagnosis."""
+    import torch
+
+    from rapidpose.model.vitpose import ViTPoseConfig
+    from rapidpose.train.data import load_keypoint_set
+    from rapidpose.train.recipe import recipe_for
+    from rapidpose.train.trainer import _ahead, _Feeder
+
+    data = load_keypoint_set(annotations, COCO_MINI / "images")
+    feeder = _Feeder(data, recipe_for(variant), ViTPoseConfig.from_variant(variant), torch.device(device), 0)
+    steps = min(steps + 3, len(data.samples) // batch)  # the batches of one epoch
+    batches = _ahead(feeder.epoch(0, batch, 0, batch, steps))
+    try:
+        for _ in range(3 if steps > 6 else 1):  # the decoders start
+            next(batches)
+        start, crops = time.perf_counter(), 0
+        for b in batches:
+            if b.ready is not None:
+                b.ready.synchronize()
+            crops += len(b.crops)
+        return crops / (time.perf_counter() - start)
+    finally:
+        batches.close()
+        feeder.close()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", default="b", choices=["s", "b", "l", "h"])
@@ -102,6 +130,7 @@ def main():
         if rank != 0:
             return
         lines = (Path(tmp) / "run" / "log.jsonl").read_text()
+        feed = data_alone(annotations, args.variant, args.batch_size, device, args.steps) if world == 1 else None
     if args.save_log is not None:
         args.save_log.parent.mkdir(parents=True, exist_ok=True)
         args.save_log.write_text(lines)
@@ -113,6 +142,8 @@ def main():
     print("| what | crops/s |\n|---|---:|")
     print(f"| rapidpose.train, augmentation on, after the first {skip * log_every} steps (mean of {len(rates)} "
           f"windows) | {sum(rates) / max(len(rates), 1):,.0f} |")
+    if feed is not None:
+        print(f"| the data alone (decoding, augmentation, warp, targets; no step) | {feed:,.0f} |")
     if world == 1:
         alone = step_alone(args.variant, args.batch_size, device, precision, max(args.steps // 3, 3), args.compile)
         print(f"| the training step alone (crops already on the device) | {alone:,.0f} |")

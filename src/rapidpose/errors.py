@@ -28,8 +28,11 @@ def require(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - depends on the environment
+        missing = getattr(exc, "name", None)
+        why = ("is not installed" if missing in (None, module) or module.startswith(f"{missing}.")
+               else f"could not be imported ({exc}): a package it needs is missing or of the wrong version")
         raise MissingDependencyError(
-            f"'{module}' is needed for this but is not installed: run pip install 'rapidpose[{extra}]'"
+            f"'{module}' is needed for this but {why}: run pip install 'rapidpose[{extra}]'"
         ) from exc
 
 
