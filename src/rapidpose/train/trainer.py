@@ -29,7 +29,9 @@ import json
 import logging
 import math
 import os
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -298,6 +300,7 @@ class _Feeder:
         self.unreadable = 0
         self._pool = None
         self._said: set = set()
+        self._lock = threading.Lock()
         # The batches are made on a CUDA stream of their own: on the training stream their uploads and
         # warps would queue behind the step in flight (and the pageable uploads block this thread till then).
         self._stream = None
@@ -317,15 +320,19 @@ class _Feeder:
         picks = [order[s * global_batch:(s + 1) * global_batch] for s in range(steps)]
         mine = slice(rank * batch_size, (rank + 1) * batch_size)
         images = self._reader([self.data.samples[i].image for pick in picks for i in pick[mine]])
+        # On a GPU two threads make batches side by side: a batch's uploads and warps wait on copies
+        # and kernels with the GIL released, and the next batch's images arrive meanwhile.
+        makers = ThreadPoolExecutor(2, thread_name_prefix="rapidpose-train-batch") if self._stream else None
         try:
             for s, pick in enumerate(picks):
                 aug = self._augment(pick, np.random.default_rng([self.seed, epoch, s]))
                 got = [next(images)[1] for _ in pick[mine]]
-                batch = self._make(pick[mine], got, _take(aug, np.arange(len(pick))[mine]))
-                if batch is not None:
-                    yield batch
+                job = (pick[mine], got, _take(aug, np.arange(len(pick))[mine]))
+                yield makers.submit(self._make, *job) if makers else self._make(*job)  # None: nothing readable
         finally:
             images.close()
+            if makers is not None:
+                makers.shutdown(wait=True, cancel_futures=True)
 
     def _augment(self, pick, rng):
         """The official augmentation of the people `pick` (indices into the samples), drawn at once."""
@@ -363,13 +370,14 @@ class _Feeder:
 
         keep = []
         for j, image in enumerate(images):
-            if isinstance(image, RapidPoseError):
-                self.unreadable += 1
-                if str(image) not in self._said:
-                    self._said.add(str(image))
-                    log.warning("skipped: %s", image)
-            else:
+            if not isinstance(image, RapidPoseError):
                 keep.append(j)
+                continue
+            with self._lock:  # batches are made on two threads
+                self.unreadable += 1
+                said, _ = str(image) in self._said, self._said.add(str(image))
+            if not said:
+                log.warning("skipped: %s", image)
         if not keep:
             return None
         samples = [self.data.samples[pick[j]] for j in keep]
@@ -434,9 +442,9 @@ def _decode_workers() -> int:
 
 def _ahead(batches, depth: int = 3):
     """The batches made on a thread of their own, `depth` ahead: decoding, augmenting, warping and the
-    targets of the next steps overlap the network's step (torch and OpenCV release the GIL)."""
+    targets of the next steps overlap the network's step (torch and OpenCV release the GIL). Items may
+    be futures of batches, and None (a batch none of whose images could be read), which is skipped."""
     import queue
-    import threading
 
     done, stop = object(), threading.Event()
     ready: queue.Queue = queue.Queue(depth)
@@ -464,7 +472,10 @@ def _ahead(batches, depth: int = 3):
         while (item := ready.get()) is not done:
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            if isinstance(item, Future):
+                item = item.result()
+            if item is not None:
+                yield item
     finally:
         stop.set()
         while worker.is_alive():  # let it see the stop (and not block on a full queue)
