@@ -8,6 +8,7 @@ import pytest
 from conftest import ASSETS, RTMDET
 
 from rapidpose.errors import InputError
+from rapidpose.photos import devices
 from rapidpose.photos.devices import DeviceWorkers, WorkerSettings, parse_devices
 from rapidpose.photos.pipeline import predict_photos
 from rapidpose.photos.records import photo_record
@@ -34,11 +35,13 @@ def test_devices_are_parsed_as_every_visible_gpu_or_the_ones_named(monkeypatch):
     torch = pytest.importorskip("torch")
     assert parse_devices("cpu") == ["cpu"] and parse_devices("cpu,cpu") == ["cpu", "cpu"]
     assert parse_devices("cuda:0,2") == ["cuda:0", "cuda:2"] and parse_devices("cuda:1, cuda:3") == ["cuda:1", "cuda:3"]
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(devices, "visible_gpus", lambda: 4)
     assert parse_devices("cuda") == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(devices, "visible_gpus", lambda: 1)
     assert parse_devices("cuda") == ["cuda"]
+    monkeypatch.undo()
+    expected = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert devices.visible_gpus() == expected  # the driver's count is torch's
     for bad in ("gpu", "cuda:x", " , "):
         with pytest.raises(InputError, match="--device"):
             parse_devices(bad)
@@ -96,13 +99,13 @@ def test_predict_on_two_cpu_workers_writes_what_one_process_writes(tiny_checkpoi
     from rapidpose.cli import main
 
     outputs = {}
-    for devices in ("cpu", "cpu,cpu"):
-        out = tmp_path / devices.replace(",", "-")
+    for device in ("cpu", "cpu,cpu"):
+        out = tmp_path / device.replace(",", "-")
         code = main(["predict", *map(str, PHOTOS[:8]), "--model", str(tiny_checkpoint), "--detector", str(RTMDET),
-                     "--backend", "torch", "--precision", "fp32", "--device", devices, "--images-per-batch", "4",
+                     "--backend", "torch", "--precision", "fp32", "--device", device, "--images-per-batch", "4",
                      "--jsonl", str(out / "poses.jsonl"), "--coco", str(out / "coco.json"), "--draw", str(out / "drawn")])
         assert code == 0
-        outputs[devices] = out
+        outputs[device] = out
     assert "predicting on 2 devices (cpu, cpu): a worker process each" in caplog.text
     one, two = ([json.loads(line) for line in (outputs[d] / "poses.jsonl").read_text().splitlines()] for d in outputs)
     assert [e["image"] for e in two] == [str(p) for p in PHOTOS[:8]]

@@ -52,17 +52,32 @@ def parse_devices(device: str) -> list[str]:
     if len(parts) > 1 and parts[0].startswith("cuda:") and all(p.isdigit() for p in parts[1:]):
         parts = [parts[0]] + [f"cuda:{p}" for p in parts[1:]]  # cuda:0,2 -> cuda:0, cuda:2
     if parts == ["cuda"]:
-        try:
-            import torch
-        except ImportError:
-            return ["cuda"]
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        count = visible_gpus()
         return [f"cuda:{i}" for i in range(count)] if count > 1 else ["cuda"]
     for p in parts:
         if not (p in ("cpu", "cuda", "auto") or (p.startswith("cuda:") and p[5:].isdigit())):
             raise InputError(f"unknown device '{p}' in --device {device}: use cpu, cuda, cuda:N or a "
                              f"comma-separated list of them (cuda:0,2)")
     return parts
+
+
+def visible_gpus() -> int:
+    """The CUDA devices this process sees (CUDA_VISIBLE_DEVICES applies), asked of the driver itself:
+    the parent of the workers then needs no torch, whose import (3 s and more) would delay them all."""
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        count = ctypes.c_int(0)
+        if cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0:
+            return count.value
+        return 0
+    except OSError:  # no NVIDIA driver here (or not Linux): ask torch, if it is there
+        try:
+            import torch
+        except ImportError:
+            return 0
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 @dataclass
