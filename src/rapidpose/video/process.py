@@ -15,10 +15,12 @@ log = logging.getLogger("rapidpose")
 
 def process_video(est, source, out=None, json_path=None, jsonl_path=None, window=None, tracker="bytetrack",
                   detect_every=1, smooth=False, frames_per_batch=None, oks_weight=0.0, crf=23, preset="veryfast",
-                  header=None, encoders=None, decoder="auto", tracker_options=None) -> dict:
+                  header=None, encoders=None, decoder="auto", tracker_options=None, on_frame=None) -> dict:
     """Track `source` (a FrameSource) with `est`, drawing into an mp4 (drawing_process.DrawnVideo) and
     writing JSON / JSONL as it goes; the files are closed on every way out. encoders: x264 encoders side
-    by side (VideoWriter); decoder and tracker_options: video.track_frames's. Returns frames, people,
+    by side (VideoWriter); decoder and tracker_options: video.track_frames's. on_frame: called with the
+    frames done so far after each frame (a worker's progress); raising KeyboardInterrupt there ends the
+    run as Ctrl-C does, the outputs closed. Returns frames, people,
     bad_frames, seconds, frames_per_s, interrupted and closing_seconds (of seconds, those after the last
     frame: the mp4's last segments, the JSON)."""
     from rapidpose.video.pipeline import draws_on_device, track_frames
@@ -57,6 +59,8 @@ def process_video(est, source, out=None, json_path=None, jsonl_path=None, window
                     if _show(drawn.popleft().result(), window) == "quit":
                         raise KeyboardInterrupt
             bar.update(1)
+            if on_frame is not None:
+                on_frame(frames)
             if frames % 16 == 0:  # formatting it for every frame costs more than the tracking of one
                 bar.set_postfix(fps=f"{frames / (time.perf_counter() - start):.1f}", people=people, refresh=False)
     except KeyboardInterrupt:
