@@ -44,7 +44,7 @@ def _efficiency(one: float | None, many: float | None, n: int) -> str:
     return f"{many / (n * one):.2f}" if one and many else ""
 
 
-def predict_part(n: int, repeat: int, variant: str, tmp: Path) -> None:
+def predict_part(n: int, repeat: int, variant: str, tmp: Path, plain: bool, ray: bool) -> None:
     import torch
 
     sys.path.insert(0, str(HERE))
@@ -57,8 +57,9 @@ def predict_part(n: int, repeat: int, variant: str, tmp: Path) -> None:
     checkpoint = tmp / f"vitpose-{variant}-random.pth"
     torch.save({"state_dict": random_model(variant).state_dict()}, checkpoint)
     detector = ASSETS / "detectors" / "rtmdet-nano-person.onnx"
-    runs = [("1 GPU", "cuda:0", []), (f"{n} GPUs", _all(n), []),
-            (f"{n} GPUs, Ray (local instance, an actor a GPU)", _all(n), ["--ray", "local"])]
+    runs = [("1 GPU", "cuda:0", []), (f"{n} GPUs", _all(n), [])] if plain else []
+    if ray:  # the Ray photo path: a local instance, one worker (actor) a GPU
+        runs.append((f"{n} GPUs, Ray (local instance, an actor a GPU)", "cuda", ["--ray", "local"]))
     print(f"\n`rapidpose predict`, {len(paths):,} photos, ViTPose-{variant.upper()} fp16, RTMDet-nano, "
           f"{torch.cuda.get_device_name()}\n")
     print("| run | seconds | images/s | efficiency | images/s warm | efficiency warm | first result (s) |")
@@ -68,10 +69,10 @@ def predict_part(n: int, repeat: int, variant: str, tmp: Path) -> None:
         if extra and not _importable("ray"):
             print(f"| {label} | not run: ray is not installed | | | | | |")
             continue
+        gpus = 1 if device == "cuda:0" else n
         r = rapidpose_run(paths, checkpoint, detector, device, tmp / f"predict{k}", extra=extra)
         rate, warm = r["images"] / r["seconds"], r.get("warm_images_per_s")
-        base = base or (rate, warm)
-        gpus = 1 if device == "cuda:0" else n
+        base = base or ((rate, warm) if gpus == 1 else (None, None))
         first = f"{r['first_result_s']:.1f}" if r.get("first_result_s") is not None else ""
         print(f"| {label} | {r['seconds']:.1f} | {rate:,.0f} | {_efficiency(base[0], rate, gpus)} | "
               f"{warm or 0:,.0f} | {_efficiency(base[1], warm, gpus)} | {first} |", flush=True)
@@ -148,8 +149,9 @@ def _importable(name: str) -> bool:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", nargs="+", default=["predict", "video", "train"], choices=["predict", "video", "train"],
-                   help="predict includes the Ray run when ray is installed (default: all)")
+    p.add_argument("--parts", nargs="+", default=["train", "predict", "ray", "video"],
+                   choices=["train", "predict", "ray", "video"],
+                   help="predict: 1 GPU and all; ray: predict --ray local on all (default: all four)")
     p.add_argument("--gpus", type=int, default=None, help="GPUs to use (default: every visible one)")
     p.add_argument("--variant", default="b", choices=["s", "b", "l", "h"])
     p.add_argument("--repeat", type=int, default=100, help="coco-val2017-100 this many times (default 10,000 photos)")
@@ -163,8 +165,8 @@ def main():
         tmp = Path(tmp)
         if "train" in args.parts:
             train_part(n, args.train_batch, args.train_steps, args.variant, tmp)
-        if "predict" in args.parts:
-            predict_part(n, args.repeat, args.variant, tmp)
+        if "predict" in args.parts or "ray" in args.parts:
+            predict_part(n, args.repeat, args.variant, tmp, "predict" in args.parts, "ray" in args.parts)
         if "video" in args.parts:
             video_part(n, args.video_copies, args.variant, tmp)
 
