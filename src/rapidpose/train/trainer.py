@@ -310,7 +310,8 @@ class _Feeder:
             self._stream = torch.cuda.Stream(device)
 
     def epoch(self, epoch: int, global_batch: int, rank: int, batch_size: int, steps: int):
-        """This process's share of each of the epoch's `steps` global batches, in order. The order and
+        """This process's share of each of the epoch's `steps` global batches, in order (futures of
+        _Batch, or of None where none of a batch's images could be read). The order and
         every person's augmentation depend on (seed, epoch, step) only: each process draws those of the
         whole global batch (one vectorised draw) and keeps its slice, so N processes train as one."""
         n = len(self.data.samples)
@@ -320,19 +321,21 @@ class _Feeder:
         picks = [order[s * global_batch:(s + 1) * global_batch] for s in range(steps)]
         mine = slice(rank * batch_size, (rank + 1) * batch_size)
         images = self._reader([self.data.samples[i].image for pick in picks for i in pick[mine]])
-        # On a GPU two threads make batches side by side: a batch's uploads and warps wait on copies
-        # and kernels with the GIL released, and the next batch's images arrive meanwhile.
-        makers = ThreadPoolExecutor(2, thread_name_prefix="rapidpose-train-batch") if self._stream else None
+        # Two threads make batches side by side: a batch's uploads and warps wait on copies and kernels
+        # (or OpenCV) with the GIL released, and the next batch's images arrive meanwhile.
+        makers = ThreadPoolExecutor(2, thread_name_prefix="rapidpose-train-batch")
+        finished = False
         try:
             for s, pick in enumerate(picks):
                 aug = self._augment(pick, np.random.default_rng([self.seed, epoch, s]))
                 got = [next(images)[1] for _ in pick[mine]]
-                job = (pick[mine], got, _take(aug, np.arange(len(pick))[mine]))
-                yield makers.submit(self._make, *job) if makers else self._make(*job)  # None: nothing readable
+                yield makers.submit(self._make, pick[mine], got, _take(aug, np.arange(len(pick))[mine]))
+            finished = True
         finally:
             images.close()
-            if makers is not None:
-                makers.shutdown(wait=True, cancel_futures=True)
+            # the last batches are still being made (and taken) when the epoch's generator ends;
+            # an epoch left early drops the ones nobody will take
+            makers.shutdown(wait=True, cancel_futures=not finished)
 
     def _augment(self, pick, rng):
         """The official augmentation of the people `pick` (indices into the samples), drawn at once."""
