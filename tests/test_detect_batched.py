@@ -209,3 +209,46 @@ def test_constant_slices_run_as_onnxruntime_runs_them(tmp_path):
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g.numpy(), w)
 
+
+
+def test_a_failed_graph_capture_is_said_and_that_shape_runs_without_one(monkeypatch, caplog):
+    from rapidpose.runtime import torch_runtime
+
+    def broken(self, *args):
+        raise RuntimeError("CUDA error: operation failed due to a previous error during capture\nmore")
+
+    monkeypatch.setattr(torch_runtime.CudaGraph, "__init__", broken)
+    caplog.set_level(logging.WARNING, logger="rapidpose")
+    assert torch_runtime.CudaGraph.capture(None, (4, 3, 8, 8), torch.float32, "cuda", None, "the detector") is None
+    assert "the detector: capturing the CUDA graph for input (4, 3, 8, 8) failed (CUDA error: operation failed " \
+           "due to a previous error during capture); that shape runs without a graph" in caplog.text
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_graphs_captured_from_two_threads_at_once_all_work(onnx_detectors, tiny_checkpoint):
+    """The video path captures its detector's graphs and its network's from two threads, each when a
+    batch size first comes (a new file of another size, more people): captures must not break each
+    other (they ran one at a time in no order, and a capture under way failed)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rapidpose.model.weights import load_model
+    from rapidpose.runtime.torch_runtime import TorchRuntime
+
+    detector = BatchedRTMDet(onnx_detectors["rtmdet"], "cuda")
+    runtime = TorchRuntime(load_model(tiny_checkpoint), "cuda", precision="fp16")
+    frames = [torch.rand(b, 3, h, w, device="cuda") * 255 for b, h, w in ((1, 240, 426), (2, 1080, 1920), (4, 480, 640),
+                                                                         (8, 240, 426), (16, 720, 1280))]
+    crops = [torch.randn(n, 3, 256, 192, device="cuda") for n in (1, 2, 3, 5, 9, 17, 33, 65)]
+
+    def detect():
+        return [len(detector(f, 0.3)) for f in frames]
+
+    def pose():
+        return [tuple(runtime.run(c).shape) for c in crops]
+
+    with ThreadPoolExecutor(2) as pool:
+        found, posed = pool.submit(detect), pool.submit(pose)
+        assert found.result() == [1, 2, 4, 8, 16]
+        assert [s[0] for s in posed.result()] == [1, 2, 3, 5, 9, 17, 33, 65]
+    assert all(g is not None for g in runtime._graphs.values()) and all(g is not None for g in detector._graphs.values())

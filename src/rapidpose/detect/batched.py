@@ -274,8 +274,12 @@ class TorchDetector:
             bucket = next(g for g in GRAPH_BATCHES if g >= len(part))
             key = (bucket, *part.shape[1:])
             if key not in self._graphs:
-                self._graphs[key] = CudaGraph(self.net, key, torch.float32, self.device, self._pool)
-            out.append([y.clone() for y in self._graphs[key](part)])
+                self._graphs[key] = CudaGraph.capture(self.net, key, torch.float32, self.device, self._pool,
+                                                      "the detector")
+                if self._graphs[key] is None:
+                    self._pool = torch.cuda.graph_pool_handle()
+            graph = self._graphs[key]
+            out.append([y.clone() for y in graph(part)] if graph is not None else self.net(part))
         return [torch.cat(level) for level in zip(*out)] if len(out) > 1 else out[0]
 
     def _decode(self, heads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,6 +5,9 @@ is the same for numpy crops.
 """
 from __future__ import annotations
 
+import logging
+import threading
+
 import numpy as np
 
 from rapidpose.errors import InputError, check_choice, require
@@ -12,6 +15,8 @@ from rapidpose.skeletons import skeleton_for
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+log = logging.getLogger("rapidpose")
 
 
 def resolve_device(device: str) -> str:
@@ -43,24 +48,49 @@ def resolve_precision(precision: str, device: str) -> str:
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
+# One capture at a time in a process: torch.cuda.graph() starts with a device-wide synchronize and
+# frees cached memory, which breaks a capture under way in another thread (the video path captures its
+# detector's graphs and its network's from two threads, each when a new batch size first comes).
+_CAPTURE_LOCK = threading.Lock()
+
+
+def _bucket(n: int) -> int | None:
+    """The batch size of the graph that runs a batch of n (n padded into it); None past the largest."""
+    return next((b for b in GRAPH_BATCHES if b >= n), None)
+
+
 class CudaGraph:
     """One captured forward pass at a fixed input shape; smaller batches are padded into it.
     `model` returns a tensor or a list of tensors (the graph's own buffers, overwritten by the next call)."""
 
     def __init__(self, model, shape: tuple, dtype, device, pool=None):
         torch = require("torch", "torch")
-        self.x = torch.zeros(shape, dtype=dtype, device=device)
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up outside the graph (cuDNN/cuBLAS choose their kernels)
-                model(self.x)
-        torch.cuda.current_stream(device).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        # thread_local: other threads go on meanwhile (video: the detector's thread, the pose work, the
-        # drawing's pinned buffers, NVDEC); a global capture fails at the first such call of theirs
-        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
-            self.y = model(self.x)
+        with _CAPTURE_LOCK:
+            self.x = torch.zeros(shape, dtype=dtype, device=device)
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm-up outside the graph (cuDNN/cuBLAS choose their kernels)
+                    model(self.x)
+            torch.cuda.current_stream(device).wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            # thread_local: other threads go on meanwhile (video: the detector's thread, the pose work, the
+            # drawing's pinned buffers, NVDEC); a global capture fails at the first such call of theirs.
+            # A stream of its own: a failed capture leaves nothing behind on the one the next capture uses.
+            with torch.cuda.graph(self.graph, pool=pool, stream=torch.cuda.Stream(device),
+                                  capture_error_mode="thread_local"):
+                self.y = model(self.x)
+
+    @classmethod
+    def capture(cls, model, shape: tuple, dtype, device, pool, what: str) -> "CudaGraph | None":
+        """A CudaGraph, or None where the capture fails (said once): that shape then runs without one.
+        The caller takes a new pool after a None: the failed capture's stays marked as recording."""
+        try:
+            return cls(model, shape, dtype, device, pool)
+        except RuntimeError as exc:  # torch's AcceleratorError is one
+            log.warning("%s: capturing the CUDA graph for input %s failed (%s); that shape runs without a "
+                        "graph", what, tuple(shape), str(exc).splitlines()[0])
+            return None
 
     def __call__(self, x):
         self.x[: len(x)].copy_(x)
@@ -105,12 +135,14 @@ class TorchRuntime:
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
     def _graph_for(self, n: int) -> CudaGraph | None:
-        bucket = next((b for b in GRAPH_BATCHES if b >= n), None)
+        bucket = _bucket(n)
         if bucket is None:
             return None
         if bucket not in self._graphs:
-            self._graphs[bucket] = CudaGraph(self.forward, (bucket, 3, *self.input_size[::-1]), self.input_dtype,
-                                             self.device, self._pool)
+            self._graphs[bucket] = CudaGraph.capture(self.forward, (bucket, 3, *self.input_size[::-1]),
+                                                     self.input_dtype, self.device, self._pool, "the pose network")
+            if self._graphs[bucket] is None:
+                self._pool = self.torch.cuda.graph_pool_handle()
         return self._graphs[bucket]
 
     def _forward(self, x):
