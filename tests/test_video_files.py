@@ -131,7 +131,9 @@ def test_a_killed_workers_video_is_reported_and_the_others_go_on(clips, tiny_che
         results = sorted(workers.run(jobs, on_frames=kill_the_first), key=lambda r: r.index)
     assert [r.index for r in results] == [0, 1, 2]  # every video comes back
     failed = [r for r in results if r.error]
-    assert [r.index for r in failed] == killed and failed[0].device == "cpu"
+    # the video that worker held when it died: the one under way, or (when the kill came as that one's
+    # last frames were written) the next one it had just been given
+    assert len(failed) == 1 and failed[0].index >= killed[0] and failed[0].device == "cpu"
     assert "the worker on cpu stopped (exit code -9, SIGKILL) while processing it" in failed[0].error
     assert all(r.ok and r.frames == len(lines(tmp_path / f"{r.index}.jsonl")) for r in results if r not in failed)
 

@@ -11,15 +11,10 @@ The pixels are io.read_image's, exactly (EXIF orientation applied). A file that 
 back as its error (an InputError naming it), in its place; nothing stops the pool, not even a file
 that crashes a worker: that file is reported, the worker is replaced, the other files go on.
 
-How the workers start. Not by multiprocessing's fork (unsafe once a process has threads: torch,
-OpenMP, ONNX Runtime and CUDA all start some, and a forked child can deadlock on a lock one of them
-held), nor by its spawn or forkserver methods (each child imports the parent's main module again:
-a script without an `if __name__ == "__main__":` guard runs again in every worker, and a main
-module that cannot be imported, such as one whose file is gone, kills every worker). Each worker is a
-fresh interpreter (`sys.executable -c ...`, the parent's sys.path) that imports only this module,
-talking to the pool over a private socket pair. Where that cannot be done (not POSIX; no Python
-executable, as in some embedded or frozen programs; workers that fail to start) the pool decodes on
-threads instead, and says why once, at info level.
+How the workers start: each is a fresh interpreter that imports only this module (worker_process.py
+says why not multiprocessing), talking to the pool over a private socket pair. Where that cannot be
+done (not POSIX; no Python executable, as in some embedded or frozen programs; workers that fail to
+start) the pool decodes on threads instead, and says why once, at info level.
 
 Why processes and not threads: cv2.imdecode releases the GIL while it decodes (threads do decode in
 parallel), but the Python around each image (reading, converting, orienting, bookkeeping) holds it,
@@ -40,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import itertools
-import json
 import logging
 import os
 import queue
@@ -177,11 +171,7 @@ class _Worker:
         self.dead = False
 
 
-_SOCKET_BUFFER = 4 << 20
-
-# the worker's whole program: the parent's sys.path, then this module (never the parent's __main__)
-_BOOT = ("import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
-         "from rapidpose.photos.decode import _serve; _serve(int(sys.argv[2]))")
+_SOCKET_BUFFER = 4 << 20  # room for a few images: a worker goes on decoding while its last image waits to be read
 
 
 class _Backend:
@@ -231,22 +221,9 @@ class _Backend:
         self._collector.start()
 
     def _launch(self) -> _Worker:
-        ours, theirs = socket.socketpair()
-        for end, option in ((theirs, socket.SO_SNDBUF), (ours, socket.SO_RCVBUF)):
-            try:  # room for a few images in the socket, so that a worker goes on decoding while its
-                end.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)  # last image waits to be read
-            except OSError:
-                pass  # the system's limit (net.core.wmem_max) stands
-        try:
-            path = json.dumps([entry for entry in sys.path if isinstance(entry, str)])
-            process = subprocess.Popen([sys.executable, "-c", _BOOT, path, str(theirs.fileno())],
-                                       pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        return _Worker(process, Connection(ours.detach()))
+        from rapidpose.worker_process import spawn
+
+        return _Worker(*spawn("rapidpose.photos.decode:_serve", _SOCKET_BUFFER))
 
     def _fall_back(self, why: str) -> None:
         self.on_threads = why

@@ -5,8 +5,8 @@
         for index, path, entry, coco, poses, error in workers.run(todo):   # todo: [(input position, path)]
             ...
 
-Each worker is a fresh interpreter (as photos/decode.py starts its decoders, and for the same reasons:
-no fork of a process with CUDA and threads, no re-import of the caller's main module) that makes a
+Each worker is a fresh interpreter (worker_process.py: no fork of a process with CUDA and threads, no
+re-import of the caller's main module) that makes a
 PoseEstimator on its device and runs one photo pipeline (photos/pipeline.py) over the stream of chunks
 of photos it is sent, answering each chunk with its photos' JSON entries (records.photo_record), COCO
 results and errors. The pipeline stays up between chunks (its decoders, its detection thread, its
@@ -19,12 +19,8 @@ its photos come back as errors: reported, never lost.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import socket
-import subprocess
-import sys
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -34,11 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from rapidpose.errors import InputError
+from rapidpose.worker_process import WorkerProcess
 
 log = logging.getLogger("rapidpose")
 
-_BOOT = ("import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
-         "from rapidpose.photos.devices import _serve; _serve(int(sys.argv[2]))")
 CHUNK = 64  # photos a worker is sent at a time
 
 
@@ -123,7 +118,7 @@ class DeviceWorkers:
         self._workers: list[_Worker] = []
         self.header = None
         for device in self.devices:
-            self._workers.append(_Worker.start(device, settings))
+            self._workers.append(_Worker(device, settings))
         for worker in self._workers:  # loading happens in parallel; wait for each to be ready
             ready = worker.receive()
             if ready is None or ready[0] != "ready":
@@ -236,54 +231,11 @@ class DeviceWorkers:
         self.close()
 
 
-class _Worker:
-    def __init__(self, device: str, process: subprocess.Popen, conn: Connection):
-        self.device, self.process, self.conn = device, process, conn
-        self.alive = True
+class _Worker(WorkerProcess):
+    def __init__(self, device: str, settings: WorkerSettings):
+        super().__init__("rapidpose.photos.devices:_serve", device, ("start", device, settings))
         self.flushed = True  # told to finish what it holds ('end') since its last chunk
         self.chunks: dict[int, list] = {}
-        self._lock = threading.Lock()
-
-    @classmethod
-    def start(cls, device: str, settings: WorkerSettings) -> "_Worker":
-        ours, theirs = socket.socketpair()
-        try:
-            path = json.dumps([entry for entry in sys.path if isinstance(entry, str)])
-            env = dict(os.environ)
-            process = subprocess.Popen([sys.executable, "-c", _BOOT, path, str(theirs.fileno())],
-                                       pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        worker = cls(device, process, Connection(ours.detach()))
-        worker.send(("start", device, settings))
-        return worker
-
-    def send(self, message) -> None:
-        with self._lock:
-            self.conn.send(message)
-
-    def receive(self):
-        try:
-            return self.conn.recv()
-        except (EOFError, OSError):
-            return None
-
-    def stop(self) -> None:
-        if self.alive:
-            try:
-                self.send(("stop",))
-            except OSError:
-                pass
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.alive = False
-        self.conn.close()
 
 
 def _serve(fd: int) -> None:

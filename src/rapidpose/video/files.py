@@ -10,9 +10,7 @@ run of one input does); the loop here, the device workers and the Ray workers (d
 all call it, with the same picklable VideoSettings.
 
 Several devices (`--device cuda` on a host with several GPUs, a list such as cuda:0,2 or cpu,cpu): a
-worker process per device (a fresh interpreter, as photos.devices starts its workers and for the same
-reasons: no fork of a process with CUDA and threads, no re-import of the caller's main module), each
-loading the model once and asking for the next file when it finishes one; the biggest files go first,
+worker process per device (worker_process.py: a fresh interpreter), each loading the model once and asking for the next file when it finishes one; the biggest files go first,
 so that a long one does not start last. Each worker writes its files' outputs itself and tells this
 process how far it is. A worker that dies (a crash, out of memory, killed) has the file it held reported
 as failed, with its device and exit code; the other files go to the other workers. Nothing is lost
@@ -22,12 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import logging
 import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -41,14 +36,13 @@ from rapidpose.io import IMAGE_SUFFIXES, name_a_few
 from rapidpose.progress import progress
 from rapidpose.video.process import process_video
 from rapidpose.video.sources import STREAM_SCHEMES
+from rapidpose.worker_process import WorkerProcess
 
 log = logging.getLogger("rapidpose")
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".flv",
                   ".wmv", ".3gp", ".ogv", ".h264", ".h265", ".hevc", ".y4m"}
 LIST_SUFFIX = ".txt"  # a text file names videos, one a line
-_BOOT = ("import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
-         "from rapidpose.video.files import _serve; _serve(int(sys.argv[2]))")
 _STOP_SECONDS = 120  # what a stopped worker may take to close the file in hand (the mp4's last segments)
 
 
@@ -440,7 +434,7 @@ class FileWorkers:
         level = max(log.getEffectiveLevel(), logging.WARNING)  # the workers' notes would interleave; this says them
         try:
             for device in devices:
-                self._workers.append(_Worker.start(device, settings, level))
+                self._workers.append(_Worker(device, settings, level))
             for worker in self._workers:  # the models load in parallel; wait for each
                 ready = worker.receive()
                 if ready is None or ready[0] != "ready":
@@ -552,50 +546,11 @@ def _exit(code: int) -> str:
         return f"exit code {code}"
 
 
-class _Worker:
-    def __init__(self, device: str, process: subprocess.Popen, conn: Connection):
-        self.device, self.process, self.conn = device, process, conn
-        self.alive = True
+class _Worker(WorkerProcess):
+    def __init__(self, device: str, settings: VideoSettings, level: int):
+        super().__init__("rapidpose.video.files:_serve", device, ("start", device, settings, level),
+                         stop_seconds=_STOP_SECONDS)
         self.job: FileJob | None = None
-
-    @classmethod
-    def start(cls, device: str, settings: VideoSettings, level: int) -> "_Worker":
-        ours, theirs = socket.socketpair()
-        try:
-            path = json.dumps([entry for entry in sys.path if isinstance(entry, str)])
-            process = subprocess.Popen([sys.executable, "-c", _BOOT, path, str(theirs.fileno())],
-                                       pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        worker = cls(device, process, Connection(ours.detach()))
-        worker.send(("start", device, settings, level))
-        return worker
-
-    def send(self, message) -> None:
-        self.conn.send(message)
-
-    def receive(self):
-        try:
-            return self.conn.recv()
-        except (EOFError, OSError):
-            return None
-
-    def stop(self) -> None:
-        if self.alive:
-            try:
-                self.send(("stop",))
-            except OSError:
-                pass
-        try:
-            self.process.wait(timeout=_STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.alive = False
-        self.conn.close()
 
 
 def _serve(fd: int) -> None:
