@@ -79,7 +79,7 @@ class _Outcome:
 
 
 def run_on_ray(args) -> int:
-    from rapidpose.distributed.ray_data import plan_workers, pose_dataset, ray_session
+    from rapidpose.distributed.ray_data import path_for_workers, plan_workers, pose_dataset, ray_messages, ray_session
     from rapidpose.photos.sources import gather
 
     _check_options(args)
@@ -91,7 +91,7 @@ def run_on_ray(args) -> int:
     skeleton = _skeleton(args)  # here, once: a wrong model fails before any worker starts
     parquet = _Folder(args.parquet) if args.parquet else None
     outcome = _Outcome()
-    with _ray_messages() as level, ray_session(args.ray, logging_level=level) as ray:
+    with ray_messages() as level, ray_session(args.ray, logging_level=level) as ray:
         plan = plan_workers(args.ray_workers, args.ray_gpus_per_worker, args.ray_cpus_per_worker)
         if plan.gpus == 0 and args.device == "cuda":
             raise InputError("--device cuda needs a GPU for each worker: give --ray-gpus-per-worker (1, or 0.5 for "
@@ -99,7 +99,8 @@ def run_on_ray(args) -> int:
         per_batch = args.images_per_batch or (64 if plan.gpus else 16)
         log.info("Ray: %d worker%s, %g GPU and %g CPU each, %d images a call, %d images", plan.workers,
                  "s" if plan.workers > 1 else "", plan.gpus, plan.cpus, per_batch, len(paths))
-        ds = pose_dataset(paths, plan, per_batch, model=_here(args.model), detector=_here(args.detector),
+        ds = pose_dataset(paths, plan, per_batch, model=path_for_workers(args.model),
+                          detector=path_for_workers(args.detector),
                           device=args.device, backend=args.backend, precision=args.precision,
                           batch_size=args.batch_size, flip_test=args.flip, detector_threshold=args.threshold,
                           dataset_index=args.dataset_index, compile=args.compile, keypoint_set=args.keypoint_set,
@@ -137,24 +138,6 @@ def _ending(outcome: _Outcome):
         raise
 
 
-@contextlib.contextmanager
-def _ray_messages():
-    """Ray's own messages as rapidpose's go: its notes only with -v, its warnings unless -q (and with -q
-    no progress bars). Yields that level, for ray.init (which sets the 'ray' logger's level again).
-    Ray sets its loggers up when it is imported: this comes after."""
-    mine = logging.getLogger("rapidpose").level
-    level = logging.INFO if mine <= logging.DEBUG else logging.ERROR if mine > logging.INFO else logging.WARNING
-    loggers = [logging.getLogger(name) for name in ("ray", "ray.data")]
-    saved = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(level)
-    try:
-        yield level
-    finally:
-        for logger, was in zip(loggers, saved):
-            logger.setLevel(was)
-
-
 def _check_options(args) -> None:
     """What a --ray run cannot do, said before anything starts."""
     if args.ray is None:
@@ -186,12 +169,6 @@ def _skeleton(args):
     exported = Path(str(args.model)).suffix.lower() in (".onnx", ".xml")
     return make_runtime(args.model, backend="auto" if exported else "torch", device="cpu", precision="fp32",
                         dataset_index=args.dataset_index, keypoint_set=args.keypoint_set).skeleton
-
-
-def _here(name: str) -> str:
-    """A file of this machine as an absolute path (the workers run elsewhere); a name as it is."""
-    path = Path(name)
-    return str(path.resolve()) if path.exists() else name
 
 
 def _write_here(ds, args, skeleton, outcome: _Outcome) -> None:

@@ -34,8 +34,7 @@ def add_video_ray_options(p) -> None:
 
 def run_video_on_ray(args, inputs, settings) -> int:
     """The files of `inputs` (video.files.Inputs) with `settings` (VideoSettings) on the cluster --ray names."""
-    from rapidpose.cli.predict_ray import _here, _ray_messages
-    from rapidpose.distributed.ray_data import plan_workers, ray_session
+    from rapidpose.distributed.ray_data import path_for_workers, plan_workers, ray_messages, ray_session
     from rapidpose.distributed.ray_video import RayVideoWorkers
     from rapidpose.video.files import Report, plan_jobs, share_out
 
@@ -45,9 +44,9 @@ def run_video_on_ray(args, inputs, settings) -> int:
                for name in ("out", "json", "jsonl")}  # absolute: the workers do not run in this folder
     jobs = plan_jobs([os.path.abspath(p) for p in inputs.paths], many=True, **folders)
     # a model or detector file of this machine by its absolute path; a hub name as it is
-    settings = replace(settings, model=_here(str(settings.model)),
-                       detector=_here(settings.detector) if settings.detector else settings.detector)
-    with _ray_messages() as level, ray_session(args.ray, logging_level=level) as ray:
+    settings = replace(settings, model=path_for_workers(str(settings.model)),
+                       detector=path_for_workers(settings.detector) if settings.detector else settings.detector)
+    with ray_messages() as level, ray_session(args.ray, logging_level=level) as ray:
         plan = plan_workers(gpus=0.0 if args.device == "cpu" else None)
         if plan.gpus == 0 and args.device == "cuda":
             raise InputError("--device cuda with --ray needs GPUs in the cluster, and it has none: leave --device at "

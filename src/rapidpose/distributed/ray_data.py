@@ -163,7 +163,7 @@ def poses_in(batch, skeleton) -> list[Poses | None]:
             Poses(boxes[i], box_scores[i], keypoints[i], keypoint_scores[i], skeleton) for i in range(batch.num_rows)]
 
 
-def _ray():
+def import_ray():
     """The ray package, its Data library imported (or the message saying how to install them)."""
     require("ray.data", "ray")
     import ray
@@ -178,7 +178,7 @@ def ray_session(address: str = "auto", **options):
     this block only), or a cluster's address (host:6379, ray://host:10001); options: ray.init's
     (logging_level, runtime_env, ...). A process that is connected already (a notebook, a test) keeps that
     connection, whatever `address` says, and stays connected."""
-    ray = _ray()
+    ray = import_ray()
     if ray.is_initialized():
         yield ray
         return
@@ -225,9 +225,33 @@ def pose_dataset(paths, plan: WorkerPlan, images_per_batch: int, **predictor):
     """The photos at `paths` as a Dataset of result columns after `index` (the position among `paths`)
     and `path` (as given): one block of `images_per_batch` photos per PosePredictor call, `plan.workers`
     actors. predictor: PosePredictor's arguments. Nothing runs until the dataset is read or written."""
-    ray = _ray()
+    ray = import_ray()
     rows = [{"index": i, "path": str(p)} for i, p in enumerate(paths)]
     blocks = max(1, math.ceil(len(rows) / images_per_batch))
     return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
         PosePredictor, fn_constructor_kwargs=predictor, batch_size=images_per_batch, num_gpus=plan.gpus,
         num_cpus=plan.cpus, compute=ray.data.ActorPoolStrategy(size=plan.workers))
+
+
+@contextlib.contextmanager
+def ray_messages():
+    """Ray's own messages as rapidpose's go: its notes only with -v, its warnings unless -q (and with -q
+    no progress bars). Yields that level, for ray.init (which sets the 'ray' logger's level again).
+    Ray sets its loggers up when it is imported: this comes after."""
+    mine = logging.getLogger("rapidpose").level
+    level = logging.INFO if mine <= logging.DEBUG else logging.ERROR if mine > logging.INFO else logging.WARNING
+    loggers = [logging.getLogger(name) for name in ("ray", "ray.data")]
+    saved = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        yield level
+    finally:
+        for logger, was in zip(loggers, saved):
+            logger.setLevel(was)
+
+
+def path_for_workers(name: str) -> str:
+    """A file of this machine as an absolute path (the workers run elsewhere); a name as it is."""
+    path = Path(name)
+    return str(path.resolve()) if path.exists() else name

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-from rapidpose.distributed.ray_data import _ray
+from rapidpose.distributed.ray_data import import_ray
 from rapidpose.errors import InputError
 from rapidpose.video.files import FileResult, VideoSettings, biggest_first, not_started, process_file
 
@@ -74,7 +74,7 @@ class RayVideoWorkers:
     manager: the workers end with it."""
 
     def __init__(self, settings: VideoSettings, plan, files: int):
-        ray = _ray()
+        ray = import_ray()
         remote = ray.remote(num_gpus=plan.gpus, num_cpus=plan.cpus, max_concurrency=2, max_restarts=0)(VideoWorker)
         device = "cuda" if plan.gpus else "cpu"
         self._actors = [_Actor(remote.remote(settings, device)) for _ in range(max(1, min(plan.workers, files)))]
@@ -101,7 +101,7 @@ class RayVideoWorkers:
     def run(self, jobs, on_frames=None):
         """A FileResult for each job as its file ends, in no particular order, the biggest files first.
         on_frames: taken for video.files.share_out; Ray workers say nothing until a file ends."""
-        ray = _ray()
+        ray = import_ray()
         self._todo = deque(biggest_first(jobs))
         for actor in self._actors:
             self._give(actor)
@@ -137,7 +137,7 @@ class RayVideoWorkers:
     def interrupt(self) -> list[FileResult]:
         """After Ctrl-C: the files in progress stopped (outputs closed) and their results; the files not
         begun reported as such."""
-        ray = _ray()
+        ray = import_ray()
         for actor in self._pending.values():
             actor.handle.stop.remote()
         refs = list(self._pending)
@@ -153,7 +153,7 @@ class RayVideoWorkers:
         return results
 
     def close(self) -> None:
-        ray = _ray()
+        ray = import_ray()
         for actor in self._actors:
             ray.kill(actor.handle)
         self._actors = []
