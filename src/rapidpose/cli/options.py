@@ -54,7 +54,9 @@ def add_network_options(p, *, model_help: str = "hub name (vitpose-b, vitpose-pl
                         "(default auto)")
     reference = ("fp32 is the exact reference; auto picks fp16 on GPUs, bf16 on CPUs that have it" if precision == "fp32"
                  else "auto: fp16 on GPU, bf16 on CPUs that have it, else fp32 (fp32 is the exact reference)")
-    p.add_argument("--precision", default=precision, choices=PRECISIONS, help=f"{reference} (default {precision})")
+    fp8 = "fp8: FP8 matrix products, the rest bf16, on H100/H200/L40/Ada GPUs (torch backend)"
+    p.add_argument("--precision", default=precision, choices=PRECISIONS,
+                   help=f"{reference}; {fp8} (default {precision})")
     if compile:
         p.add_argument("--compile", action="store_true",
                        help="torch.compile the network (slow start, faster run) (default: off)")

@@ -1,10 +1,11 @@
-"""The PyTorch backend: fp32/fp16/bf16, optional torch.compile, CUDA graphs per batch size.
+"""The PyTorch backend: fp32/fp16/bf16/fp8, optional torch.compile, CUDA graphs per batch size.
 
 `run(tensor) -> tensor` keeps everything on the device (the GPU pipeline); `__call__(numpy)`
 is the same for numpy crops.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 
@@ -13,7 +14,7 @@ import numpy as np
 from rapidpose.errors import InputError, check_choice, require
 from rapidpose.skeletons import skeleton_for
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "fp8")
 GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 log = logging.getLogger("rapidpose")
@@ -114,12 +115,22 @@ class TorchRuntime:
         on_gpu = self.device.startswith("cuda")
         if self.precision == "fp16" and not on_gpu:
             raise InputError("fp16 runs on GPUs only: on the CPU use bf16 or fp32")
-        # GPUs run the whole model in half precision; CPUs keep fp32 weights under bf16 autocast,
-        # which is faster there and keeps LayerNorm and softmax in fp32.
-        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
+        fp8 = self.precision == "fp8"
+        if fp8:
+            from rapidpose.runtime.float8 import check_device, swap_linears
+
+            check_device(self.device)
+            model = copy.deepcopy(model)  # its layers are replaced: the caller's model keeps its own
+        # GPUs run the whole model in half precision (fp8: the blocks' matrix products in FP8, the rest in
+        # bf16); CPUs keep fp32 weights under bf16 autocast, which is faster there and keeps LayerNorm and
+        # softmax in fp32.
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+                      "fp8": torch.bfloat16}[self.precision]
         self.autocast = self.precision == "bf16" and not on_gpu
         weights_dtype = self.dtype if on_gpu else torch.float32
         self.model = model.to(self.device, weights_dtype).eval()
+        if fp8:
+            swap_linears(self.model)
         if on_gpu:
             # the backbone's feature map is a channels-last view of its tokens; heads in that layout
             # let cuDNN skip two NCHW<->NHWC conversions of the 64x48 maps per batch

@@ -1,0 +1,99 @@
+"""FP8 linear layers for the torch backend's `precision="fp8"`, and the swap that installs them.
+
+Each of the ViT blocks' Linear layers (qkv, proj, fc1, fc2) becomes one `torch._scaled_mm`: both operands
+in FP8 e4m3, scaled per row (the weights once per output channel, the activations per token row as they
+come), accumulated by the tensor cores, bf16 out with the bias added in the same kernel. Calibration-free:
+every scale is its row's absolute maximum over e4m3's largest value (448), so nothing clips and no data is
+needed beforehand. The patch embedding, the head, LayerNorm, GELU and attention stay in bf16.
+
+Per-row activation scales cost passes over the activations (absolute maximum, scale, cast) that eager
+mode runs as kernels of their own; under torch.compile (--compile) they can fuse with the LayerNorm or GELU
+before each layer (one graph per block, no breaks: tests/test_float8.py).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rapidpose.errors import InputError
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8).max)  # 448
+TINY = 1e-12  # an all-zero row keeps a finite scale
+LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")  # in each of the backbone's blocks
+NEEDS = "an NVIDIA GPU with FP8 tensor cores (compute capability 8.9 or more: H100, H200, L40, L4, RTX 40xx)"
+
+
+def quantize_rows(x):
+    """(M, K) bf16 or float32 -> (its e4m3 values, float32 (M, 1) scales), x ~ values * scales.
+
+    The product by the inverse scale runs in x's own dtype: no float32 copy of the activations."""
+    amax = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True).float()
+    inverse = (FP8_MAX / amax.clamp(min=TINY)).to(x.dtype)
+    # the clamp: the rounded inverse may overshoot 448 a little, and torch does not promise a saturating cast;
+    # the scale handed to the product is the inverse actually used, rounding included
+    return (x * inverse).clamp(-FP8_MAX, FP8_MAX).to(FP8), inverse.float().reciprocal()
+
+
+class Float8Linear(nn.Module):
+    """A Linear layer as an FP8 matrix product: bf16 (or float32) in, bf16 out.
+
+    Made from a float nn.Linear (`Float8Linear(linear)`) for inference only; it holds e4m3 weights and
+    their float32 scales, so `.to(dtype)` would spoil it (`.to(device)` is fine): cast the float model,
+    then swap."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight, scale = quantize_rows(linear.weight.detach().float())
+        self.register_buffer("weight", weight)  # (out, in) row-major: its .t() is the column-major operand
+        self.register_buffer("weight_scale", scale.reshape(1, -1))  # (1, out): one scale per output channel
+        bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x):
+        values, scale = quantize_rows(x.reshape(-1, self.in_features))
+        # fast accumulation: Hopper's full FP8 rate; its accumulator's rounding is far below e4m3's own
+        y = torch._scaled_mm(values, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias,
+                             out_dtype=torch.bfloat16, use_fast_accum=True)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, e4m3 row-scaled"
+
+
+def swap_linears(model) -> list[str]:
+    """Replace the Linear layers of a ViTPose's blocks (LAYERS) by Float8Linear, in place; returns their
+    names. Cast the model to bf16 on its device first."""
+    swapped = []
+    for i, block in enumerate(model.backbone.blocks):
+        for path in LAYERS:
+            owner_path, name = path.rsplit(".", 1)
+            owner = block.get_submodule(owner_path)
+            layer = getattr(owner, name)
+            if name == "fc2" and hasattr(owner, "experts"):
+                continue  # ViTPose++: fc2's weight is read and joined with an expert's, not called: stays bf16
+            if layer.in_features % 16 or layer.out_features % 16:
+                continue  # _scaled_mm takes sizes in multiples of 16 only (every published ViTPose has them)
+            setattr(owner, name, Float8Linear(layer))
+            swapped.append(f"backbone.blocks.{i}.{path}")
+    return swapped
+
+
+def check_device(device: str) -> None:
+    """An InputError unless `device` runs the row-scaled FP8 products Float8Linear makes."""
+    if not device.startswith("cuda"):
+        raise InputError(f"precision 'fp8' needs {NEEDS}; the device here is '{device}': use precision bf16 "
+                         f"or fp32 on the CPU")
+    name = torch.cuda.get_device_name(device)
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 9):
+        raise InputError(f"precision 'fp8' needs {NEEDS}; {name} has compute capability {major}.{minor}: "
+                         f"use precision fp16 or bf16 on it")
+    try:  # the same kind of product as the layers', so a build without it is told here, not mid-batch
+        Float8Linear(nn.Linear(16, 16).to(device))(torch.ones(16, 16, device=device, dtype=torch.bfloat16))
+        torch.cuda.synchronize(device)
+    except RuntimeError as exc:
+        raise InputError(f"this torch build ({torch.__version__}) cannot run row-scaled FP8 matrix products on "
+                         f"{name} ({str(exc).splitlines()[0]}): use precision fp16 or bf16, or a newer CUDA "
+                         f"build of torch") from None

@@ -1,0 +1,193 @@
+"""precision fp8: the FP8 linear layer against float32, the swap's reach, the clear error where FP8 cannot
+run, and (on an FP8 GPU) agreement with fp32 under CUDA graphs and torch.compile."""
+import argparse
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rapidpose import InputError
+from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random
+from rapidpose.runtime import TorchRuntime
+from rapidpose.runtime import float8
+from rapidpose.runtime.float8 import FP8_MAX, LAYERS, Float8Linear, quantize_rows, swap_linears
+from rapidpose.skeletons import COCO
+
+FP8_GPU = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                             reason="needs a GPU with FP8 tensor cores (compute capability 8.9 or more)")
+
+
+def _scaled_mm_on_cpu() -> bool:
+    """Whether this torch build runs torch._scaled_mm on the CPU (2.13 does); if not, the CPU tests emulate it."""
+    try:
+        Float8Linear(nn.Linear(16, 16))(torch.ones(16, 16, dtype=torch.bfloat16))
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+SCALED_MM_ON_CPU = _scaled_mm_on_cpu()
+CPU_SCALED_MM = pytest.mark.skipif(not SCALED_MM_ON_CPU, reason="this torch build has no torch._scaled_mm on the CPU")
+
+
+def emulated(layer: Float8Linear, x):
+    """What the layer computes, in float32 from its own e4m3 values and scales: the product's reference."""
+    values, scale = quantize_rows(x.reshape(-1, layer.in_features))
+    weight = layer.weight.float() * layer.weight_scale.t()
+    return ((values.float() * scale) @ weight.t() + layer.bias.float()).reshape(*x.shape[:-1], -1)
+
+
+def fp8_linear(layer: Float8Linear, x):
+    return layer(x).float() if SCALED_MM_ON_CPU else emulated(layer, x)
+
+
+def cosine(a, b) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def sqnr_db(reference, other) -> float:
+    reference, other = np.asarray(reference, np.float64), np.asarray(other, np.float64)
+    return float(10 * np.log10((reference ** 2).sum() / ((reference - other) ** 2).sum()))
+
+
+@pytest.fixture(scope="module")
+def small():
+    m = init_random(ViTPose(ViTPoseConfig(dim=384, depth=2, heads=12)), seed=3)
+    m.skeleton = COCO
+    return m.eval()
+
+
+def crops(n, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, 3, 256, 192)).astype(np.float32)
+
+
+def test_the_fp8_linear_is_a_float32_product_within_fp8_error():
+    torch.manual_seed(0)
+    linear = nn.Linear(384, 1152)
+    x = torch.randn(2, 192, 384).to(torch.bfloat16)
+    layer = Float8Linear(linear)
+    assert layer.weight.dtype == torch.float8_e4m3fn and layer.weight_scale.shape == (1, 1152)
+    got = fp8_linear(layer, x)
+    with torch.no_grad():
+        want = linear(x.float())  # the same bf16 inputs: only FP8's rounding differs
+    assert got.shape == want.shape
+    # e4m3 keeps 3 mantissa bits: about 31.5 dB per operand scaled per row, 28.7 dB for the product of two
+    assert cosine(got, want) > 0.999 and sqnr_db(want, got) > 27
+    if SCALED_MM_ON_CPU:  # the real product is the emulation's, up to its bf16 output
+        assert torch.allclose(got, emulated(layer, x), rtol=1e-2, atol=1e-2)
+
+
+def test_row_scales_use_the_whole_range_and_keep_rows_apart():
+    x = torch.randn(4, 64)
+    x[1] *= 1000  # an outlier row
+    x[2] = 0  # an empty row (a padded token)
+    values, scale = quantize_rows(x)
+    assert values.dtype == torch.float8_e4m3fn and scale.shape == (4, 1) and scale.dtype == torch.float32
+    peaks = values.float().abs().amax(-1)
+    assert torch.allclose(peaks[[0, 1, 3]], torch.full((3,), FP8_MAX), rtol=0.02)  # each row fills e4m3's range
+    assert torch.isfinite(scale).all() and (values.float()[2] == 0).all()
+    back = values.float() * scale
+    for row in (0, 3):  # the outlier costs the other rows nothing
+        assert cosine(back[row], x[row]) > 0.998
+
+
+def test_the_swap_replaces_exactly_the_blocks_linear_layers():
+    model = init_random(ViTPose(ViTPoseConfig.from_variant("s"))).eval()
+    untouched = {n: p.detach().clone() for n, p in model.named_parameters()
+                 if n.startswith(("keypoint_head.", "backbone.patch_embed.", "backbone.pos_embed", "backbone.last_norm"))}
+    model.to(torch.bfloat16)
+    swapped = swap_linears(model)
+    assert sorted(swapped) == sorted(f"backbone.blocks.{i}.{name}" for i in range(12) for name in LAYERS)
+    assert {n for n, m in model.named_modules() if isinstance(m, Float8Linear)} == set(swapped)
+    assert not [n for n, m in model.named_modules() if type(m) is nn.Linear]  # no float Linear left
+    assert isinstance(model.backbone.patch_embed.proj, nn.Conv2d)
+    for name, before in untouched.items():  # the head and the patch embedding are bf16 as they were
+        after = model.get_parameter(name)
+        assert after.dtype == torch.bfloat16 and torch.equal(after, before.to(torch.bfloat16)), name
+
+
+def test_the_swap_leaves_a_vitpose_plus_experts_fc2_in_bf16():
+    cfg = ViTPoseConfig(dim=384, depth=1, heads=12, num_experts=6, part_features=192)
+    model = init_random(ViTPose(cfg)).to(torch.bfloat16)
+    swapped = swap_linears(model)
+    assert swapped == ["backbone.blocks.0.attn.qkv", "backbone.blocks.0.attn.proj", "backbone.blocks.0.mlp.fc1"]
+    mlp = model.backbone.blocks[0].mlp
+    assert type(mlp.fc2) is nn.Linear and all(type(e) is nn.Linear for e in mlp.experts)  # read as weights
+
+
+def test_fp8_on_a_device_without_fp8_is_a_clear_error(small, monkeypatch):
+    with pytest.raises(InputError, match=r"precision 'fp8' needs an NVIDIA GPU with FP8 tensor cores .*H100, "
+                                         r"H200, L40.*'cpu': use precision bf16 or fp32"):
+        TorchRuntime(small, device="cpu", precision="fp8")
+    # a GPU older than Ada: its name, its compute capability and what to use instead
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    with pytest.raises(InputError, match=r"A100-SXM4-80GB has compute capability 8\.0: use precision fp16 or bf16"):
+        float8.check_device("cuda:0")
+
+
+def test_the_command_line_offers_fp8():
+    from rapidpose.cli.options import add_network_options
+
+    parser = argparse.ArgumentParser()
+    add_network_options(parser)
+    assert parser.parse_args(["--precision", "fp8"]).precision == "fp8"
+    assert "fp8: FP8 matrix products" in " ".join(parser.format_help().split())  # as wrapped to the terminal
+
+
+@CPU_SCALED_MM
+def test_the_fp8_runtime_on_the_cpu_swaps_a_copy_and_agrees_with_fp32(small, monkeypatch):
+    # the device check bypassed: users get the error above; this torch build runs _scaled_mm on the CPU (the
+    # layers around the FP8 ones stay fp32 there, as every CPU precision keeps its weights)
+    monkeypatch.setattr(float8, "check_device", lambda device: None)
+    before = copy.deepcopy(small.state_dict())
+    runtime = TorchRuntime(small, device="cpu", precision="fp8")
+    assert runtime.precision == "fp8" and isinstance(runtime.model.backbone.blocks[0].attn.qkv, Float8Linear)
+    assert type(small.backbone.blocks[0].attn.qkv) is nn.Linear  # the caller's model keeps its layers
+    assert all(torch.equal(before[k], v) for k, v in small.state_dict().items())
+    x = crops(3)
+    ref = TorchRuntime(small, precision="fp32")(x)
+    got = runtime(x)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    assert cosine(got, ref) > 0.99
+
+
+@CPU_SCALED_MM
+def test_a_block_with_fp8_layers_compiles_whole():
+    model = init_random(ViTPose(ViTPoseConfig(dim=384, depth=1, heads=12))).eval().to(torch.bfloat16)
+    swap_linears(model)
+    block = model.backbone.blocks[0]
+    x = torch.randn(2, 192, 384, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        eager = block(x)
+        # fullgraph: no break at the FP8 products, so Inductor may fuse their row quantization with the
+        # LayerNorm and GELU before them
+        compiled = torch.compile(block, fullgraph=True, dynamic=False)(x)
+    assert compiled.dtype == torch.bfloat16 and cosine(compiled.float(), eager.float()) > 0.999
+
+
+@pytest.mark.gpu
+@FP8_GPU
+def test_fp8_on_the_gpu_agrees_with_fp32_and_cuda_graphs_replay_it(small):
+    ref = TorchRuntime(small, precision="fp32", cuda_graphs=False)(crops(5))  # the fp32 CPU reference
+    graphed = TorchRuntime(small, device="cuda", precision="fp8", cuda_graphs=True)
+    eager = TorchRuntime(small, device="cuda", precision="fp8", cuda_graphs=False)
+    assert type(small.backbone.blocks[0].attn.qkv) is nn.Linear  # the caller's model keeps its layers
+    for n in (1, 3, 5):
+        x = crops(n, seed=n)
+        a, b = graphed(x), eager(x)
+        assert np.allclose(a, b, atol=1e-2 * np.abs(b).max()), (n, np.abs(a - b).max())
+    assert sorted(graphed._graphs) == [1, 4, 8] and all(g is not None for g in graphed._graphs.values())
+    assert cosine(graphed(crops(5)), ref) > 0.99
+
+
+@pytest.mark.gpu
+@FP8_GPU
+def test_fp8_compiled_under_cuda_graphs_agrees_with_fp32(small):
+    ref = TorchRuntime(small, precision="fp32", cuda_graphs=False)(crops(4))
+    compiled = TorchRuntime(small, device="cuda", precision="fp8", compile=True, cuda_graphs=True)
+    assert cosine(compiled(crops(4)), ref) > 0.99
+    assert compiled._graphs[4] is not None  # captured, not fallen back to a plain run
