@@ -1,7 +1,8 @@
 """INT8 against FP32 on this CPU, side by side in one run: ms per crop (batch 8, interleaved rounds) of
 FP32 ONNX Runtime, INT8 ONNX Runtime, OpenVINO with FP32 weights (bf16 where the CPU has it: the
 fastest non-INT8 path) and INT8 OpenVINO (NNCF), with the heatmap agreement of each INT8 model.
-Both INT8 models are calibrated on the people of the same COCO photos, as `rapidpose quantize` does.
+Both INT8 models are calibrated on the people of the same COCO photos, as `rapidpose quantize` does,
+each with its format's default recipe (deploy.quantize.SYMMETRIC_DEFAULT).
 Random weights of the published shapes: the speed is that of the real models, the agreement is not.
 
     python benchmarks/int8_speed.py --variant s b
@@ -13,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from rapidpose.deploy.export import export_onnx
-from rapidpose.deploy.quantize import _Probe, agreement, people_crops, quantize_onnx, quantize_openvino, time_models
+from rapidpose.deploy.quantize import _Probe, agreement, people_crops, quantize_crops, time_models
 from rapidpose.detect import load_detector
 from rapidpose.errors import InputError
 from rapidpose.evaluate.speed import random_model
@@ -46,8 +47,8 @@ def main():
     for variant in args.variant:
         with tempfile.TemporaryDirectory() as folder:
             fp32 = export_onnx(random_model(variant), Path(folder) / "fp32.onnx", check=False)
-            ort8 = quantize_onnx(fp32, Path(folder) / "int8.onnx", calib, per_channel=False, symmetric=False)
-            ov8 = quantize_openvino(fp32, Path(folder) / "int8.xml", calib, per_channel=False, symmetric=False)
+            ort8 = quantize_crops(fp32, Path(folder) / "int8.onnx", calib, "onnx")
+            ov8 = quantize_crops(fp32, Path(folder) / "int8.xml", calib, "openvino")
             bf16 = OpenVinoRuntime(fp32)
             runtimes = {"FP32, ONNX Runtime": OnnxRuntime(fp32), "INT8, ONNX Runtime": OnnxRuntime(ort8),
                         f"FP32 weights, OpenVINO {bf16.precision}": bf16, "INT8, OpenVINO (NNCF)": OpenVinoRuntime(ov8)}

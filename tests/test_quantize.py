@@ -10,7 +10,7 @@ import pytest
 from conftest import ASSETS, RTMDET
 
 from rapidpose.cli.quantize import add_quantize_parser
-from rapidpose.deploy.quantize import agreement, keypoint_oks, quantize_model, time_models
+from rapidpose.deploy.quantize import X86, agreement, choose_format, keypoint_oks, quantize_model, time_models
 from rapidpose.errors import InputError
 from rapidpose.io import expand_paths, read_image
 from rapidpose.runtime.metadata import read_metadata
@@ -103,6 +103,94 @@ def test_int8_model_is_written_runs_in_its_backend_and_is_reported(fp32_onnx, pe
         assert agreement(low.heatmaps, other[0].heatmaps)["cosine"] > 0.99
 
 
+def test_format_auto_is_openvino_on_x86_where_openvino_and_nncf_import_else_onnx_and_says_why(monkeypatch):
+    import platform
+    import sys
+
+    fmt, why = choose_format()  # openvino and nncf are test dependencies: a broken one fails the first assert
+    if platform.machine().lower() in X86:
+        assert fmt == "openvino" and why.startswith("openvino and nncf are installed and this"), why
+        assert why.endswith("OpenVINO's INT8 kernels use"), why
+    else:
+        assert fmt == "onnx" and "not x86" in why, why
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` fails from here on
+    assert choose_format() == ("onnx", "openvino cannot be imported (pip install 'rapidpose[quantize]' for "
+                                       "OpenVINO's INT8, the fastest on x86 CPUs)")
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    monkeypatch.delitem(sys.modules, "openvino")
+    assert choose_format() == ("onnx", "this CPU is aarch64, not x86: OpenVINO's fast INT8 kernels (VNNI/AMX) "
+                                       "are x86's, ONNX Runtime's run on every CPU")
+
+
+def people_and_keypoints(json_path):
+    """Per image of a `rapidpose predict --json` file: its people's keypoints, (N, 17, 3) as x, y, score."""
+    return [np.array([p["keypoints"] for p in image["people"]]) for image in json.loads(json_path.read_text())["images"]]
+
+
+def test_quantize_by_default_writes_openvino_int8_that_predict_runs_with_openvino_at_its_best(
+        fp32_onnx, tmp_path, monkeypatch, capsys):
+    from rapidpose.cli import main
+    from rapidpose.runtime.onnx_runtime import physical_cores
+    from rapidpose.runtime.openvino_runtime import OpenVinoRuntime, cpu_supports_bf16
+
+    if choose_format()[0] != "openvino":  # not an x86 CPU (the test above checks the why)
+        pytest.skip(f"--format auto is ONNX here: {choose_format()[1]}")
+    monkeypatch.chdir(tmp_path)  # the default output is ./<model>-int8.xml
+    assert main(["quantize", "--model", str(fp32_onnx), "--calibration", str(COCO_MMPOSE), "--images", "2",
+                 "--detector", str(RTMDET), "--timing-seconds", "0"]) == 0
+    xml = tmp_path / "tiny-int8.xml"
+    assert xml.is_file() and xml.with_suffix(".bin").is_file() and not (tmp_path / "tiny-int8.onnx").exists()
+    report = json.loads((tmp_path / "tiny-int8.report.json").read_text())
+    # the defaults of auto: OpenVINO's fastest recipe, and why OpenVINO, in the report and its .md
+    assert (report["format"], report["scheme"], report["symmetric"]) == ("openvino", "per-channel", True)
+    assert report["format_reason"] == f"chosen by --format auto: {choose_format()[1]}"
+    md = capsys.readouterr().out
+    assert f"Format: openvino, run by OpenVINO; {report['format_reason']}." in md
+    assert "(openvino, per-channel, symmetric)" in md and "INT8, OpenVINO" in report["ms_per_crop"]
+
+    # the default backend runs it with OpenVINO: one stream on every physical core, the LATENCY hint (a
+    # request of a batch at a time), bf16 for the layers left in float where the CPU has it
+    runtime = PoseEstimator(str(xml), device="cpu").runtime
+    assert isinstance(runtime, OpenVinoRuntime)
+    assert runtime.precision == ("bf16" if cpu_supports_bf16() else "fp32")
+    assert str(runtime.compiled.get_property("PERFORMANCE_HINT")).endswith("LATENCY")
+    assert int(str(runtime.compiled.get_property("NUM_STREAMS"))) == 1
+    assert runtime.compiled.get_property("INFERENCE_NUM_THREADS") == physical_cores()
+
+    # `rapidpose predict --model x-int8.xml` with the default backend: the same people as FP32, keypoints
+    # on them (random weights: not the same keypoints, whose flat heatmaps any rounding moves)
+    image = COCO_MMPOSE / "000000000785.jpg"
+    for model, name in ((fp32_onnx, "fp32.json"), (xml, "int8.json")):
+        assert main(["predict", str(image), "--model", str(model), "--detector", str(RTMDET),
+                     "--json", str(tmp_path / name)]) == 0
+    (fp32,), (int8,) = people_and_keypoints(tmp_path / "fp32.json"), people_and_keypoints(tmp_path / "int8.json")
+    height, width = read_image(image).shape[:2]
+    assert int8.shape == fp32.shape and len(int8) > 0
+    assert np.isfinite(int8).all() and (int8[..., 2] > 0).all()
+    assert ((int8[..., 0] >= 0) & (int8[..., 0] < width) & (int8[..., 1] >= 0) & (int8[..., 1] < height)).all()
+
+
+def test_format_auto_without_openvino_writes_the_onnx_int8_model_and_says_why(fp32_onnx, tmp_path, monkeypatch):
+    import sys
+
+    from rapidpose.runtime.onnx_runtime import OnnxRuntime
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` fails
+    monkeypatch.chdir(tmp_path)
+    report = quantize_model(fp32_onnx, COCO_MMPOSE, images=2, detector=str(RTMDET), seconds=0)
+    out = tmp_path / "tiny-int8.onnx"
+    assert report["int8_model"] == str(out) and out.is_file() and not (tmp_path / "tiny-int8.xml").exists()
+    # ONNX Runtime's fastest recipe; why ONNX, in the report and its .md
+    assert (report["format"], report["scheme"], report["symmetric"]) == ("onnx", "per-channel", False)
+    assert report["format_reason"] == f"chosen by --format auto: {choose_format()[1]}"
+    assert "openvino cannot be imported" in report["format_reason"] or "not x86" in report["format_reason"]
+    md = (tmp_path / "tiny-int8.report.md").read_text()
+    assert f"Format: onnx, run by ONNX Runtime; {report['format_reason']}." in md
+    assert set(report["ms_per_crop"]) == {"FP32, ONNX Runtime", "INT8, ONNX Runtime"}  # no OpenVINO to time
+    assert isinstance(PoseEstimator(str(out), device="cpu").runtime, OnnxRuntime)
+
+
 def test_agreement_and_oks_measure_what_they_say():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(2, 17, 64, 48)).astype(np.float32)
@@ -158,6 +246,8 @@ def test_bad_quantize_requests_get_clear_errors(fp32_onnx, tmp_path):
                        eval_images=tmp_path / "absent", detector=str(RTMDET))
     with pytest.raises(InputError, match="must end in .xml"):
         quantize_model(fp32_onnx, COCO_MMPOSE, tmp_path / "x.onnx", fmt="openvino", detector=str(RTMDET))
+    with pytest.raises(InputError, match=r"output '.*x\.tflite' must end in \.xml \(OpenVINO\) or \.onnx"):
+        quantize_model(fp32_onnx, COCO_MMPOSE, tmp_path / "x.tflite", detector=str(RTMDET))  # format auto
     empty = tmp_path / "no-people"
     empty.mkdir()
     import cv2
@@ -239,7 +329,8 @@ def test_quantize_command_writes_the_model_and_prints_the_report(fp32_onnx, peop
     assert_timed(report, md)
     # it says what it is doing while it works, stage by stage
     said = [r.getMessage() for r in caplog.records if r.name == "rapidpose"]
-    stages = ["quantize: looking for people in 4 calibration photos", "quantize: calibrating on",
+    stages = ["quantize: INT8 for ONNX Runtime, chosen by --format auto from the output's suffix (.onnx)",
+              "quantize: looking for people in 4 calibration photos", "quantize: calibrating on",
               "quantize: comparing FP32 and INT8", "quantize: timing FP32, ONNX Runtime; INT8, ONNX Runtime",
               "wrote "]
     where = [next((i for i, m in enumerate(said) if m.startswith(s)), None) for s in stages]
@@ -264,7 +355,8 @@ def test_quantize_command_in_a_process_of_its_own_prints_no_toolchain_chatter(fp
     assert "Ignore MatMul" not in result.stderr + result.stdout  # onnxruntime's notes, one per attention product
     assert result.stdout.strip() == (tmp_path / "own-int8.report.md").read_text().strip()  # the report, only
     lines = result.stderr.splitlines()
-    assert lines[0].startswith("quantize: looking for people") and lines[-1].startswith(f"wrote {out}"), lines
+    assert lines[0] == "quantize: INT8 for ONNX Runtime, chosen by --format auto from the output's suffix (.onnx)"
+    assert lines[1].startswith("quantize: looking for people") and lines[-1].startswith(f"wrote {out}"), lines
 
 
 def test_every_quantize_option_says_its_default():

@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from rapidpose.deploy.quantize import FORMATS, SCHEMES, quantize_model
+from rapidpose.deploy.quantize import FORMAT_CHOICES, SCHEMES, quantize_model
 
 log = logging.getLogger("rapidpose")
 
@@ -23,12 +23,17 @@ def add_quantize_parser(sub) -> argparse.ArgumentParser:
                    help="calibrate on the people of the first N photos (up to 256 people); the agreement is "
                         "measured on the people of the next photos (up to 32), or, when none is left over, on "
                         "the calibration people, as the report says (default 64)")
-    p.add_argument("--format", default="onnx", choices=list(FORMATS),
-                   help="onnx (ONNX Runtime static quantization) or openvino (NNCF) (default onnx)")
-    p.add_argument("--scheme", default="per-tensor", choices=SCHEMES,
-                   help="weight scales: one per tensor, or one per output channel (default per-tensor)")
-    p.add_argument("--symmetric", action="store_true",
-                   help="symmetric activations (and weights) (default: off, asymmetric)")
+    p.add_argument("--format", default="auto", choices=FORMAT_CHOICES,
+                   help="auto: the fastest INT8 here, said in the log and the report (openvino on x86 CPUs "
+                        "with openvino and nncf installed, else onnx; an --output ending in .onnx or .xml "
+                        "picks its format); openvino (NNCF IR, run by the default CPU backend); onnx (ONNX "
+                        "Runtime static quantization, for other runtimes) (default auto)")
+    p.add_argument("--scheme", default="per-channel", choices=SCHEMES,
+                   help="weight scales: one per tensor, or one per output channel (default per-channel: as "
+                        "fast, closer to FP32)")
+    p.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=None,
+                   help="symmetric activations (--no-symmetric: asymmetric) (default: the format's faster, "
+                        "symmetric for openvino, asymmetric for onnx)")
     p.add_argument("--detector", default="rtmdet-nano",
                    help="person detector for the calibration crops: rtmdet-nano, yolox-nano or an .onnx path "
                         "(default rtmdet-nano)")
@@ -40,7 +45,8 @@ def add_quantize_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--timing-seconds", type=SECONDS, default=4.0, metavar="S",
                    help="time each path (FP32 and INT8) for about S seconds for the report's ms per crop, at "
                         "least 3 rounds after a warm-up; 0 times one round, a quick, rough figure (default 4)")
-    p.add_argument("--output", "-o", metavar="FILE", help="the INT8 model (default ./<model>-int8.onnx or .xml)")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="the INT8 model (default ./<model>-int8.xml for openvino, .onnx for onnx)")
     return p
 
 

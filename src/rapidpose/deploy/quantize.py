@@ -1,15 +1,19 @@
 """INT8 post-training quantization of a ViTPose (weights and activations, 8 bits), with a report.
 
 Two toolchains, each writing a model that rapidpose's matching backend runs as it is:
+- OpenVINO's NNCF -> an INT8 IR (.xml + .bin); run it with `--model x-int8.xml` (OpenVINO, the
+  default backend on CPUs).
 - ONNX Runtime's static quantization -> an INT8 .onnx (QOperator format: QLinearMatMul kernels, the
-  fastest of ONNX Runtime's layouts on CPUs); run it with `--model x-int8.onnx` (onnxruntime).
-- OpenVINO's NNCF -> an INT8 IR (.xml + .bin); run it with `--model x-int8.xml` (OpenVINO).
+  fastest of ONNX Runtime's layouts on CPUs); run it with `--model x-int8.onnx`, for other runtimes.
+Format "auto" (the default) picks the faster for the machine: OpenVINO on x86 CPUs where openvino
+and nncf import, else ONNX Runtime (choose_format), and says why.
 
 Calibration data are real people: the first images of a folder, boxes from the person detector,
-cropped and normalised exactly as the pipeline does. The default recipe is the one AIMET's seeds use:
-per-tensor, asymmetric, weights and activations quantized (the network input too), biases kept in
-float. OpenVINO's CPU kernels take symmetric weights only, so NNCF's weights are symmetric whatever
-`symmetric` says; its activations follow it.
+cropped and normalised exactly as the pipeline does. Weights and activations are quantized (the
+network input too), biases kept in float. The default recipe is the fastest of each format at the
+best agreement measured (SYMMETRIC_DEFAULT): per-channel weight scales; symmetric activations for
+OpenVINO, asymmetric for ONNX Runtime. OpenVINO's CPU kernels take symmetric weights only, so
+NNCF's weights are symmetric whatever `symmetric` says; its activations follow it.
 
 The report beside the model (.report.md and .report.json) says what the INT8 model costs and gives:
 file size, speed of FP32 and INT8 side by side on this machine, heatmap agreement (cosine similarity
@@ -25,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import platform
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +44,21 @@ from rapidpose.topdown.geometry import boxes_to_center_scale, normalize_crops, u
 log = logging.getLogger("rapidpose")
 
 FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
+FORMAT_CHOICES = ("auto", *FORMATS)
 SCHEMES = ("per-tensor", "per-channel")
+# Symmetric activations or not, by format: each one's fastest at the same agreement. Measured
+# 2026-11-29 on 2 Zen 4 cores (avx512_vnni), ViTPose-S and B with random weights, batch 8, every recipe
+# in one run of interleaved rounds on a busy machine (the ratios between recipes hold, not the times),
+# speed against FP32 ONNX Runtime and SQNR of the heatmaps on held-out people:
+# - OpenVINO per-channel symmetric: 3.8x (S) / 4.0x (B), 27.0 / 25.9 dB. Asymmetric activations give
+#   the same SQNR 2-21% slower; per-tensor weights run as fast with 1.4-1.7 dB less SQNR. The
+#   backend's default bf16 inference hint for the layers left in float is 1-4% faster than f32 there,
+#   at 0.1 dB less.
+# - ONNX Runtime per-channel asymmetric: 1.5x / 1.9x, 29.5 / 28.8 dB (per-tensor: 1.4x / 1.8x,
+#   1.3-1.4 dB less). Symmetric (int8 activations) runs 3x slower than FP32 (S): onnxruntime itself
+#   warns that its QOperator format with int8 activations is slow on x64.
+SYMMETRIC_DEFAULT = {"openvino": True, "onnx": False}
+X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 MIN_ROUNDS = 3  # timed rounds of each path at the least, unless timing is turned down to one (seconds=0)
 
 
@@ -139,6 +158,73 @@ def quantize_openvino(fp32: Path, out: Path, crops: np.ndarray, per_channel: boo
         quantized.set_rt_info(value, [METADATA_SECTION, key])
     ov.save_model(quantized, str(out), compress_to_fp16=False)
     return out
+
+
+def quantize_crops(fp32: Path, out: Path, crops: np.ndarray, fmt: str, scheme: str = "per-channel",
+                   symmetric: bool | None = None) -> Path:
+    """FP32 ONNX `fp32` -> INT8 `out` in format `fmt` ("onnx" or "openvino"), calibrated on `crops`;
+    `symmetric` None takes the format's default (SYMMETRIC_DEFAULT)."""
+    check_choice("format", fmt, FORMATS)
+    check_choice("scheme", scheme, SCHEMES)
+    symmetric = SYMMETRIC_DEFAULT[fmt] if symmetric is None else symmetric
+    quantizer = quantize_onnx if fmt == "onnx" else quantize_openvino
+    return quantizer(fp32, out, crops, scheme == "per-channel", symmetric)
+
+
+def choose_format() -> tuple[str, str]:
+    """The INT8 format that runs fastest on this machine, and why, in words for the log and the report:
+    OpenVINO (NNCF) on x86 CPUs where openvino and nncf import (its INT8 kernels use VNNI/AMX: ViTPose-S/B
+    3.4x / 3.6x FP32 ONNX Runtime on 2 Zen 4 cores, against ONNX Runtime INT8's 1.3x / 1.9x), else ONNX
+    Runtime's."""
+    machine = platform.machine().lower()
+    if machine not in X86:
+        return "onnx", (f"this CPU is {machine or 'of an unknown kind'}, not x86: OpenVINO's fast INT8 kernels "
+                        f"(VNNI/AMX) are x86's, ONNX Runtime's run on every CPU")
+    missing = [name for name in ("openvino", "nncf") if not _importable(name)]
+    if missing:
+        return "onnx", (f"{' and '.join(missing)} cannot be imported (pip install 'rapidpose[quantize]' for "
+                        f"OpenVINO's INT8, the fastest on x86 CPUs)")
+    found = _int8_instructions()
+    cpu = f"this x86 CPU has {' and '.join(found)}, which" if found else "this is an x86 CPU, whose VNNI/AMX"
+    return "openvino", f"openvino and nncf are installed and {cpu} OpenVINO's INT8 kernels use"
+
+
+def _importable(module: str) -> bool:
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def _int8_instructions() -> list[str]:
+    """The INT8 dot-product instructions of this CPU that OpenVINO uses, by their Linux names ([] where
+    /proc/cpuinfo is not there to say)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [f for f in ("amx_int8", "avx512_vnni", "avx_vnni") if f in flags]
+
+
+def _resolve_format(fmt: str, out) -> tuple[str, str]:
+    """(format, why) for the `fmt` asked for: "auto" follows an output file's suffix where one is
+    given, else choose_format()."""
+    check_choice("format", fmt, FORMAT_CHOICES)
+    if fmt != "auto":
+        return fmt, f"as asked (--format {fmt})"
+    if out is not None:
+        suffix = Path(out).suffix.lower()
+        by_suffix = {ext: name for name, ext in FORMATS.items()}
+        if suffix not in by_suffix:
+            raise InputError(f"output '{out}' must end in .xml (OpenVINO) or .onnx (ONNX Runtime), or leave "
+                             f"--output out to get ./<model>-int8 in the format fastest here")
+        return by_suffix[suffix], f"chosen by --format auto from the output's suffix ({suffix})"
+    fmt, why = choose_format()
+    return fmt, f"chosen by --format auto: {why}"
 
 
 class _OnnxRuntimeNotes(logging.Filter):
@@ -302,12 +388,15 @@ def time_models(runtimes: dict, crops: np.ndarray, seconds: float = 4.0, batch: 
 
 # ---------------------------------------------------------------- the whole job
 
-def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str = "onnx",
-                   scheme: str = "per-tensor", symmetric: bool = False, detector="rtmdet-nano",
+def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str = "auto",
+                   scheme: str = "per-channel", symmetric: bool | None = None, detector="rtmdet-nano",
                    annotations=None, eval_images=None, seconds: float = 4.0) -> dict:
     """Write the INT8 model and its report; returns the report as a dict (paths included).
 
-    model: hub name, checkpoint or FP32 .onnx. calibration: a folder (or files) of photos with
+    model: hub name, checkpoint or FP32 .onnx. fmt: "auto" (the fastest here, choose_format; an
+    `out` ending in .onnx or .xml picks its format), "openvino" or "onnx"; the report says which and
+    why (report["format_reason"]). symmetric: symmetric activations; None, the format's faster
+    (SYMMETRIC_DEFAULT). calibration: a folder (or files) of photos with
     people; the first `images` are used (their people, up to 256 crops). The agreement of FP32 and
     INT8 is measured on the people of the next images, up to 32 images (64 people); if no person is
     left over (the folder has `images` photos or fewer, or the next ones show nobody), on the first 64
@@ -321,8 +410,9 @@ def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str =
     from rapidpose.io import expand_paths
     from rapidpose.runtime.onnx_runtime import OnnxRuntime
 
-    check_choice("format", fmt, FORMATS)
+    fmt, format_reason = _resolve_format(fmt, out)
     check_choice("scheme", scheme, SCHEMES)
+    symmetric = SYMMETRIC_DEFAULT[fmt] if symmetric is None else bool(symmetric)
     if images < 1:
         raise InputError(f"--images must be at least 1; got {images}")
     if not 0 <= seconds < float("inf"):  # NaN too
@@ -348,6 +438,7 @@ def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str =
     person = load_detector(detector) if not callable(detector) else detector
 
     started = time.perf_counter()
+    log.info("quantize: INT8 for %s, %s", _backend_name(out), format_reason)
     log.info("quantize: looking for people in %d calibration photos%s", len(paths[:images]),
              "" if callable(detector) else f" ({detector})")
     calib, calib_counts = _find_people(paths[:images], person, input_size, max_crops=256)
@@ -367,8 +458,7 @@ def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str =
     log.info("quantize: calibrating on %d people of %d images with %s; agreement on %d %s people", len(calib),
              _images_holding(calib_counts, len(calib)), "ONNX Runtime" if fmt == "onnx" else "NNCF", len(check),
              agreement_on)
-    quantizer = quantize_onnx if fmt == "onnx" else quantize_openvino
-    quantizer(fp32, out, calib, scheme == "per-channel", symmetric)
+    quantize_crops(fp32, out, calib, fmt, scheme, symmetric)
     quantize_seconds = time.perf_counter() - started
 
     log.info("quantize: comparing FP32 and INT8 layer by layer on %d people", len(check))
@@ -393,8 +483,8 @@ def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str =
     speed = time_models(runtimes, check, seconds)
 
     report = {
-        "model": str(model), "variant": meta.get("variant"), "format": fmt, "scheme": scheme,
-        "symmetric": symmetric, "int8_model": str(out), "fp32_model": str(fp32),
+        "model": str(model), "variant": meta.get("variant"), "format": fmt, "format_reason": format_reason,
+        "scheme": scheme, "symmetric": symmetric, "int8_model": str(out), "fp32_model": str(fp32),
         "calibration": {"images": _images_holding(calib_counts, len(calib)), "people": int(len(calib)),
                         "source": str(calibration)},
         "agreement_on": agreement_on, "agreement_images": int(agreement_images),
@@ -492,6 +582,7 @@ def _write_report(out: Path, report: dict) -> None:
     stem.with_name(stem.name + ".report.json").write_text(json.dumps(report, indent=2))
     lines = [f"# INT8 report: {Path(report['model']).name} ({report['format']}, {report['scheme']}, "
              f"{'symmetric' if report['symmetric'] else 'asymmetric'})", "",
+             f"Format: {report['format']}, run by {_backend_name(out)}; {report['format_reason']}.", "",
              f"{report['date']}, {report['machine']}. Calibration: {report['calibration']['people']} people "
              f"in {report['calibration']['images']} images of `{report['calibration']['source']}`; "
              f"{_agreement_sentence(report)}", "",
