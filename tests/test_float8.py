@@ -10,7 +10,7 @@ from torch import nn
 
 from rapidpose import InputError
 from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random
-from rapidpose.runtime import TorchRuntime
+from rapidpose.runtime import TorchRuntime, make_runtime
 from rapidpose.runtime import float8
 from rapidpose.runtime.float8 import FP8_MAX, LAYERS, Float8Linear, quantize_rows, swap_linears
 from rapidpose.skeletons import COCO
@@ -122,6 +122,8 @@ def test_fp8_on_a_device_without_fp8_is_a_clear_error(small, monkeypatch):
     with pytest.raises(InputError, match=r"precision 'fp8' needs an NVIDIA GPU with FP8 tensor cores .*H100, "
                                          r"H200, L40.*'cpu': use precision bf16 or fp32"):
         TorchRuntime(small, device="cpu", precision="fp8")
+    with pytest.raises(InputError, match="FP8 tensor cores"):  # the default backend on CPUs (OpenVINO) has no fp8
+        make_runtime(small, device="cpu", precision="fp8")
     # a GPU older than Ada: its name, its compute capability and what to use instead
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))

@@ -74,6 +74,8 @@ def make_runtime(model, backend: str = "auto", device: str = "cpu", precision: s
             log.info("--compile asks for torch.compile: running on the torch backend, not %s "
                      "(the default on %s)", backend, resolved)
             backend = "torch"
+        if precision == "fp8":  # only the torch backend has it (and says what it needs where it cannot)
+            backend = "torch"
     from rapidpose.model.weights import load_model, resolve
 
     checkpoint = None
