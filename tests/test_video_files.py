@@ -140,8 +140,10 @@ def test_a_killed_workers_video_is_reported_and_the_others_go_on(clips, tiny_che
     with FileWorkers(["cpu"], settings) as workers:  # the last worker: the videos left are reported, not lost
         killed.clear()
         results = list(workers.run(jobs, on_frames=kill_the_first))
-    assert len(results) == 3 and all(r.error for r in results)
-    assert sum(r.error.startswith("not processed: no worker is left") for r in results) == 2
+    dead = [r for r in results if r.error and "SIGKILL" in r.error]
+    left = [r for r in results if r.error and r.error.startswith("not processed: no worker is left")]
+    # as above, the kill may land just after the first video's last frame: that one is then done
+    assert len(results) == 3 and len(dead) == 1 and len(left) >= 1 and len(dead) + len(left) + sum(r.ok for r in results) == 3
 
 
 def test_a_folder_of_one_video_is_a_run_of_several(clips, tiny_checkpoint, tmp_path):
