@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from network_speed import timed  # this folder's: the same warm-up and timing as the network figures
 from rapidpose.deploy.quantize import agreement, keypoint_oks
 from rapidpose.errors import InputError
 from rapidpose.runtime import TorchRuntime
@@ -125,19 +126,6 @@ def trained_checkpoint(variant: str, steps: int, batch: int, lr, device: str, ou
           f"{time.perf_counter() - started:.0f} s, last loss {result.last_loss:.3g}; checkpoint {out / 'last.pth'}\n",
           flush=True)
     return out / "last.pth"
-
-
-def timed(run, x, seconds: float, sync) -> float:
-    """Mean seconds per call after warm-up (the graph captures, the compile), over at least `seconds`."""
-    for _ in range(3):
-        run(x)
-    sync()
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or n < 3:
-        run(x)
-        n += 1
-    sync()
-    return (time.perf_counter() - start) / n
 
 
 def compared(people: People, reference: np.ndarray, heatmaps: np.ndarray, sigmas) -> dict:

@@ -80,3 +80,21 @@ class WorkerProcess:
             self.process.wait()
         self.alive = False
         self.conn.close()
+
+
+class WorkerGroup:
+    """Worker processes (`self._workers`, WorkerProcess each) stopped together: at close, and on
+    leaving a with block."""
+
+    _workers: list
+
+    def close(self) -> None:
+        for worker in self._workers:
+            worker.stop()
+        self._workers = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from rapidpose.errors import InputError
-from rapidpose.worker_process import WorkerProcess
+from rapidpose.worker_process import WorkerGroup, WorkerProcess
 
 log = logging.getLogger("rapidpose")
 
@@ -101,7 +101,7 @@ class WorkerSettings:
     poses: bool = False  # answer each photo's Poses too (exact, unrounded: what evaluation scores)
 
 
-class DeviceWorkers:
+class DeviceWorkers(WorkerGroup):
     """Worker processes, one per device (see the module). `header` is the skeleton header the first
     worker answered with once it was ready, `skeleton` the model's keypoint set."""
 
@@ -219,16 +219,6 @@ class DeviceWorkers:
             chunks.appendleft((key, items))
         worker.chunks.clear()
 
-    def close(self) -> None:
-        for worker in self._workers:
-            worker.stop()
-        self._workers = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class _Worker(WorkerProcess):

@@ -36,7 +36,7 @@ from rapidpose.io import IMAGE_SUFFIXES, name_a_few
 from rapidpose.progress import progress
 from rapidpose.video.process import process_video
 from rapidpose.video.sources import STREAM_SCHEMES
-from rapidpose.worker_process import WorkerProcess
+from rapidpose.worker_process import WorkerGroup, WorkerProcess
 
 log = logging.getLogger("rapidpose")
 
@@ -424,7 +424,7 @@ def share_out(workers, jobs: list[FileJob], report: Report) -> None:
             report.add(result)
 
 
-class FileWorkers:
+class FileWorkers(WorkerGroup):
     """A worker process per device (see the module), each with the model of `settings` loaded. A context
     manager; `run(jobs)` shares the files out."""
 
@@ -526,16 +526,6 @@ class FileWorkers:
         self._todo.clear()
         return [r for r in results if r is not None]
 
-    def close(self) -> None:
-        for worker in self._workers:
-            worker.stop()
-        self._workers = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _exit(code: int) -> str:
