@@ -16,6 +16,8 @@ log = logging.getLogger("rapidpose")
 
 def add_bench_parser(sub) -> None:
     from rapidpose.cli.options import COUNT, SECONDS
+    from rapidpose.runtime import BACKENDS
+    from rapidpose.runtime.torch_runtime import PRECISIONS
 
     p = sub.add_parser("bench", help="time each stage and the network's throughput",
                        description="Per-stage timing (read, detect, crop, network, decode, draw), crops/s, "
@@ -29,11 +31,12 @@ def add_bench_parser(sub) -> None:
                    help="rtmdet-nano, yolox-nano, a path, or none for --people synthetic boxes (default none)")
     p.add_argument("--people", type=COUNT, default=6, metavar="N",
                    help="boxes per image when --detector none (default 6)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"],
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="auto: torch on a GPU, OpenVINO on a CPU when installed, else torch (default auto)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: cuda if present)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="auto: fp16 on a GPU, bf16 on CPUs that have it, else fp32 (default auto)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto: fp16 on a GPU, bf16 on CPUs that have it, else fp32; fp8 on H100/H200/L40/Ada GPUs "
+                        "(default auto)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (default: off)")
     p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop (default: off)")
     p.add_argument("--batch", type=COUNT, nargs="+", default=[1, 8, 32, 64, 128], metavar="B",
