@@ -103,6 +103,13 @@ def test_compile_with_a_backend_that_cannot_compile_is_refused(model, backend):
         make_runtime(model, backend=backend, device="cpu", compile=True)
 
 
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_a_precision_onnx_runtime_cannot_switch_is_said_not_ignored(model, precision):
+    with pytest.raises(InputError, match=f"precision '{precision}' .* ONNX Runtime .* --backend torch"):
+        make_runtime(model, backend="onnx", device="cpu", precision=precision)
+    assert make_runtime(model, backend="onnx", device="cpu", precision="fp32")(np.zeros((1, 3, 256, 192), np.float32)).shape == (1, 17, 64, 48)
+
+
 @pytest.mark.parametrize("name, runs", [("model.onnx", "onnxruntime"), ("model.xml", "OpenVINO")])
 def test_compile_with_an_exported_model_is_refused(tmp_path, name, runs):
     path = tmp_path / name  # refused before the file is even looked at

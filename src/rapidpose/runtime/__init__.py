@@ -124,6 +124,12 @@ def _exported_runtime(backend, path, device, precision, batch_size, keypoint_set
     if backend == "onnx":
         from rapidpose.runtime.onnx_runtime import OnnxRuntime
 
+        if precision not in ("auto", "fp32"):  # said, not ignored: ONNX Runtime runs the graph's own types
+            raise InputError(f"precision '{precision}' (--precision) is not something ONNX Runtime can switch: it "
+                             f"runs '{Path(path).name}' in the types the file holds (float32, or INT8 after "
+                             f"`rapidpose quantize --format onnx`); use --backend torch for fp16/bf16/fp8, or "
+                             f"openvino for bf16 on CPUs, or leave --precision at auto")
+
         return OnnxRuntime(path, device=device, batch_size=batch_size, keypoint_set=keypoint_set)
     from rapidpose.runtime.openvino_runtime import OpenVinoRuntime
 
