@@ -70,10 +70,17 @@ def offline(estimator):
 
 @pytest.fixture(scope="module")
 def served(estimator, offline):  # offline first: the estimator is the server's worker from here on
+    """The server as a GPU host runs it: uploads decoded by worker processes (the command's threads,
+    what it does on CPUs, are test_the_command_serves_and_stops_on_sigterm's)."""
+    from rapidpose.photos.decode import DecodePool
+
     batcher = Batcher([functools.partial(predict_uploads, estimator)], max_batch_size=16, max_wait=0.005,
                       queue_size=64)
     info = {**header(estimator, "vitpose-tiny"), "server": {"max_batch_size": 16}}
-    with running(make_app(batcher, info, max_body_bytes=LIMIT)) as (url, _):
+    with DecodePool(workers=2) as pool, running(make_app(batcher, info, max_body_bytes=LIMIT,
+                                                         decode=pool.decode)) as (url, _):
+        assert pool.decode(PHOTOS[0].read_bytes()).shape == read_image(PHOTOS[0]).shape
+        assert pool.on_threads is None and len(pool.pids()) == 2  # the processes, not the thread fallback
         yield url
 
 
@@ -373,3 +380,16 @@ def test_uploads_without_boxes_are_detected_together_with_boxes_given(estimator,
     records = predict_uploads(estimator, [Upload(a, "a"), Upload(b, "b", given)])
     assert_same(records[0], offline[PHOTOS[0].name], "a", (a.shape[1], a.shape[0]))
     assert [p["box"] for p in records[1]["people"]] == [BOXES[0][:4]]
+
+
+def test_uploads_are_decoded_by_processes_beside_a_gpu_and_on_threads_beside_a_cpu():
+    from rapidpose.cli.serve import _decode_pool
+    from rapidpose.photos.decode import default_workers
+
+    assert _decode_pool(None, on_gpu=False) is None and _decode_pool(0, on_gpu=True) is None
+    for asked, on_gpu, count in ((None, True, default_workers()), (3, False, 3)):
+        pool = _decode_pool(asked, on_gpu)
+        try:
+            assert pool.workers == count
+        finally:
+            pool.close()

@@ -57,6 +57,10 @@ def add_serve_parser(sub) -> None:
                    help="requests that may wait for a worker; more get 503 with Retry-After at once (default 256)")
     p.add_argument("--max-body-mb", type=number(float, 0.01), default=20.0, metavar="MB",
                    help="largest request body in MB (2^20 bytes); larger ones get 413 (default 20)")
+    p.add_argument("--decode-processes", type=number(int, 0), default=None, metavar="N",
+                   help="processes that decode the uploads, 0: the server's own threads (default: up to 8, as "
+                        "many as the cores, where the model runs on a GPU, whose rate one process's decoding "
+                        "cannot feed; 0 on CPUs, whose cores the model needs)")
 
 
 def run_serve(args) -> int:
@@ -82,12 +86,27 @@ def run_serve(args) -> int:
             "server": {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
                        "queue_size": args.queue_size, "max_body_mb": args.max_body_mb, "workers": workers,
                        "detector": args.detector}}
-    app = make_app(batcher, info, max_body_bytes=int(args.max_body_mb * 2**20))
+    pool = _decode_pool(args.decode_processes, any(w.startswith("cuda") for w in workers))
+    info["server"]["decode_processes"] = pool.workers if pool is not None else 0
+    app = make_app(batcher, info, max_body_bytes=int(args.max_body_mb * 2**20),
+                   **({"decode": pool.decode} if pool is not None else {}))
     url = url_of(sock)
     log.info("serving %s on %s (%d worker%s: %s): POST %s/predict; GET /info, /health, /metrics; Ctrl-C stops",
              args.model, url, len(workers), "" if len(workers) == 1 else "s", ", ".join(workers), url)
-    serve(app, sock)
+    try:
+        serve(app, sock)
+    finally:
+        if pool is not None:
+            pool.close()
     return 0
+
+
+def _decode_pool(processes: int | None, on_gpu: bool):
+    """The uploads' decoding processes (photos.decode.DecodePool), or None: the server's threads."""
+    from rapidpose.photos.decode import DecodePool, default_workers
+
+    count = (default_workers() if on_gpu else 0) if processes is None else processes
+    return DecodePool(workers=count) if count else None
 
 
 def _estimator(args, device: str):

@@ -112,6 +112,16 @@ class DecodePool:
         decodes them (bytes held in memory, fetched from a network, ...)."""
         return self._run((name, str(name), bytes(data)) for name, data in items)
 
+    def decode(self, data: bytes, name: str = "upload") -> np.ndarray:
+        """One image file's bytes decoded by a worker, waiting for it: io.decode_image's pixels, or its
+        InputError raised. For callers that have threads of their own (a server's requests): decoding
+        then costs this process the copy of the pixels, not the decode and its Python under the GIL."""
+        backend = self._started()
+        image = backend.result(backend.submit(str(name), bytes(data)))
+        if isinstance(image, RapidPoseError):
+            raise image
+        return image
+
     def _run(self, items):
         backend = self._started()
         window = self.window

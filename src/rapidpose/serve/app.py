@@ -60,10 +60,12 @@ _BODY = {"content": {  # the request body, for the OpenAPI page (/docs): parsing
         "boxes": {"type": "string", "description": "JSON [[x1, y1, x2, y2(, score)], ...]"}}}}}}
 
 
-def make_app(batcher: Batcher, info: dict, max_body_bytes: int = 20 * 2**20) -> FastAPI:
+def make_app(batcher: Batcher, info: dict, max_body_bytes: int = 20 * 2**20, decode=decode_image) -> FastAPI:
     """The app: `batcher` runs the model (its runners take lists of pose.Upload and give photo records);
-    `info` is what GET /info shows (pose.header's keys and a "server" dict). The batcher's workers start
-    with the app and stop with it, after the requests still queued are answered."""
+    `info` is what GET /info shows (pose.header's keys and a "server" dict); `decode(bytes, name)` makes an
+    upload an RGB image (io.decode_image on the server's threads, or photos.decode.DecodePool.decode in
+    worker processes). The batcher's workers start with the app and stop with it, after the requests
+    still queued are answered."""
     metrics = Metrics(lambda: batcher.depth)
     batcher.on_batch = metrics.batch
 
@@ -88,7 +90,7 @@ def make_app(batcher: Batcher, info: dict, max_body_bytes: int = 20 * 2**20) -> 
             return _busy(batcher)
         try:
             received = await read_request(request)
-            image = await run_in_threadpool(decode_image, received.data, received.name)
+            image = await run_in_threadpool(decode, received.data, received.name)
             check_boxes_inside(received.boxes, image.shape[1], image.shape[0])
             return JSONResponse(await batcher.submit(Upload(image, received.name, received.boxes)))
         except RequestError as exc:
