@@ -8,6 +8,36 @@ RTMDET = ASSETS / "detectors" / "rtmdet-nano-person.onnx"
 YOLOX = ASSETS / "detectors" / "yolox-nano.onnx"
 
 
+def run_cli(*argv) -> tuple[int, str]:
+    """`rapidpose` with these arguments in this process: its exit code and what it said on stderr."""
+    import contextlib
+    import io
+
+    from rapidpose.cli import main
+
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):
+        code = main([str(a) for a in argv])
+    return code, said.getvalue()
+
+
+def read_jsonl(path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """Ray on this machine's two cores for one test file; its workers offline, with a cache of their own."""
+    ray = pytest.importorskip("ray")
+    cache = tmp_path_factory.mktemp("ray-cache")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "RAPIDPOSE_CACHE": str(cache)}})
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch, tmp_path_factory):
     """No test may reach a network or the user's cache."""

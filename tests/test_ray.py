@@ -57,16 +57,6 @@ def plain(photos, tiny_checkpoint, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    """Ray on this machine's two cores for the tests of this file; its workers offline, with a cache of their own."""
-    cache = tmp_path_factory.mktemp("ray-cache")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "RAPIDPOSE_CACHE": str(cache)}})
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def reference(photos, tiny_checkpoint):
     """The photos through the pipeline of `predict` without Ray, in this process: (estimator, results)."""
     est = PoseEstimator(**network(tiny_checkpoint))

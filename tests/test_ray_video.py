@@ -1,40 +1,16 @@
 """`rapidpose video --ray` (distributed.ray_video): on a local Ray instance of this machine's CPUs, the lines of a
 run without Ray and a manifest; what a --ray run cannot do refused before anything starts."""
-import contextlib
-import io
 import json
 
 import pytest
-from conftest import ASSETS, RTMDET
+from conftest import ASSETS, RTMDET, read_jsonl as lines, run_cli as run
 from test_video import first_frames
 
 ray = pytest.importorskip("ray", reason="Ray is the extra 'ray': pip install 'rapidpose[ray]'")
 
-from rapidpose.cli import main  # noqa: E402
 
 BASKETBALL = ASSETS / "video" / "basketball-426x240.mp4"
 TWO_PEOPLE = ASSETS / "video" / "two-people-1080p.mp4"
-
-
-def run(*argv) -> tuple[int, str]:
-    said = io.StringIO()
-    with contextlib.redirect_stderr(said):
-        code = main([str(a) for a in argv])
-    return code, said.getvalue()
-
-
-def lines(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    """Ray on this machine's two cores for this file; its workers offline, with a cache of their own."""
-    cache = tmp_path_factory.mktemp("ray-cache")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "RAPIDPOSE_CACHE": str(cache)}})
-    yield
-    ray.shutdown()
 
 
 def test_videos_on_a_local_ray_instance_give_the_lines_of_a_run_without_ray(local_ray, tiny_checkpoint, tmp_path):

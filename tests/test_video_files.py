@@ -1,17 +1,14 @@
 """Several videos (video.files): inputs expanded, outputs named, one process or a worker per device writing
 the same lines, an unreadable video and a killed worker's video reported while the others are written."""
-import contextlib
-import io
 import json
 import os
 import shutil
 import signal
 
 import pytest
-from conftest import ASSETS, RTMDET
+from conftest import ASSETS, RTMDET, read_jsonl as lines, run_cli as run
 from test_video import first_frames
 
-from rapidpose.cli import main
 from rapidpose.errors import InputError
 from rapidpose.video.files import (FileJob, FileWorkers, Inputs, VideoSettings, expand_inputs, plan_jobs,
                                    unique_stems)
@@ -35,18 +32,6 @@ def clips(tmp_path_factory):
         first_frames(video, root / folder / "clip.mp4", frames)
     (root / "broken.mp4").write_bytes(b"not a video")
     return [root / "a" / "clip.mp4", root / "broken.mp4", root / "b" / "clip.mp4"]
-
-
-def run(*argv) -> tuple[int, str]:
-    """`rapidpose` with these arguments: its exit code and what it said on stderr."""
-    said = io.StringIO()
-    with contextlib.redirect_stderr(said):
-        code = main([str(a) for a in argv])
-    return code, said.getvalue()
-
-
-def lines(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
