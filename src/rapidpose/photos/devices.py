@@ -19,6 +19,7 @@ its photos come back as errors: reported, never lost.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -271,17 +272,17 @@ def _pipeline_run(est, box_table, settings: WorkerSettings, first, inbox, conn):
     from rapidpose.io import boxes_for, coco_image_id
     from rapidpose.photos.pipeline import predict_photos
 
-    stream: list = []  # (chunk key, (position, path)) of each photo in pipeline order
+    stream: dict[int, tuple] = {}  # pipeline index -> (chunk key, (position, path)), until its result is out
     pending: dict[int, list] = {}  # chunk key -> [photos still to come, answers so far]
     ended = []
 
     def photos():  # read by the pipeline's reader, a window ahead of the results
-        message = first
+        message, indices = first, itertools.count()  # the pipeline numbers the photos it reads as they come
         while message[0] == "chunk":
             _, key, items = message
             pending[key] = [len(items), []]
             for item in items:
-                stream.append((key, item))
+                stream[next(indices)] = (key, item)
                 yield Path(item[1])
             message = inbox.get()
         ended.append(message[0])
@@ -298,8 +299,7 @@ def _pipeline_run(est, box_table, settings: WorkerSettings, first, inbox, conn):
     for result in predict_photos(est, photos(), boxes,
                                  images_per_batch=per_batch, return_heatmaps=settings.heatmaps,
                                  decoder=settings.decoder):
-        key, (index, path) = stream[result.index]
-        stream[result.index] = None
+        key, (index, path) = stream.pop(result.index)
         count, answers = pending[key]
         answers.append(_answer(est, settings, index, path, result))
         if len(answers) == count:

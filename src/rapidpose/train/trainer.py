@@ -301,6 +301,7 @@ class _Feeder:
         self._pool = None
         self._said: set = set()
         self._lock = threading.Lock()
+        self._shifts = self._centre_shifts()
         # The batches are made on a CUDA stream of their own: on the training stream their uploads and
         # warps would queue behind the step in flight (and the pageable uploads block this thread till then).
         self._stream = None
@@ -345,7 +346,7 @@ class _Feeder:
         samples = [self.data.samples[i] for i in pick]
         boxes = np.stack([s.box for s in samples])
         center, scale = boxes_to_center_scale(boxes, self.cfg.input_size)
-        center += self._jitter(pick, boxes)
+        center += self._shifts[pick]
         widths = np.array([self.data.images[s.image_id]["width"] for s in samples], np.float32)
         r = self.recipe
         return sample_augmentation(
@@ -401,15 +402,14 @@ class _Feeder:
                 ready.record(self._stream)
         return _Batch(crops, targets, weights, ready)
 
-    def _jitter(self, indices, boxes) -> np.ndarray:
-        """The official dataset's centre shift of each person, drawn once a run (its seed and the
+    def _centre_shifts(self) -> np.ndarray:
+        """The official dataset's centre shift of every person (N, 2), drawn once a run (its seed and the
         person's place in the set decide it), as mmpose draws it once when it builds the set."""
-        r, out = self.recipe, np.zeros((len(indices), 2), np.float32)
-        for k, i in enumerate(indices):
-            rng = np.random.default_rng([self.seed, 1, int(i)])
+        r, out = self.recipe, np.zeros((len(self.data.samples), 2), np.float32)
+        for i, sample in enumerate(self.data.samples):
+            rng = np.random.default_rng([self.seed, 1, i])
             if rng.random() < r.center_jitter_p:
-                size = boxes[k, 2:] - boxes[k, :2]
-                out[k] = r.center_jitter * (rng.random(2) - 0.5) * size
+                out[i] = r.center_jitter * (rng.random(2) - 0.5) * (sample.box[2:] - sample.box[:2])
         return out
 
     def _crops(self, images, matrices):
