@@ -12,7 +12,7 @@ from rapidpose import InputError
 from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random
 from rapidpose.runtime import TorchRuntime, make_runtime
 from rapidpose.runtime import float8
-from rapidpose.runtime.float8 import FP8_MAX, LAYERS, Float8Linear, quantize_rows, swap_linears
+from rapidpose.runtime.float8 import FP8_MAX, LAYERS, Float8Linear, quantize_activations, quantize_rows, swap_linears
 from rapidpose.skeletons import COCO
 
 FP8_GPU = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
@@ -34,6 +34,7 @@ CPU_SCALED_MM = pytest.mark.skipif(not SCALED_MM_ON_CPU, reason="this torch buil
 
 def emulated(layer: Float8Linear, x):
     """What the layer computes, in float32 from its own e4m3 values and scales: the product's reference."""
+    x = nn.functional.gelu(x) if layer.gelu_first else x
     values, scale = quantize_rows(x.reshape(-1, layer.in_features))
     weight = layer.weight.float() * layer.weight_scale.t()
     return ((values.float() * scale) @ weight.t() + layer.bias.float()).reshape(*x.shape[:-1], -1)
@@ -104,6 +105,9 @@ def test_the_swap_replaces_exactly_the_blocks_linear_layers():
     assert {n for n, m in model.named_modules() if isinstance(m, Float8Linear)} == set(swapped)
     assert not [n for n, m in model.named_modules() if type(m) is nn.Linear]  # no float Linear left
     assert isinstance(model.backbone.patch_embed.proj, nn.Conv2d)
+    for block in model.backbone.blocks:  # fc2 applies the GELU as it quantizes its input: the MLP's own is gone
+        assert block.mlp.fc2.gelu_first and isinstance(block.mlp.act, nn.Identity)
+        assert not (block.attn.qkv.gelu_first or block.attn.proj.gelu_first or block.mlp.fc1.gelu_first)
     for name, before in untouched.items():  # the head and the patch embedding are bf16 as they were
         after = model.get_parameter(name)
         assert after.dtype == torch.bfloat16 and torch.equal(after, before.to(torch.bfloat16)), name
@@ -116,6 +120,21 @@ def test_the_swap_leaves_a_vitpose_plus_experts_fc2_in_bf16():
     assert swapped == ["backbone.blocks.0.attn.qkv", "backbone.blocks.0.attn.proj", "backbone.blocks.0.mlp.fc1"]
     mlp = model.backbone.blocks[0].mlp
     assert type(mlp.fc2) is nn.Linear and all(type(e) is nn.Linear for e in mlp.experts)  # read as weights
+    assert isinstance(mlp.act, nn.GELU)  # applied by the MLP, as fc2 is not swapped
+
+
+def test_an_fp8_mlp_equals_the_float_mlp_within_fp8_error():
+    # fc2 takes the GELU over: the swapped MLP still computes fc2(GELU(fc1(x)))
+    torch.manual_seed(1)
+    cfg = ViTPoseConfig(dim=384, depth=1, heads=12)
+    model = init_random(ViTPose(cfg)).eval()
+    mlp = model.backbone.blocks[0].mlp
+    x = torch.randn(2, 192, 384).to(torch.bfloat16)
+    with torch.no_grad():
+        want = mlp.fc2(nn.functional.gelu(mlp.fc1(x.float())))
+        swap_linears(model.to(torch.bfloat16))
+        got = fp8_linear(mlp.fc2, fp8_linear(mlp.fc1, x).to(torch.bfloat16))
+    assert cosine(got, want) > 0.998 and sqnr_db(want, got) > 24
 
 
 def test_fp8_on_a_device_without_fp8_is_a_clear_error(small, monkeypatch):
@@ -169,6 +188,26 @@ def test_a_block_with_fp8_layers_compiles_whole():
         # LayerNorm and GELU before them
         compiled = torch.compile(block, fullgraph=True, dynamic=False)(x)
     assert compiled.dtype == torch.bfloat16 and cosine(compiled.float(), eager.float()) > 0.999
+
+
+@pytest.mark.gpu
+@FP8_GPU
+@pytest.mark.parametrize("width", [768, 3072])
+@pytest.mark.parametrize("gelu", [False, True])
+def test_the_gpu_row_kernel_quantizes_as_the_reference_does(width, gelu):
+    torch.manual_seed(width)
+    x = torch.randn(1000, width, device="cuda").to(torch.bfloat16) * 3
+    x[1] *= 1000  # an outlier row
+    x[2] = 0  # an empty row
+    values, scale = quantize_activations(x, gelu)
+    reference = nn.functional.gelu(x.float()) if gelu else x.float()  # the kernel works in float32 throughout
+    want_values, want_scale = quantize_rows(reference)
+    assert values.dtype == torch.float8_e4m3fn and values.shape == x.shape and scale.shape == (1000, 1)
+    assert torch.allclose(scale, want_scale, rtol=1e-6)
+    # the same e4m3 codes but where float32 rounding lands on the other side of a rounding tie
+    same = (values.view(torch.uint8) == want_values.view(torch.uint8)).float().mean().item()
+    assert same > 0.999, same
+    assert (values.float()[2] == 0).all() and torch.isfinite(scale).all()
 
 
 @pytest.mark.gpu

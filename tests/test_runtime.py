@@ -1,4 +1,5 @@
 """Backends: precisions agree with the fp32 reference; CUDA graphs equal eager; clear errors."""
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -139,7 +140,8 @@ def test_cuda_graphs_equal_eager_and_precisions_agree(model, precision):
     assert cosine(graphed(crops(5)), ref) > 0.995
 
 
-@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+@pytest.mark.parametrize("backend", ["onnx", pytest.param("openvino", marks=pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None, reason="needs openvino: pip install 'rapidpose[openvino]'"))])
 def test_a_checkpoints_export_is_kept_and_made_again_when_it_changes(tiny_checkpoint, tmp_path, monkeypatch, backend):
     import os
     import shutil

@@ -4,16 +4,22 @@ Each of the ViT blocks' Linear layers (qkv, proj, fc1, fc2) becomes one `torch._
 in FP8 e4m3, scaled per row (the weights once per output channel, the activations per token row as they
 come), accumulated by the tensor cores, bf16 out with the bias added in the same kernel. Calibration-free:
 every scale is its row's absolute maximum over e4m3's largest value (448), so nothing clips and no data is
-needed beforehand. The patch embedding, the head, LayerNorm, GELU and attention stay in bf16.
+needed beforehand. The patch embedding, the head, LayerNorm and attention stay in bf16.
 
-Per-row activation scales cost passes over the activations (absolute maximum, scale, cast) that eager
-mode runs as kernels of their own; under torch.compile (--compile) they can fuse with the LayerNorm or GELU
-before each layer (one graph per block, no breaks: tests/test_float8.py).
+A per-row activation scale needs the whole row before any of it is cast. On GPUs one Triton kernel a row
+reads it once, takes its maximum in registers and writes the e4m3 values and the scale; fc2's kernel also
+applies the GELU before it (the MLP's own GELU is taken out), so the widest activation (4x the width)
+is never written in bf16. Under torch.compile (--compile) the narrow rows (qkv, proj, fc1: width 768 in
+ViTPose-B) are left to Inductor, which fuses their quantization with the LayerNorm before them; it
+would make fc2's as a two-pass loop over the row, 5x slower than the kernel here (H200, docs/benchmarks.md).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from rapidpose.errors import InputError
 
@@ -21,6 +27,7 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
 TINY = 1e-12  # an all-zero row keeps a finite scale
 LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")  # in each of the backbone's blocks
+COMPILER_FUSES = 1024  # under torch.compile, rows up to this width are quantized by Inductor (fused with LayerNorm)
 NEEDS = "an NVIDIA GPU with FP8 tensor cores (compute capability 8.9 or more: H100, H200, L40, L4, RTX 40xx)"
 
 
@@ -35,16 +42,61 @@ def quantize_rows(x):
     return (x * inverse).clamp(-FP8_MAX, FP8_MAX).to(FP8), inverse.float().reciprocal()
 
 
+@functools.cache
+def _triton_rows():
+    """The custom op `rapidpose::fp8_rows(x, gelu)`: quantize_rows of x (or of GELU(x)) in one Triton kernel, one
+    program a row. Made on first use, so importing this module needs no Triton (CPUs have none)."""
+    import triton
+    import triton.language as tl
+    from torch.library import triton_op, wrap_triton
+
+    @triton.jit
+    def rows_kernel(x_ptr, values_ptr, scales_ptr, width, stride, BLOCK: tl.constexpr, GELU: tl.constexpr,
+                    LARGEST: tl.constexpr, SMALLEST: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        inside = cols < width
+        x = tl.load(x_ptr + row * stride + cols, mask=inside, other=0.0).to(tl.float32)
+        if GELU:  # nn.GELU's exact form
+            x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+        inverse = LARGEST / tl.maximum(tl.max(tl.abs(x), axis=0), SMALLEST)
+        values = tl.clamp(x * inverse, -LARGEST, LARGEST)
+        tl.store(values_ptr + row * width + cols, values.to(values_ptr.dtype.element_ty), mask=inside)
+        tl.store(scales_ptr + row, 1.0 / inverse)
+
+    @triton_op("rapidpose::fp8_rows", mutates_args={})
+    def fp8_rows(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, width = x.shape
+        values = torch.empty((rows, width), dtype=FP8, device=x.device)
+        scales = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
+        block = triton.next_power_of_2(width)
+        wrap_triton(rows_kernel)[(rows,)](x, values, scales, width, x.stride(0), BLOCK=block, GELU=gelu,
+                                          LARGEST=FP8_MAX, SMALLEST=TINY, num_warps=8 if block >= 2048 else 4)
+        return values, scales
+
+    return fp8_rows
+
+
+def quantize_activations(x, gelu: bool = False):
+    """quantize_rows of the (M, K) activations x, or of GELU(x): in the Triton kernel on GPUs, except rows
+    that torch.compile fuses better with the work before them."""
+    if x.is_cuda and not (torch.compiler.is_compiling() and x.shape[-1] <= COMPILER_FUSES):
+        return _triton_rows()(x.contiguous(), gelu)
+    return quantize_rows(F.gelu(x) if gelu else x)
+
+
 class Float8Linear(nn.Module):
-    """A Linear layer as an FP8 matrix product: bf16 (or float32) in, bf16 out.
+    """A Linear layer as an FP8 matrix product: bf16 (or float32) in, bf16 out; with gelu_first, of GELU(input)
+    (the GELU is applied as the input is quantized).
 
     Made from a float nn.Linear (`Float8Linear(linear)`) for inference only; it holds e4m3 weights and
     their float32 scales, so `.to(dtype)` would spoil it (`.to(device)` is fine): cast the float model,
     then swap."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, gelu_first: bool = False):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.gelu_first = gelu_first
         weight, scale = quantize_rows(linear.weight.detach().float())
         self.register_buffer("weight", weight)  # (out, in) row-major: its .t() is the column-major operand
         self.register_buffer("weight_scale", scale.reshape(1, -1))  # (1, out): one scale per output channel
@@ -52,19 +104,21 @@ class Float8Linear(nn.Module):
         self.register_buffer("bias", bias)
 
     def forward(self, x):
-        values, scale = quantize_rows(x.reshape(-1, self.in_features))
+        values, scale = quantize_activations(x.reshape(-1, self.in_features), self.gelu_first)
         # fast accumulation: Hopper's full FP8 rate; its accumulator's rounding is far below e4m3's own
         y = torch._scaled_mm(values, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias,
                              out_dtype=torch.bfloat16, use_fast_accum=True)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, e4m3 row-scaled"
+        gelu = ", GELU on its input" if self.gelu_first else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, e4m3 row-scaled{gelu}"
 
 
 def swap_linears(model) -> list[str]:
     """Replace the Linear layers of a ViTPose's blocks (LAYERS) by Float8Linear, in place; returns their
-    names. Cast the model to bf16 on its device first."""
+    names. fc2 takes over its MLP's GELU (the MLP's act becomes an Identity). Cast the model to bf16 on its
+    device first."""
     swapped = []
     for i, block in enumerate(model.backbone.blocks):
         for path in LAYERS:
@@ -75,7 +129,10 @@ def swap_linears(model) -> list[str]:
                 continue  # ViTPose++: fc2's weight is read and joined with an expert's, not called: stays bf16
             if layer.in_features % 16 or layer.out_features % 16:
                 continue  # _scaled_mm takes sizes in multiples of 16 only (every published ViTPose has them)
-            setattr(owner, name, Float8Linear(layer))
+            gelu_first = name == "fc2" and isinstance(owner.act, nn.GELU) and owner.act.approximate == "none"
+            setattr(owner, name, Float8Linear(layer, gelu_first))
+            if gelu_first:
+                owner.act = nn.Identity()
             swapped.append(f"backbone.blocks.{i}.{path}")
     return swapped
 
