@@ -232,3 +232,16 @@ def test_fp8_compiled_under_cuda_graphs_agrees_with_fp32(small):
     compiled = TorchRuntime(small, device="cuda", precision="fp8", compile=True, cuda_graphs=True)
     assert cosine(compiled(crops(4)), ref) > 0.99
     assert compiled._graphs[4] is not None  # captured, not fallen back to a plain run
+
+
+@pytest.mark.gpu
+@FP8_GPU
+def test_a_gpu_block_with_fp8_layers_compiles_whole_with_the_row_kernel():
+    model = init_random(ViTPose(ViTPoseConfig(dim=384, depth=1, heads=12))).eval().to("cuda", torch.bfloat16)
+    swap_linears(model)
+    block = model.backbone.blocks[0]
+    x = torch.randn(2, 192, 384, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        eager = block(x)
+        compiled = torch.compile(block, fullgraph=True, dynamic=False)(x)  # the Triton op traced, no break
+    assert cosine(compiled.float().cpu(), eager.float().cpu()) > 0.999

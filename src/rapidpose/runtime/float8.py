@@ -43,9 +43,10 @@ def quantize_rows(x):
 
 
 @functools.cache
-def _triton_rows():
-    """The custom op `rapidpose::fp8_rows(x, gelu)`: quantize_rows of x (or of GELU(x)) in one Triton kernel, one
-    program a row. Made on first use, so importing this module needs no Triton (CPUs have none)."""
+def register_triton_rows() -> None:
+    """Registers the custom op `torch.ops.rapidpose.fp8_rows(x, gelu)`: quantize_rows of x (or of GELU(x)) in
+    one Triton kernel, one program a row. Registered when a layer is made on a GPU, so importing this
+    module needs no Triton (CPUs have none), and called as a torch op, which torch.compile traces whole."""
     import triton
     import triton.language as tl
     from torch.library import triton_op, wrap_triton
@@ -74,14 +75,14 @@ def _triton_rows():
                                           LARGEST=FP8_MAX, SMALLEST=TINY, num_warps=8 if block >= 2048 else 4)
         return values, scales
 
-    return fp8_rows
-
 
 def quantize_activations(x, gelu: bool = False):
     """quantize_rows of the (M, K) activations x, or of GELU(x): in the Triton kernel on GPUs, except rows
     that torch.compile fuses better with the work before them."""
     if x.is_cuda and not (torch.compiler.is_compiling() and x.shape[-1] <= COMPILER_FUSES):
-        return _triton_rows()(x.contiguous(), gelu)
+        if not torch.compiler.is_compiling():
+            register_triton_rows()  # once: a layer made on the CPU and moved to a GPU
+        return torch.ops.rapidpose.fp8_rows(x.contiguous(), gelu)
     return quantize_rows(F.gelu(x) if gelu else x)
 
 
@@ -97,6 +98,8 @@ class Float8Linear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.gelu_first = gelu_first
+        if linear.weight.is_cuda:
+            register_triton_rows()
         weight, scale = quantize_rows(linear.weight.detach().float())
         self.register_buffer("weight", weight)  # (out, in) row-major: its .t() is the column-major operand
         self.register_buffer("weight_scale", scale.reshape(1, -1))  # (1, out): one scale per output channel
