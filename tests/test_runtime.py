@@ -167,3 +167,21 @@ def test_a_checkpoints_export_is_kept_and_made_again_when_it_changes(tiny_checkp
     make_runtime(checkpoint, backend=backend)
     assert exports == [1]
     assert len(list((Path(os.environ["RAPIDPOSE_CACHE"]) / "exported").glob("*/model.*"))) == 2 * len(kept)
+
+
+def test_a_compiled_cpu_runtime_takes_any_number_of_people_in_two_graphs():
+    # a CPU batch is as many crops as people found: after the first new size the batch dimension turns
+    # dynamic (fixed shapes would compile once a size, and past dynamo's limit run uncompiled)
+    from torch._dynamo.utils import counters
+
+    model = init_random(ViTPose(ViTPoseConfig(dim=96, depth=1, heads=4)), seed=0).eval()
+    model.skeleton = COCO
+    compiled = TorchRuntime(model, precision="fp32", compile=True)
+    eager = TorchRuntime(model, precision="fp32")
+    torch._dynamo.reset()
+    counters.clear()
+    for n in (1, 3, 5, 7, 2, 9, 11, 4, 6, 13):
+        x = crops(n, seed=n)
+        assert np.allclose(compiled(x), eager(x), atol=1e-4), n
+    assert counters["stats"]["unique_graphs"] == 2
+    assert torch._dynamo.config.recompile_limit >= 9  # on GPUs: a graph for each of the 9 batch buckets

@@ -16,6 +16,7 @@ from rapidpose.skeletons import skeleton_for
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "fp8")
 GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+RECOMPILE_LIMIT = 8 * len(GRAPH_BATCHES)  # torch.compile's graphs of ViTPose.forward in one process: 8 runtimes' buckets
 
 log = logging.getLogger("rapidpose")
 
@@ -138,12 +139,21 @@ class TorchRuntime:
                 if name != "backbone":
                     module.to(memory_format=torch.channels_last)
         self.input_dtype = weights_dtype
-        self.forward = torch.compile(self.model, dynamic=False) if compile else self.model
         self.cuda_graphs = on_gpu if cuda_graphs is None else (cuda_graphs and on_gpu)
+        self.forward = self._compiled(self.model) if compile else self.model
         if on_gpu:  # shapes are fixed per batch bucket: let cuDNN time its convolution kernels once
             torch.backends.cudnn.benchmark = True
         self._graphs: dict[int, CudaGraph] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+
+    def _compiled(self, model):
+        """torch.compile'd model: one fixed-shape graph a batch bucket under CUDA graphs, else shapes made
+        dynamic after the first new one (a CPU's batches are as many as the people found)."""
+        dynamo = self.torch._dynamo.config
+        # past this many graphs of one function dynamo runs it uncompiled from then on, without an error; the
+        # buckets alone are 9, and every runtime of a process (and every model in it) shares ViTPose.forward's
+        dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
+        return self.torch.compile(model, dynamic=False if self.cuda_graphs else None)
 
     def _graph_for(self, n: int) -> CudaGraph | None:
         bucket = _bucket(n)
