@@ -14,7 +14,7 @@ pytest.importorskip("ray.data", reason="Ray Data is the extra 'ray': pip install
 import pyarrow as pa  # noqa: E402  (Ray Data's own dependency)
 
 from rapidpose.cli import main  # noqa: E402
-from rapidpose.distributed.ray_data import PosePredictor, poses_in, result_schema  # noqa: E402
+from rapidpose.distributed.ray_data import PosePredictor, actor_pool, poses_in, result_schema  # noqa: E402
 from rapidpose.errors import InputError  # noqa: E402
 from rapidpose.io import read_image  # noqa: E402
 from rapidpose.photos.pipeline import predict_photos  # noqa: E402
@@ -103,11 +103,43 @@ def test_the_map_batches_class_gives_the_poses_of_a_run_without_ray(local_ray, p
     # two CPUs: the worker's network runs on two threads, as this process's does (the random tiny model's flat
     # heatmaps turn the rounding of other sums, another thread count's, into keypoints 2e-3 px apart)
     poses = ds.map_batches(PosePredictor, fn_constructor_kwargs=network(tiny_checkpoint), batch_size=5, num_gpus=0,
-                           num_cpus=2, compute=ray.data.ActorPoolStrategy(size=1))
+                           num_cpus=2, compute=actor_pool(1))  # two calls at once in the one actor
     table = pa.concat_tables(poses.iter_batches(batch_size=None, batch_format="pyarrow")).sort_by("id")
     assert table.schema.names == ["path", "id", *result_schema(17).names]  # the columns in pass through
     assert table.select(result_schema(17).names).schema == result_schema(17)
     assert_same_poses(table, reference)
+
+
+def test_calls_at_once_read_together_and_take_the_estimator_in_turn(photos, tiny_checkpoint):
+    """Without Ray: what an actor_pool actor does with two calls at once."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    predictor = PosePredictor(**network(tiny_checkpoint))
+    inside, most, guard = [0], [0], threading.Lock()
+    predict = predictor.estimator.predict
+
+    def counted(*args, **kwargs):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)  # long enough for the other call to reach the estimator if it could
+        try:
+            return predict(*args, **kwargs)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    files = sorted(photos.iterdir())
+    batches = [{"path": np.array([str(f) for f in files[k::3]])} for k in range(3)]
+    alone = [predictor(b) for b in batches]
+    predictor.estimator.predict = counted
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(predictor, batches))
+    assert most[0] == 1  # one batch at a time on the device
+    for a, b in zip(alone, together):
+        assert a.equals(b)
 
 
 def test_paths_bytes_and_arrays_in_give_the_same_columns(photos, tiny_checkpoint, tmp_path):

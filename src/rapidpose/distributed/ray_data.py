@@ -1,11 +1,11 @@
 """Ray Data: photos through the pose network on a Ray cluster, one model per actor, results as Arrow columns.
 
     import ray
-    from rapidpose.distributed.ray_data import PosePredictor
+    from rapidpose.distributed.ray_data import PosePredictor, actor_pool
 
     photos = ray.data.read_binary_files("s3://bucket/photos/", include_paths=True)  # columns bytes, path
     poses = photos.map_batches(PosePredictor, fn_constructor_kwargs={"model": "vitpose-b"}, batch_size=64,
-                               num_gpus=1, compute=ray.data.ActorPoolStrategy(size=8))
+                               num_gpus=1, compute=actor_pool(8))
     poses.write_parquet("s3://bucket/poses/")
 
 Input columns, the first present naming the images: `image` (RGB uint8 arrays, e.g. from
@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,9 @@ class PosePredictor:
     'auto' takes the GPU Ray gives the actor (num_gpus > 0), else the CPU. root: the folder relative
     `path`s are taken from (Ray workers need not run in the driver's folder). read_threads: threads that
     read and decode a batch's images (OpenCV lets go of the GIL while it decodes).
+
+    Thread-safe: in an `actor_pool` two calls run at once in each actor, one reading and decoding its
+    photos while the other's are on the device; the estimator takes one batch at a time.
     """
 
     def __init__(self, model="vitpose-b", detector="rtmdet-nano", device: str = "auto", root=None,
@@ -80,6 +84,7 @@ class PosePredictor:
         self.estimator = PoseEstimator(model, detector=detector, device=device, **options)
         self.root = None if root is None else Path(root)
         self._readers = ThreadPoolExecutor(max(int(read_threads), 1), thread_name_prefix="rapidpose-read")
+        self._device = threading.Lock()  # the estimator's runtimes and CUDA graphs serve one batch at a time
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -93,7 +98,10 @@ class PosePredictor:
                  else [f"row {i} of the batch" for i in range(len(values))])
         images = list(self._readers.map(self._read, [source] * len(values), values, names))
         good = [i for i, image in enumerate(images) if not isinstance(image, RapidPoseError)]
-        found = self.estimator.predict([images[i] for i in good], names=[names[i] for i in good]) if good else []
+        found = []
+        if good:
+            with self._device:
+                found = self.estimator.predict([images[i] for i in good], names=[names[i] for i in good])
         poses = dict(zip(good, found))
         empty = Poses.empty(self.estimator.skeleton)
         every = [poses.get(i, empty) for i in range(len(images))]
@@ -194,6 +202,13 @@ def ray_session(address: str = "auto", **options):
         ray.shutdown()
 
 
+def actor_pool(workers: int):
+    """The compute strategy for PosePredictor: `workers` actors, two calls at once in each (one reading
+    its photos while the other's are on the GPU; one at a time, an actor reads, detects and poses in turn)."""
+    ray = import_ray()
+    return ray.data.ActorPoolStrategy(size=workers, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True)
+
+
 @dataclass(frozen=True)
 class WorkerPlan:
     """How many PosePredictor actors run, and the GPUs and CPUs each one reserves."""
@@ -230,7 +245,7 @@ def pose_dataset(paths, plan: WorkerPlan, images_per_batch: int, **predictor):
     blocks = max(1, math.ceil(len(rows) / images_per_batch))
     return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
         PosePredictor, fn_constructor_kwargs=predictor, batch_size=images_per_batch, num_gpus=plan.gpus,
-        num_cpus=plan.cpus, compute=ray.data.ActorPoolStrategy(size=plan.workers))
+        num_cpus=plan.cpus, compute=actor_pool(plan.workers))
 
 
 @contextlib.contextmanager
