@@ -14,8 +14,14 @@ Random weights make flat heatmaps whose argmax any rounding moves: give a traine
 checkpoint is kept and its path printed, for the next run's --checkpoint). Heatmap cosine and SQNR hold for
 any weights.
 
+fp8 can also be run with fewer of the blocks' layers in FP8 (--fp8-layers) and with the tensor cores'
+float32 accumulation instead of the fast one (--fp8-accumulation), each set a row of its own: which
+part of fp8's distance from fp32 comes from where, and what it costs in speed.
+
     python benchmarks/gpu_precision.py --variant b --train-steps 1500 --batch 64 256 --compile
     python benchmarks/gpu_precision.py --checkpoint /tmp/rapidpose-gpu-precision-b/last.pth --batch 64 256 --compile
+    python benchmarks/gpu_precision.py --checkpoint /tmp/rapidpose-gpu-precision-b/last.pth --precision fp16 fp8 \\
+        --fp8-layers all qkv,proj,fc1 --fp8-accumulation fast fp32
     python benchmarks/gpu_precision.py --device cpu --variant s --train-steps 4 --train-batch 4 \\
         --batch 4 --seconds 0 --images 8                                                    # a smoke check
 """
@@ -32,6 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -39,7 +46,7 @@ import torch
 from network_speed import timed  # this folder's: the same warm-up and timing as the network figures
 from rapidpose.deploy.quantize import agreement, keypoint_oks
 from rapidpose.errors import InputError
-from rapidpose.runtime import TorchRuntime
+from rapidpose.runtime import TorchRuntime, float8
 
 ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 COCO_MINI = ASSETS / "images" / "coco-mini"
@@ -142,6 +149,32 @@ def compared(people: People, reference: np.ndarray, heatmaps: np.ndarray, sigmas
             "oks_min": round(float(oks.min()), 4)}
 
 
+LAYER_NAMES = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+
+
+def variants(precisions, fp8_layers, fp8_accumulation):
+    """(label, precision, fp8 layers, fast accumulation) for each precision, fp8 once per layer set and
+    accumulation."""
+    for precision in precisions:
+        if precision != "fp8":
+            yield precision, precision, float8.LAYERS, True
+            continue
+        for names in fp8_layers:
+            layers = float8.LAYERS if names == "all" else tuple(LAYER_NAMES[n] for n in names.split(","))
+            for accumulation in fp8_accumulation:
+                notes = [n for n, default in ((names, "all"), (f"{accumulation} accumulation", "fast accumulation"))
+                         if n != default]
+                label = f"fp8 ({', '.join(notes)})" if notes else "fp8"
+                yield label, precision, layers, accumulation == "fast"
+
+
+def layer_set(text: str) -> str:
+    if text != "all" and not all(n in LAYER_NAMES for n in text.split(",")):
+        raise argparse.ArgumentTypeError(f"'{text}': give 'all' or block layers among {', '.join(LAYER_NAMES)}, "
+                                         f"joined by commas (qkv,proj,fc1)")
+    return text
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = p.add_mutually_exclusive_group(required=True)
@@ -158,6 +191,13 @@ def main():
     p.add_argument("--precision", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     p.add_argument("--batch", nargs="+", type=int, default=[64, 256])
     p.add_argument("--compile", action="store_true", help="also each precision torch.compile'd (under CUDA graphs)")
+    p.add_argument("--fp8-layers", nargs="+", type=layer_set, default=["all"],
+                   help="fp8 once for each set of block layers in FP8: 'all' (the runtime's) or e.g. qkv,proj,fc1")
+    p.add_argument("--cpu-fp8", action="store_true",
+                   help="on the CPU, run fp8 too where this torch build has a CPU torch._scaled_mm (2.13 has): FP8's "
+                        "own rounding, the layers around it in float32 and the sums exact (users get an error there)")
+    p.add_argument("--fp8-accumulation", nargs="+", default=["fast"], choices=["fast", "fp32"],
+                   help="fp8 once for each: the tensor cores' fast accumulation (the runtime's) or float32's")
     p.add_argument("--seconds", type=float, default=2.0, help="timing per precision and batch (0: 3 calls)")
     p.add_argument("--images", type=int, default=100, help="coco-val2017-100 photos the detector looks at")
     p.add_argument("--json", type=Path, default=None, help="also write every figure here")
@@ -192,20 +232,27 @@ def main():
         modes.append(("compiled + CUDA graphs" if on_gpu else "compiled", True))
     every = np.concatenate([people.crops for people in sets])
     speed, agree, skipped = [], [], []
-    for precision in args.precision:
+    for label, precision, layers, fast in variants(args.precision, args.fp8_layers, args.fp8_accumulation):
         for mode, compile in modes:
             try:
-                runtime = TorchRuntime(copy.deepcopy(model), args.device, max(args.batch), precision, compile)
+                with contextlib.ExitStack() as patched:
+                    patched.enter_context(mock.patch.object(float8, "LAYERS", layers))  # what the swap replaces
+                    if args.cpu_fp8 and not on_gpu:
+                        patched.enter_context(mock.patch.object(float8, "check_device", lambda device: None))
+                    runtime = TorchRuntime(copy.deepcopy(model), args.device, max(args.batch), precision, compile)
             except InputError as exc:  # a precision this device does not run
-                skipped.append(f"{precision}: {exc}")
+                skipped.append(f"{label}: {exc}")
                 break
+            for layer in runtime.model.modules():  # before the first call: nothing is captured or compiled yet
+                if isinstance(layer, float8.Float8Linear):
+                    layer.fast_accumulation = fast
             for people, reference in zip(sets, references):
-                agree.append({"precision": precision, "mode": mode, "photos": people.name,
+                agree.append({"precision": label, "mode": mode, "photos": people.name,
                               "people": len(people.crops), **compared(people, reference, runtime(people.crops), sigmas)})
             for batch in args.batch:
                 x = torch.from_numpy(np.resize(every, (batch, *every.shape[1:]))).to(args.device, runtime.input_dtype)
                 seconds = timed(runtime.run, x, args.seconds, sync)
-                speed.append({"precision": precision, "mode": mode, "batch": batch,
+                speed.append({"precision": label, "mode": mode, "batch": batch,
                               "ms_per_batch": round(seconds * 1e3, 3), "crops_per_s": round(batch / seconds, 1)})
             del runtime
             gc.collect()

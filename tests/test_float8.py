@@ -245,3 +245,18 @@ def test_a_gpu_block_with_fp8_layers_compiles_whole_with_the_row_kernel():
         eager = block(x)
         compiled = torch.compile(block, fullgraph=True, dynamic=False)(x)  # the Triton op traced, no break
     assert cosine(compiled.float().cpu(), eager.float().cpu()) > 0.999
+
+
+@CPU_SCALED_MM
+def test_an_fp8_layer_answers_in_its_inputs_dtype_beside_float_layers(monkeypatch):
+    # fewer layers in FP8 (gpu_precision.py --fp8-layers): fc2 stays a float32 Linear after an FP8 fc1
+    monkeypatch.setattr(float8, "LAYERS", ("attn.qkv", "attn.proj", "mlp.fc1"))
+    model = init_random(ViTPose(ViTPoseConfig(dim=384, depth=1, heads=12))).eval()
+    x = torch.randn(2, 192, 384)
+    with torch.no_grad():
+        want = model.backbone.blocks[0](x)
+        assert swap_linears(model) == ["backbone.blocks.0.attn.qkv", "backbone.blocks.0.attn.proj",
+                                       "backbone.blocks.0.mlp.fc1"]
+        got = model.backbone.blocks[0](x)
+    assert type(model.backbone.blocks[0].mlp.fc2) is nn.Linear and isinstance(model.backbone.blocks[0].mlp.act, nn.GELU)
+    assert got.dtype == torch.float32 and cosine(got, want) > 0.999
