@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from rapidpose.deploy.export import export_onnx, export_openvino
-from rapidpose.deploy.quantize import agreement, people_crops, quantize_crops
+from rapidpose.deploy.quantize import people_crops, quantize_crops
+from rapidpose.evaluate.agreement import agreement
 from rapidpose.detect import load_detector
 from rapidpose.io import expand_paths
 from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random

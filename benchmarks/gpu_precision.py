@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from network_speed import timed  # this folder's: the same warm-up and timing as the network figures
-from rapidpose.deploy.quantize import agreement, keypoint_oks
+from rapidpose.evaluate.agreement import agreement, keypoint_oks
 from rapidpose.errors import InputError
 from rapidpose.runtime import TorchRuntime, float8
 

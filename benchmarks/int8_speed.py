@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 from rapidpose.deploy.export import export_onnx
-from rapidpose.deploy.quantize import _Probe, agreement, people_crops, quantize_crops, time_models
+from rapidpose.deploy.quantize import _Probe, people_crops, quantize_crops, time_models
+from rapidpose.evaluate.agreement import agreement
 from rapidpose.detect import load_detector
 from rapidpose.errors import InputError
 from rapidpose.evaluate.speed import random_model

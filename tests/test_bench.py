@@ -98,3 +98,32 @@ def test_network_sweep_times_as_long_as_asked_and_once_with_zero_seconds():
     full = CountingRuntime()
     bench_network(full, [1], seconds=0.01)
     assert full.calls[1] >= 3 + 2  # 3 warm-up runs, at least 2 timed ones
+
+
+DETECTOR = str(ASSETS / "detectors" / "rtmdet-nano-person.onnx")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_bench_holds_a_precision_to_the_fp32_model_on_the_people_of_the_photos(precision, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(ASSETS / "images" / "coco-mmpose"), "--model", "random-s", "--device", "cpu",
+                 "--backend", "torch", "--precision", precision, "--detector", DETECTOR, "--images", "2",
+                 "--repeats", "1", "--batch", "4", "--seconds", "0", "--agreement", "--json", str(out)]) == 0
+    agreement = json.loads(out.read_text())["agreement"]
+    assert agreement["people"] == 14  # coco-mmpose's people, as the detector finds them
+    if precision == "fp32":  # the same arithmetic as the reference: nothing apart
+        assert agreement["cosine"] == 1.0 and agreement["sqnr_db"] > 100 and agreement["oks_mean"] == 1.0
+    else:  # bf16 autocast: close, not equal (random weights' flat heatmaps make OKS say little here)
+        assert agreement["cosine"] > 0.999 and 20 < agreement["sqnr_db"] < 80
+    assert "against the fp32 torch model, 14 people of INPUT: heatmap cosine" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], "--agreement compares on real people: give photos with people as INPUT"),
+    ([str(ASSETS / "images" / "coco-mmpose"), "--model", "pose.onnx"],
+     "--agreement holds the model to its fp32 torch form, which an exported file ('pose.onnx') does not have"),
+])
+def test_bench_agreement_without_what_it_needs_is_refused_first(flags, message, capsys, caplog):
+    code = main(["bench", "--device", "cpu", "--agreement", *flags])
+    said = capsys.readouterr().err + caplog.text
+    assert code == 2 and message in said and "loading" not in caplog.text

@@ -10,7 +10,8 @@ import pytest
 from conftest import ASSETS, RTMDET
 
 from rapidpose.cli.quantize import add_quantize_parser
-from rapidpose.deploy.quantize import X86, agreement, choose_format, keypoint_oks, quantize_model, time_models
+from rapidpose.deploy.quantize import X86, choose_format, quantize_model, time_models
+from rapidpose.evaluate.agreement import agreement, keypoint_oks
 from rapidpose.errors import InputError
 from rapidpose.io import expand_paths, read_image
 from rapidpose.runtime.metadata import read_metadata

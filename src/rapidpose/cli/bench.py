@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rapidpose.errors import InputError
 from rapidpose.evaluate.speed import (STAGES, bench_network, bench_photos, bench_pipeline, device_name,
                                       peak_memory_mb, plot_throughput, random_model)
 from rapidpose.progress import progress
@@ -52,6 +53,9 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--draw", action="store_true", help="include drawing the results (default: off)")
     p.add_argument("--json", metavar="FILE", help="write the figures to this JSON file (default: none)")
     p.add_argument("--plot", metavar="PNG", help="write a PNG of crops/s against batch size (default: none)")
+    p.add_argument("--agreement", action="store_true",
+                   help="also compare the heatmaps and keypoints with the fp32 torch model's on the people of INPUT "
+                        "(found by --detector, rtmdet-nano with none): cosine, SQNR, mean OKS (default: off)")
 
 
 def run_bench(args) -> int:
@@ -61,6 +65,18 @@ def run_bench(args) -> int:
 
     device = resolve_device(args.device)
     paths = expand_paths(args.inputs) if args.inputs else []  # a wrong path fails before the model loads
+    if args.agreement and not paths:
+        raise InputError("--agreement compares on real people: give photos with people as INPUT")
+    if args.agreement and str(args.model).endswith((".onnx", ".xml")):
+        raise InputError(f"--agreement holds the model to its fp32 torch form, which an exported file "
+                         f"('{args.model}') does not have: give the checkpoint or the name it came from "
+                         f"(an INT8 model's agreement is in the report `rapidpose quantize` wrote beside it)")
+    # the people to compare on, found on the CPU (a few hundred): loaded first, so a missing one stops here
+    people_finder = None
+    if args.agreement:
+        from rapidpose.detect import load_detector
+
+        people_finder = load_detector("rtmdet-nano" if args.detector == "none" else args.detector)
     log.info("bench: loading %s on %s", args.model, device)
     model = random_model(args.model.split("-", 1)[1]) if args.model.startswith("random-") else args.model
     est = PoseEstimator(model, detector=args.detector, device=device, flip_test=args.flip, backend=args.backend,
@@ -106,12 +122,27 @@ def run_bench(args) -> int:
         "throughput_by_batch": [{"batch": b, "crops_per_s": v} for b, v in sweep],
         "sweep_seconds": args.seconds,
     }
+    if args.agreement:
+        log.info("bench: the heatmaps and keypoints against the fp32 torch model's, on the people of INPUT")
+        info["agreement"] = _against_fp32(est, model, paths, people_finder, device, max(args.batch))
     _print_report(info)
     if args.json:
         Path(args.json).write_text(json.dumps(info, indent=2))
     if args.plot:
         plot_throughput(sweep, args.plot, f"{info['model']} {info['backend']} {info['precision']} on {info['device_name']}")
     return 0
+
+
+def _against_fp32(est, model, paths, detector, device: str, batch_size: int) -> dict:
+    """est's network against the fp32 torch model on the people of `paths` (up to 256): agreement figures."""
+    from rapidpose.deploy.quantize import people_crops
+    from rapidpose.evaluate.agreement import against_reference, fp32_heatmaps
+    from rapidpose.model.weights import load_model
+
+    crops = people_crops(paths, detector, est.input_size)
+    float_model = load_model(model, "cpu") if isinstance(model, str) else model
+    reference = fp32_heatmaps(float_model, device, crops, batch_size)
+    return against_reference(est.runtime, reference, crops, est.skeleton.sigmas)
 
 
 def _print_report(info: dict) -> None:
@@ -129,6 +160,10 @@ def _print_report(info: dict) -> None:
         photo = info["photo_path"]
         print(f"photo path, stages overlapped (as `rapidpose predict` runs it): {photo['images_per_s']:,.1f} images/s, "
               f"{photo['people_per_s']:,.0f} people/s ({photo['images']} images, {photo['wall_s']:.1f} s)")
+    if info.get("agreement"):
+        a = info["agreement"]
+        print(f"against the fp32 torch model, {a['people']} people of INPUT: heatmap cosine {a['cosine']:.6f}, "
+              f"SQNR {a['sqnr_db']:.1f} dB, keypoints' mean OKS {a['oks_mean']:.4f} (least {a['oks_min']:.4f})")
     rough = " (one run each: a rough figure)" if info["sweep_seconds"] == 0 else ""
     print(f"\n| batch | crops/s (network only){rough} |\n|---:|---:|")
     for row in info["throughput_by_batch"]:

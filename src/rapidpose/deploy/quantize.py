@@ -38,6 +38,7 @@ import numpy as np
 
 from rapidpose.deploy.export import INPUT_NAME, OUTPUT_NAME, default_stem, export_onnx
 from rapidpose.errors import InputError, check_choice, require
+from rapidpose.evaluate.agreement import agreement, keypoint_oks
 from rapidpose.runtime.metadata import METADATA_SECTION, encode_metadata, read_metadata
 from rapidpose.topdown.geometry import boxes_to_center_scale, normalize_crops, udp_matrices, warp_crops
 
@@ -341,31 +342,6 @@ class _Probe:
     def __call__(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         parts = [self._run(crops[i:i + 8]) for i in range(0, len(crops), 8)]
         return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(["output"] + self.found)}
-
-
-def agreement(reference: np.ndarray, other: np.ndarray) -> dict:
-    """Cosine similarity and SQNR (dB) of `other` against `reference`, over all values."""
-    a, b = reference.astype(np.float64).ravel(), other.astype(np.float64).ravel()
-    cosine = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
-    noise = float(((a - b) ** 2).sum())
-    sqnr = float(10 * np.log10((a ** 2).sum() / noise)) if noise > 0 else float("inf")
-    return {"cosine": round(cosine, 6), "sqnr_db": round(sqnr, 2)}
-
-
-def keypoint_oks(heatmaps_a: np.ndarray, heatmaps_b: np.ndarray, sigmas) -> np.ndarray:
-    """OKS between the keypoints decoded from two sets of heatmaps of the same crops, per crop. The
-    person's area is the unpadded box's in heatmap pixels (the crop is the box grown by 1.25)."""
-    from rapidpose.topdown.decode import decode_heatmaps
-
-    n, k, h, w = heatmaps_a.shape
-    center = np.tile(np.array([[w / 2, h / 2]], np.float32), (n, 1))
-    scale = np.tile(np.array([[w / 200, h / 200]], np.float32), (n, 1))  # heatmap pixels in, heatmap pixels out
-    a, _ = decode_heatmaps(heatmaps_a, center, scale)
-    b, _ = decode_heatmaps(heatmaps_b, center, scale)
-    area = w * h / 1.25 ** 2
-    sigmas = np.asarray(sigmas if sigmas is not None else [0.05] * k, np.float64)
-    d2 = ((a - b) ** 2).sum(-1)
-    return np.exp(-d2 / (2 * area * (2 * sigmas) ** 2)).mean(-1)
 
 
 def time_models(runtimes: dict, crops: np.ndarray, seconds: float = 4.0, batch: int = 8) -> dict:
