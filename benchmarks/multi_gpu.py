@@ -5,9 +5,9 @@ only. Each part prints a table for docs/benchmarks.md; run the parts a machine a
     python benchmarks/multi_gpu.py                       # all four on every visible GPU
     python benchmarks/multi_gpu.py --parts predict train --gpus 2
 
-Scaling efficiency = (rate on N GPUs) / (N x rate on one). `predict` is timed over the whole command
-(start-up, model loading and warm-up included: on 10,000 photos those are a large share) and warm
-(between the first tenth of the JSON Lines and the last line: the steady rate). Training compares
+Scaling efficiency = (rate on N GPUs) / (N x rate on one). `predict` and `video` are timed over the whole
+command (start-up, model loading and warm-up included: on 10,000 photos or a few dozen videos those are
+a large share) and warm (between the first tenth of the JSON Lines and the last line: the steady rate). Training compares
 one process of batch N x B with N processes of batch B (the same global batch, the same people in
 the same order): crops/s, and the two loss curves side by side.
 """
@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from photo_speed import line_counts, rapidpose_run, warm_rate  # this folder's: the same command runs and watches
 
 HERE = Path(__file__).resolve().parent
 ASSETS = HERE.parent.parent / "shared" / "assets"
@@ -46,9 +48,6 @@ def _efficiency(one: float | None, many: float | None, n: int) -> str:
 
 def predict_part(n: int, repeat: int, variant: str, tmp: Path, plain: bool, ray: bool) -> None:
     import torch
-
-    sys.path.insert(0, str(HERE))
-    from photo_speed import rapidpose_run
 
     from rapidpose.evaluate.speed import random_model
     from rapidpose.io import expand_paths
@@ -91,24 +90,28 @@ def video_part(n: int, copies: int, variant: str, tmp: Path) -> None:
     files = [str(v) for v in VIDEOS] * copies
     print(f"\n`rapidpose video`, {len(files)} files ({', '.join(v.name for v in VIDEOS)}, each {copies} times), "
           f"ViTPose-{variant.upper()}, RTMDet-nano, ByteTrack, JSON Lines\n")
-    print("| run | files | frames | seconds | frames/s | efficiency |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| run | files | frames | seconds | frames/s | efficiency | frames/s warm | efficiency warm |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     base = None
     for label, device in (("1 GPU", "cuda:0"), (f"{n} GPUs", _all(n))):
         out = tmp / f"video-{device.replace(':', '').replace(',', '-')}"
         cmd = [sys.executable, "-m", "rapidpose", "-q", "video", *files, "--model", str(checkpoint), "--detector",
                str(ASSETS / "detectors" / "rtmdet-nano-person.onnx"), "--device", device, "--jsonl", str(out)]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        with line_counts(lambda: list(out.glob("*.jsonl")), start) as lines:  # a line a frame, as they come
+            proc = subprocess.run(cmd, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"rapidpose video failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         frames = sum(sum(1 for line in f.read_text().splitlines() if '"frame"' in line) for f in out.glob("*.jsonl"))
-        rate = frames / seconds
-        base = base or rate
+        written = sum(f.read_bytes().count(b"\n") for f in out.glob("*.jsonl"))  # frames and any other lines
+        rate, warm = frames / seconds, warm_rate(lines, written, seconds)
+        warm = warm and warm * frames / written  # frames a second, not lines
+        base = base or (rate, warm)
         gpus = 1 if device == "cuda:0" else n
         print(f"| {label} | {len(files)} | {frames:,} | {seconds:.1f} | {rate:,.0f} | "
-              f"{_efficiency(base, rate, gpus)} |", flush=True)
+              f"{_efficiency(base[0], rate, gpus)} | {warm or 0:,.0f} | {_efficiency(base[1], warm, gpus)} |",
+              flush=True)
 
 
 def train_part(n: int, batch: int, steps: int, variant: str, tmp: Path) -> None:

@@ -17,6 +17,7 @@ itself (random weights find few, so its post-processing is light: an upper bound
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -35,6 +36,40 @@ from rapidpose.io import expand_paths
 ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 
 
+@contextlib.contextmanager
+def line_counts(files, start: float):
+    """Yields a list that fills, while the block runs, with (seconds since `start`, lines written so far to
+    the files `files()` names), sampled every 50 ms: how a command's output grows."""
+    samples, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            count = 0
+            for path in files():
+                try:
+                    with open(path, "rb") as f:
+                        count += f.read().count(b"\n")
+                except FileNotFoundError:  # not made yet
+                    pass
+            samples.append((time.perf_counter() - start, count))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        watcher.join()
+
+
+def warm_rate(samples, total: int, seconds: float) -> float | None:
+    """Lines a second from the tenth of `total` to the last: the rate once started (None if too quick)."""
+    tenth = next(((t, k) for t, k in samples if k >= max(total // 10, 1)), None)
+    last = next(((t, k) for t, k in samples if k >= total), None) or (seconds, total)
+    return (last[1] - tenth[1]) / (last[0] - tenth[0]) if tenth and last[0] > tenth[0] else None
+
+
 def rapidpose_run(paths, checkpoint, detector, device, out_dir: Path, pythonpath=None, jsonl=True, extra=()) -> dict:
     """One `rapidpose predict` command over `paths`; its wall time, and when its JSON Lines grew."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -49,33 +84,18 @@ def rapidpose_run(paths, checkpoint, detector, device, out_dir: Path, pythonpath
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = str(pythonpath) + os.pathsep + env.get("PYTHONPATH", "")
-    lines, stop = [], threading.Event()
-
-    def watch(start):  # (seconds, lines so far), sampled while the command runs
-        while not stop.is_set():
-            if jsonl_path.exists():
-                with open(jsonl_path, "rb") as f:
-                    lines.append((time.perf_counter() - start, f.read().count(b"\n")))
-            time.sleep(0.05)
-
     start = time.perf_counter()
-    watcher = threading.Thread(target=watch, args=(start,), daemon=True)
-    watcher.start()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    with line_counts(lambda: [jsonl_path], start) as lines:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    stop.set()
-    watcher.join()
     if proc.returncode not in (0, 1):
         raise SystemExit(f"rapidpose failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     result = {"seconds": seconds, "images": len(paths)}
     if jsonl and jsonl_path.exists():
-        n = len(paths)
-        first = next((t for t, k in lines if k >= 1), None)
-        tenth = next(((t, k) for t, k in lines if k >= max(n // 10, 1)), None)
-        last = next(((t, k) for t, k in lines if k >= n), None) or (seconds, n)
-        result["first_result_s"] = first
-        if tenth and last[0] > tenth[0]:
-            result["warm_images_per_s"] = (last[1] - tenth[1]) / (last[0] - tenth[0])
+        result["first_result_s"] = next((t for t, k in lines if k >= 1), None)
+        warm = warm_rate(lines, len(paths), seconds)
+        if warm:
+            result["warm_images_per_s"] = warm
         result["people"] = sum(len(json.loads(line)["people"]) for line in jsonl_path.read_text().splitlines())
     elif (out_dir / "out.json").exists():
         result["people"] = sum(len(i["people"]) for i in json.loads((out_dir / "out.json").read_text())["images"])
