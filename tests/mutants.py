@@ -76,6 +76,15 @@ MUTANTS = (
     Mutant("JSON Lines flush off", "video/records.py",
            "self._jsonl.flush()", "pass",
            ("tests/test_video.py::test_json_lines_can_be_read_while_the_video_runs",)),
+    Mutant("fp8's fc2 without the GELU it took over", "runtime/float8.py",
+           "setattr(owner, name, Float8Linear(layer, gelu_first))", "setattr(owner, name, Float8Linear(layer))",
+           ("tests/test_float8.py",)),
+    Mutant("compiled CPU batches of fixed shapes (a compile a people count)", "runtime/torch_runtime.py",
+           "dynamic=False if self.cuda_graphs else None", "dynamic=False",
+           ("tests/test_runtime.py::test_a_compiled_cpu_runtime_takes_any_number_of_people_in_two_graphs",)),
+    Mutant("a Ray actor's calls sharing the estimator at once", "distributed/ray_data.py",
+           "with self._device:", "with contextlib.nullcontext():",
+           ("tests/test_ray.py::test_calls_at_once_read_together_and_take_the_estimator_in_turn",)),
 )
 
 
