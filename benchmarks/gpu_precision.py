@@ -3,7 +3,7 @@
 For fp32, fp16, bf16 and fp8 (each the device runs; the others are named and skipped): crops/s of the
 network through the runtime (TorchRuntime: CUDA graphs per batch size on GPUs; with --compile also
 torch.compile under them) at each --batch, and how far its outputs are from fp32's, measured as
-`rapidpose quantize` reports INT8 (rapidpose.deploy.quantize's agreement and keypoint_oks): heatmap cosine
+`rapidpose quantize` reports INT8 (rapidpose.evaluate.agreement): heatmap cosine
 similarity and SQNR, keypoint distance in image pixels (mean and largest) and OKS (mean and least), on the
 people of the shared photos: coco-mmpose with its ground-truth boxes, and coco-val2017-100 with the boxes
 the person detector finds. The fp32 reference runs on the same device with TF32 off. Prints markdown
@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from network_speed import timed  # this folder's: the same warm-up and timing as the network figures
-from rapidpose.evaluate.agreement import agreement, keypoint_oks
+from rapidpose.evaluate.agreement import against_reference
 from rapidpose.errors import InputError
 from rapidpose.runtime import TorchRuntime, float8
 
@@ -143,10 +143,8 @@ def compared(people: People, reference: np.ndarray, heatmaps: np.ndarray, sigmas
     a, _ = decode_heatmaps(reference, people.center, people.scale)
     b, _ = decode_heatmaps(heatmaps, people.center, people.scale)
     distance = np.linalg.norm(a - b, axis=-1)
-    oks = keypoint_oks(reference, heatmaps, sigmas)
-    return {**agreement(reference, heatmaps), "px_mean": round(float(distance.mean()), 3),
-            "px_max": round(float(distance.max()), 2), "oks_mean": round(float(oks.mean()), 4),
-            "oks_min": round(float(oks.min()), 4)}
+    return {**against_reference(reference, heatmaps, sigmas), "px_mean": round(float(distance.mean()), 3),
+            "px_max": round(float(distance.max()), 2)}
 
 
 LAYER_NAMES = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}

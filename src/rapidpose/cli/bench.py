@@ -142,7 +142,7 @@ def _against_fp32(est, model, paths, detector, device: str, batch_size: int) -> 
     crops = people_crops(paths, detector, est.input_size)
     float_model = load_model(model, "cpu") if isinstance(model, str) else model
     reference = fp32_heatmaps(float_model, device, crops, batch_size)
-    return against_reference(est.runtime, reference, crops, est.skeleton.sigmas)
+    return against_reference(reference, np.asarray(est.runtime(crops), np.float32), est.skeleton.sigmas)
 
 
 def _print_report(info: dict) -> None:

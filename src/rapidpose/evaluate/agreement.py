@@ -31,13 +31,12 @@ def keypoint_oks(heatmaps_a: np.ndarray, heatmaps_b: np.ndarray, sigmas) -> np.n
     return np.exp(-d2 / (2 * area * (2 * sigmas) ** 2)).mean(-1)
 
 
-def against_reference(runtime, reference: np.ndarray, crops: np.ndarray, sigmas) -> dict:
-    """`runtime`'s heatmaps of `crops` (N, 3, H, W) against the `reference` heatmaps of the same crops:
-    agreement's cosine and SQNR, and the mean and least OKS of the decoded keypoints, over N people."""
-    heatmaps = np.asarray(runtime(crops), np.float32)
+def against_reference(reference: np.ndarray, heatmaps: np.ndarray, sigmas) -> dict:
+    """`heatmaps` of N crops against the `reference` heatmaps of the same crops: agreement's cosine and
+    SQNR, and the mean and least OKS of the decoded keypoints, over the N people."""
     oks = keypoint_oks(reference, heatmaps, sigmas)
     return {**agreement(reference, heatmaps), "oks_mean": round(float(oks.mean()), 4),
-            "oks_min": round(float(oks.min()), 4), "people": len(crops)}
+            "oks_min": round(float(oks.min()), 4), "people": len(heatmaps)}
 
 
 def fp32_heatmaps(model, device: str, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
