@@ -70,8 +70,8 @@ def people_crops(paths, detector, input_size=(192, 256), max_crops: int = 256) -
     crops them; unreadable images are reported and skipped."""
     crops, _ = _find_people(paths, detector, input_size, max_crops)
     if crops is None:
-        raise InputError(f"the detector found no person in the {len(paths)} calibration images: give a folder "
-                         f"of photos with people (COCO images, say)")
+        raise InputError(f"the detector found no person in the {len(paths)} images given: give photos with "
+                         f"people (COCO images, say)")
     return crops
 
 
@@ -86,7 +86,7 @@ def _find_people(paths, detector, input_size, max_crops: int) -> tuple[np.ndarra
         try:
             image = read_image(path)
         except RapidPoseError as exc:
-            log.warning("quantize: skipped %s", exc)
+            log.warning("skipped %s", exc)  # quantize and bench --agreement both look for people here
             continue
         boxes, _ = detector(image)
         counts.append(len(boxes))
