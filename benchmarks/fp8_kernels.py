@@ -4,11 +4,13 @@
   bf16 (no bias) against torch._scaled_mm in FP8 (bias added) (row-scaled with and without fast accumulation, tensor-scaled), in
   TFLOP/s.
 - rows: the activations' row quantization (rapidpose.runtime.float8) at widths 768 and 3,072: the Triton
-  kernel, with the GELU folded in, against Inductor's compile of the torch ops and the eager torch ops.
+  kernel (a row a program or several; without GELU, with the exact one, with the tanh form), against
+  Inductor's compile of the torch ops and the eager torch ops.
+- attention: scaled_dot_product_attention at ViTPose-B's shape, by backend (cuDNN, flash, efficient, math).
 - profile: the compiled ViTPose-B at batch 256, bf16 against fp8, by CUDA kernel (torch.profiler):
   the kernels that take the most time in a batch.
 
-    python benchmarks/fp8_kernels.py                       # all three, on cuda
+    python benchmarks/fp8_kernels.py                       # all four, on cuda
     python benchmarks/fp8_kernels.py --parts rows profile
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ import argparse
 import torch
 from torch.nn import functional as F
 
-from rapidpose.runtime.float8 import quantize_activations, quantize_rows
+from rapidpose.runtime.float8 import quantize_rows, register_triton_rows, rows_per_program
 
 ROWS = 256 * 192  # tokens of a batch of 256 crops of ViTPose-B
 SHAPES = {"qkv": (768, 2304), "proj": (768, 768), "fc1": (768, 3072), "fc2": (3072, 768)}  # (K, N)
@@ -61,14 +63,39 @@ def gemm_part(device: str) -> None:
 
 
 def rows_part(device: str) -> None:
-    print(f"\nRow quantization of {ROWS:,} rows (ms)\n\n| width | kernel | kernel + GELU | compiled torch + GELU "
-          "| eager torch |\n|---:|---:|---:|---:|---:|")
+    launch = register_triton_rows()
+    many = {width: rows_per_program(width) for width in (768, 3072)}
+    print(f"\nRow quantization of {ROWS:,} rows (ms); the kernel with a row a program, and with the rows a "
+          f"program the op uses ({many[768]} at width 768, {many[3072]} at 3,072)\n\n"
+          "| width | kernel, a row | kernel | + exact GELU, a row | + exact GELU | + tanh GELU, exp form "
+          "| + tanh GELU, tanh.approx (the op's) | compiled torch + exact GELU | eager torch |\n"
+          "|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     compiled = torch.compile(lambda x: quantize_rows(F.gelu(x)))
     for width in (768, 3072):
         x = torch.randn(ROWS, width, device=device, dtype=torch.bfloat16)
-        runs = [lambda: quantize_activations(x), lambda: quantize_activations(x, True), lambda: compiled(x),
+        runs = [lambda: launch(x, 0, 1), lambda: launch(x, 0, many[width]), lambda: launch(x, 1, 1),
+                lambda: launch(x, 1, many[width]), lambda: launch(x, 2, many[width]),
+                lambda: launch(x, 3, many[width]), lambda: compiled(x),
                 lambda: quantize_rows(x)]
         print(f"| {width:,} | " + " | ".join(f"{cuda_ms(run):.3f}" for run in runs) + " |", flush=True)
+
+
+def attention_part(device: str) -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = (torch.randn(256, 12, 192, 64, device=device, dtype=torch.bfloat16) for _ in range(3))
+    print("\nAttention of ViTPose-B, batch 256 (12 heads, 192 tokens, 64 channels a head), bf16, ms for the 12 "
+          "blocks, by scaled_dot_product_attention's backend\n\n| backend | ms a batch |\n|---|---:|")
+    for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                    SDPBackend.MATH):
+        def run():
+            with sdpa_kernel(backend):
+                F.scaled_dot_product_attention(q, k, v)
+        try:
+            ms = f"{12 * cuda_ms(run):.3f}"
+        except RuntimeError as exc:
+            ms = f"not available ({str(exc).splitlines()[0][:60]})"
+        print(f"| {backend.name} | {ms} |", flush=True)
 
 
 def profile_part(device: str, top: int) -> None:
@@ -101,7 +128,8 @@ def profile_part(device: str, top: int) -> None:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", nargs="+", default=["gemm", "rows", "profile"], choices=["gemm", "rows", "profile"])
+    p.add_argument("--parts", nargs="+", default=["gemm", "rows", "attention", "profile"],
+                   choices=["gemm", "rows", "attention", "profile"])
     p.add_argument("--device", default="cuda")
     p.add_argument("--top", type=int, default=12, help="kernels listed in each profile (default 12)")
     args = p.parse_args()
@@ -115,6 +143,8 @@ def main():
         gemm_part(args.device)
     if "rows" in args.parts:
         rows_part(args.device)
+    if "attention" in args.parts:
+        attention_part(args.device)
     if "profile" in args.parts:
         profile_part(args.device, args.top)
 

@@ -12,7 +12,7 @@ from rapidpose import InputError
 from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random
 from rapidpose.runtime import TorchRuntime, make_runtime
 from rapidpose.runtime import float8
-from rapidpose.runtime.float8 import FP8_MAX, LAYERS, Float8Linear, quantize_activations, quantize_rows, swap_linears
+from rapidpose.runtime.float8 import FP8_MAX, GELU_FORM, LAYERS, Float8Linear, quantize_activations, quantize_rows, swap_linears
 from rapidpose.skeletons import COCO
 
 FP8_GPU = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
@@ -34,7 +34,7 @@ CPU_SCALED_MM = pytest.mark.skipif(not SCALED_MM_ON_CPU, reason="this torch buil
 
 def emulated(layer: Float8Linear, x):
     """What the layer computes, in float32 from its own e4m3 values and scales: the product's reference."""
-    x = nn.functional.gelu(x) if layer.gelu_first else x
+    x = nn.functional.gelu(x, approximate=GELU_FORM) if layer.gelu_first else x
     values, scale = quantize_rows(x.reshape(-1, layer.in_features))
     weight = layer.weight.float() * layer.weight_scale.t()
     return ((values.float() * scale) @ weight.t() + layer.bias.float()).reshape(*x.shape[:-1], -1)
@@ -200,13 +200,16 @@ def test_the_gpu_row_kernel_quantizes_as_the_reference_does(width, gelu):
     x[1] *= 1000  # an outlier row
     x[2] = 0  # an empty row
     values, scale = quantize_activations(x, gelu)
-    reference = nn.functional.gelu(x.float()) if gelu else x.float()  # the kernel works in float32 throughout
+    reference = nn.functional.gelu(x.float(), approximate=GELU_FORM) if gelu else x.float()  # float32 throughout
     want_values, want_scale = quantize_rows(reference)
     assert values.dtype == torch.float8_e4m3fn and values.shape == x.shape and scale.shape == (1000, 1)
     assert torch.allclose(scale, want_scale, rtol=1e-6)
-    # the same e4m3 codes but where float32 rounding lands on the other side of a rounding tie
+    # the same e4m3 codes but where rounding lands on the other side of a tie: float32's, and with the GELU
+    # the GPU's tanh instruction (relative error 2^-11); such codes are neighbours, an e4m3 step apart
     same = (values.view(torch.uint8) == want_values.view(torch.uint8)).float().mean().item()
-    assert same > 0.999, same
+    assert same > (0.99 if gelu else 0.999), same
+    got, want = values.float(), want_values.float()
+    assert ((got - want).abs() <= want.abs() / 8 + 2 ** -9).all()
     assert (values.float()[2] == 0).all() and torch.isfinite(scale).all()
 
 

@@ -6,13 +6,15 @@ come), accumulated by the tensor cores, bf16 out with the bias added in the same
 every scale is its row's absolute maximum over e4m3's largest value (448), so nothing clips and no data is
 needed beforehand. The patch embedding, the head, LayerNorm and attention stay in bf16.
 
-A per-row activation scale needs the whole row before any of it is cast. On GPUs one Triton kernel a row
-reads it once, takes its maximum in registers and writes the e4m3 values and the scale; fc2's kernel also
-applies the GELU before it (the MLP's own GELU is taken out), so the widest activation (4x the width)
-is never written in bf16. Under torch.compile (--compile) the narrow rows (qkv, proj, fc1: width 768 in
-ViTPose-B) are left to Inductor, which fuses their quantization with the LayerNorm before them; it
-would make fc2's a two-pass loop over the row, 2.8x the kernel's time (0.84 against 0.30 ms for a batch
-of 256 on an H200: docs/benchmarks.md).
+A per-row activation scale needs the whole row before any of it is cast. On GPUs one Triton kernel
+reads each row once, takes its maximum in registers and writes the e4m3 values and the scale; fc2's kernel
+also applies the GELU before it (the MLP's own GELU is taken out), so the widest activation (4x the width)
+is never written in bf16. That GELU is the tanh form, computed with the GPU's one-instruction tanh: within
+5e-4 of the exact erf form, far below e4m3's own steps (1/16 of a value), and 2.3x cheaper (0.13 against
+0.30 ms for a batch of 256 on an H200, where reading and writing the row alone take 0.11). Under
+torch.compile (--compile) the inputs of qkv and fc1 are left to Inductor, which fuses their quantization
+with the LayerNorm before them; it would make fc2's a two-pass loop over the row (0.84 ms). Figures:
+benchmarks/fp8_kernels.py, docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
 TINY = 1e-12  # an all-zero row keeps a finite scale
 LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")  # in each of the backbone's blocks
-COMPILER_FUSES = 1024  # under torch.compile, rows up to this width are quantized by Inductor (fused with LayerNorm)
+AFTER_NORM = ("qkv", "fc1")  # the layers whose input is a LayerNorm's output (norm1's, norm2's)
 NEEDS = "an NVIDIA GPU with FP8 tensor cores (compute capability 8.9 or more: H100, H200, L40, L4, RTX 40xx)"
 
 
@@ -43,48 +45,79 @@ def quantize_rows(x):
     return (x * inverse).clamp(-FP8_MAX, FP8_MAX).to(FP8), inverse.float().reciprocal()
 
 
+GELU_FORM = "tanh"  # fp8's fc2 takes the MLP's GELU in this form (F.gelu's `approximate`): see quantize_activations
+GELU_KERNEL_MODES = {"none": 1, "tanh": 3}  # F.gelu's `approximate` -> the row kernel's GELU mode (0: no GELU)
+
+
+def rows_per_program(width: int) -> int:
+    """Rows the row kernel quantizes in one program: about 4,096 values each (one 3,072-wide row, eight
+    768-wide ones), enough work a program to hide memory latency without spilling registers."""
+    return max(1, min(16, 4096 // _next_power_of_2(width)))
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
 @functools.cache
-def register_triton_rows() -> None:
-    """Registers the custom op `torch.ops.rapidpose.fp8_rows(x, gelu)`: quantize_rows of x (or of GELU(x)) in
-    one Triton kernel, one program a row. Registered when a layer is made on a GPU, so importing this
-    module needs no Triton (CPUs have none), and called as a torch op, which torch.compile traces whole."""
+def register_triton_rows():
+    """Registers the custom op `torch.ops.rapidpose.fp8_rows(x, gelu)`: quantize_rows of x (or of GELU(x), in
+    GELU_FORM) in one Triton kernel, and returns its launcher `launch(x, gelu_mode, rows)` (gelu_mode 0 none,
+    1 exact, 2 tanh form; rows a program), which benchmarks/fp8_kernels.py compares. Registered when a
+    layer is made on a GPU, so importing this module needs no Triton (CPUs have none), and called as a
+    torch op, which torch.compile traces whole."""
     import triton
     import triton.language as tl
     from torch.library import triton_op, wrap_triton
 
     @triton.jit
-    def rows_kernel(x_ptr, values_ptr, scales_ptr, width, stride, BLOCK: tl.constexpr, GELU: tl.constexpr,
-                    LARGEST: tl.constexpr, SMALLEST: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
+    def rows_kernel(x_ptr, values_ptr, scales_ptr, rows, width, stride, BLOCK: tl.constexpr, ROWS: tl.constexpr,
+                    GELU: tl.constexpr, LARGEST: tl.constexpr, SMALLEST: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
         cols = tl.arange(0, BLOCK)
-        inside = cols < width
-        x = tl.load(x_ptr + row * stride + cols, mask=inside, other=0.0).to(tl.float32)
-        if GELU:  # nn.GELU's exact form
+        inside = (row[:, None] < rows) & (cols[None, :] < width)
+        x = tl.load(x_ptr + row[:, None] * stride + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+        if GELU == 1:  # nn.GELU's exact form
             x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
-        inverse = LARGEST / tl.maximum(tl.max(tl.abs(x), axis=0), SMALLEST)
-        values = tl.clamp(x * inverse, -LARGEST, LARGEST)
-        tl.store(values_ptr + row * width + cols, values.to(values_ptr.dtype.element_ty), mask=inside)
-        tl.store(scales_ptr + row, 1.0 / inverse)
+        elif GELU == 2:  # its tanh form, as x * sigmoid(2u): one exponential, no erf
+            x = x / (1.0 + tl.exp(-x * (1.5957691216057308 + 0.07135481627260025 * x * x)))
+        elif GELU == 3:  # its tanh form with the GPU's one-instruction tanh (relative error 2^-11)
+            u = x * (0.7978845608028654 + 0.035677408136300125 * x * x)
+            t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [u], dtype=tl.float32, is_pure=True,
+                                          pack=1)
+            x = 0.5 * x * (1.0 + t)
+        inverse = LARGEST / tl.maximum(tl.max(tl.abs(x), axis=1), SMALLEST)
+        values = tl.clamp(x * inverse[:, None], -LARGEST, LARGEST)
+        tl.store(values_ptr + row[:, None] * width + cols[None, :], values.to(values_ptr.dtype.element_ty),
+                 mask=inside)
+        tl.store(scales_ptr + row, 1.0 / inverse, mask=row < rows)
+
+    def launch(x, gelu_mode: int, rows: int, launcher=lambda kernel: kernel):
+        count, width = x.shape
+        values = torch.empty((count, width), dtype=FP8, device=x.device)
+        scales = torch.empty((count, 1), dtype=torch.float32, device=x.device)
+        block = triton.next_power_of_2(width)
+        launcher(rows_kernel)[(triton.cdiv(count, rows),)](
+            x, values, scales, count, width, x.stride(0), BLOCK=block, ROWS=rows, GELU=gelu_mode,
+            LARGEST=FP8_MAX, SMALLEST=TINY, num_warps=8 if block * rows >= 2048 else 4)
+        return values, scales
 
     @triton_op("rapidpose::fp8_rows", mutates_args={})
     def fp8_rows(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        rows, width = x.shape
-        values = torch.empty((rows, width), dtype=FP8, device=x.device)
-        scales = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
-        block = triton.next_power_of_2(width)
-        wrap_triton(rows_kernel)[(rows,)](x, values, scales, width, x.stride(0), BLOCK=block, GELU=gelu,
-                                          LARGEST=FP8_MAX, SMALLEST=TINY, num_warps=8 if block >= 2048 else 4)
-        return values, scales
+        mode = GELU_KERNEL_MODES[GELU_FORM] if gelu else 0
+        return launch(x, mode, rows_per_program(x.shape[1]), wrap_triton)
+
+    return launch
 
 
-def quantize_activations(x, gelu: bool = False):
-    """quantize_rows of the (M, K) activations x, or of GELU(x): in the Triton kernel on GPUs, except rows
-    that torch.compile fuses better with the work before them."""
-    if x.is_cuda and not (torch.compiler.is_compiling() and x.shape[-1] <= COMPILER_FUSES):
+def quantize_activations(x, gelu: bool = False, after_norm: bool = False):
+    """quantize_rows of the (M, K) activations x, or of GELU(x): in the Triton kernel on GPUs, except a
+    LayerNorm's output (after_norm) under torch.compile, whose quantization Inductor fuses with the norm."""
+    if x.is_cuda and not (after_norm and torch.compiler.is_compiling()):
         if not torch.compiler.is_compiling():
             register_triton_rows()  # once: a layer made on the CPU and moved to a GPU
         return torch.ops.rapidpose.fp8_rows(x.contiguous(), gelu)
-    return quantize_rows(F.gelu(x) if gelu else x)
+    return quantize_rows(F.gelu(x, approximate=GELU_FORM) if gelu else x)
 
 
 class Float8Linear(nn.Module):
@@ -95,10 +128,11 @@ class Float8Linear(nn.Module):
     their float32 scales, so `.to(dtype)` would spoil it (`.to(device)` is fine): cast the float model,
     then swap."""
 
-    def __init__(self, linear: nn.Linear, gelu_first: bool = False):
+    def __init__(self, linear: nn.Linear, gelu_first: bool = False, after_norm: bool = False):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.gelu_first = gelu_first
+        self.after_norm = after_norm  # its input is a LayerNorm's output (see quantize_activations)
         # Hopper's full FP8 rate (H200, M = 49,152: qkv 1,071 against 902 TFLOP/s), but its accumulators
         # are not promoted to float32 along K: less exact over fc2's 3,072 (gpu_precision.py compares)
         self.fast_accumulation = True
@@ -111,7 +145,7 @@ class Float8Linear(nn.Module):
         self.register_buffer("bias", bias)
 
     def forward(self, x):
-        values, scale = quantize_activations(x.reshape(-1, self.in_features), self.gelu_first)
+        values, scale = quantize_activations(x.reshape(-1, self.in_features), self.gelu_first, self.after_norm)
         y = torch._scaled_mm(values, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias,
                              out_dtype=torch.bfloat16, use_fast_accum=self.fast_accumulation)
         # in the input's dtype: a drop-in beside float layers (on GPUs the model is bf16 already: no cast)
@@ -137,7 +171,7 @@ def swap_linears(model) -> list[str]:
             if layer.in_features % 16 or layer.out_features % 16:
                 continue  # _scaled_mm takes sizes in multiples of 16 only (every published ViTPose has them)
             gelu_first = name == "fc2" and isinstance(owner.act, nn.GELU) and owner.act.approximate == "none"
-            setattr(owner, name, Float8Linear(layer, gelu_first))
+            setattr(owner, name, Float8Linear(layer, gelu_first, after_norm=name in AFTER_NORM))
             if gelu_first:
                 owner.act = nn.Identity()
             swapped.append(f"backbone.blocks.{i}.{path}")
