@@ -14,6 +14,7 @@ of each ratio alike).
 
     python benchmarks/pipeline_speed.py --variant s --device cpu --images 4 --people 6 --repeats 5
     python benchmarks/pipeline_speed.py --variant b --device cuda --images 32 --people 6
+    python benchmarks/pipeline_speed.py --variant b --device cuda --precision fp8 --compile --batch-size 256
 """
 from __future__ import annotations
 
@@ -132,6 +133,8 @@ def main():
     p.add_argument("--calibration", default=str(ASSETS / "images" / "coco-val2017-100"),
                    help="photos with people for the INT8 model's calibration (default: coco-val2017-100)")
     p.add_argument("--calibration-images", type=int, default=16, help="how many of them (default 16)")
+    p.add_argument("--batch-size", type=int, default=64, help="rapidpose's network batch (default 64, the estimator's)")
+    p.add_argument("--compile", action="store_true", help="rapidpose's network torch.compile'd (--compile)")
     p.add_argument("--no-transformers", action="store_true")
     args = p.parse_args()
     on_gpu = args.device.startswith("cuda")
@@ -151,11 +154,13 @@ def main():
         for precision in precisions:
             if precision == "int8":
                 path, fmt = default_int8(model, Path(folder), Path(args.calibration), args.calibration_images)
-                est = PoseEstimator(str(path), device=args.device)
+                est = PoseEstimator(str(path), device=args.device, batch_size=args.batch_size)
                 label = f"{BACKEND_NAMES[type(est.runtime).__name__]} INT8 (quantize's default, {fmt})"
             else:
-                est = PoseEstimator(model, device=args.device, precision=precision)
-                label = f"{BACKEND_NAMES[type(est.runtime).__name__]} {est.runtime.precision}"
+                est = PoseEstimator(model, device=args.device, precision=precision, batch_size=args.batch_size,
+                                    compile=args.compile)
+                label = f"{BACKEND_NAMES[type(est.runtime).__name__]} {est.runtime.precision}" + \
+                        (", compiled" if args.compile else "")
             estimators[label] = est
         runs = {}
         for label, est in estimators.items():
@@ -174,8 +179,8 @@ def main():
                 runs[f"{label}, one person in one image"] = lambda: run(images[:1], [xywh[0][:1]])
         name = torch.cuda.get_device_name() if on_gpu else "cpu"
         print(f"ViTPose-{args.variant.upper()}, {args.images} images of 1280x720 with {args.people} given boxes "
-              f"each ({people} people), {name}, random weights (speed only), median of {args.repeats} "
-              f"interleaved rounds\n")
+              f"each ({people} people), {name}, random weights (speed only), network batch {args.batch_size}, "
+              f"median of {args.repeats} interleaved rounds\n")
         times = {k: np.array(v) for k, v in interleaved(runs, args.repeats, sync).items()}
 
     one = ", one person in one image"
