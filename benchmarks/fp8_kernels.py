@@ -5,8 +5,7 @@
   TFLOP/s.
 - rows: the activations' row quantization (rapidpose.runtime.float8) at widths 768 and 3,072: the Triton
   kernel (a row a program or several; without GELU, with the exact one, with the tanh form), against
-  Inductor's compile of the torch ops and the eager torch ops; and the residual add + LayerNorm +
-  quantization kernel against the same.
+  Inductor's compile of the torch ops and the eager torch ops.
 - attention: scaled_dot_product_attention at ViTPose-B's shape, by backend (cuDNN, flash, efficient, math).
 - profile: the compiled ViTPose-B at batch 256, bf16 against fp8, by CUDA kernel (torch.profiler):
   the kernels that take the most time in a batch.
@@ -21,7 +20,7 @@ import argparse
 import torch
 from torch.nn import functional as F
 
-from rapidpose.runtime.float8 import FP8_MAX, TINY, quantize_rows, rows_per_program
+from rapidpose.runtime.float8 import quantize_rows, register_triton_rows, rows_per_program
 
 ROWS = 256 * 192  # tokens of a batch of 256 crops of ViTPose-B
 SHAPES = {"qkv": (768, 2304), "proj": (768, 768), "fc1": (768, 3072), "fc2": (3072, 768)}  # (K, N)
@@ -64,11 +63,7 @@ def gemm_part(device: str) -> None:
 
 
 def rows_part(device: str) -> None:
-    from rapidpose.runtime.float8_kernels import launch_norm, launch_rows
-
-    def launch(x, gelu_mode, rows):
-        return launch_rows(x, gelu_mode, rows, FP8_MAX, TINY)
-
+    launch = register_triton_rows()
     many = {width: rows_per_program(width) for width in (768, 3072)}
     print(f"\nRow quantization of {ROWS:,} rows (ms); the kernel with a row a program, and with the rows a "
           f"program the op uses ({many[768]} at width 768, {many[3072]} at 3,072)\n\n"
@@ -83,14 +78,6 @@ def rows_part(device: str) -> None:
                 lambda: launch(x, 3, many[width]), lambda: compiled(x),
                 lambda: quantize_rows(x)]
         print(f"| {width:,} | " + " | ".join(f"{cuda_ms(run):.3f}" for run in runs) + " |", flush=True)
-
-    norm = torch.nn.LayerNorm(768, device=device, dtype=torch.bfloat16).requires_grad_(False)
-    x, branch = (torch.randn(ROWS, 768, device=device, dtype=torch.bfloat16) for _ in range(2))
-    compiled_norm = torch.compile(lambda x, branch: (x + branch, *quantize_rows(norm(x + branch))))
-    kernel = f"{cuda_ms(lambda: launch_norm(x, branch, norm.weight, norm.bias, norm.eps, many[768], FP8_MAX, TINY)):.3f}"
-    print(f"\nResidual add + LayerNorm + row quantization of {ROWS:,} rows of 768 (ms)\n\n| kernel | compiled torch "
-          f"| eager torch |\n|---:|---:|---:|\n| {kernel} | {cuda_ms(lambda: compiled_norm(x, branch)):.3f} | "
-          f"{cuda_ms(lambda: quantize_rows(norm(x + branch))):.3f} |", flush=True)
 
 
 def attention_part(device: str) -> None:

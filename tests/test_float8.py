@@ -9,11 +9,10 @@ import torch
 from torch import nn
 
 from rapidpose import InputError
-from rapidpose.model.vitpose import ViT, ViTPose, ViTPoseConfig, init_random
+from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random
 from rapidpose.runtime import TorchRuntime, make_runtime
 from rapidpose.runtime import float8
-from rapidpose.runtime.float8 import (FP8_MAX, GELU_FORM, LAYERS, Float8Linear, Float8ViT, norm_activations,
-                                      quantize_activations, quantize_rows, swap_linears)
+from rapidpose.runtime.float8 import FP8_MAX, GELU_FORM, LAYERS, Float8Linear, quantize_activations, quantize_rows, swap_linears
 from rapidpose.skeletons import COCO
 
 FP8_GPU = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
@@ -114,47 +113,6 @@ def test_the_swap_replaces_exactly_the_blocks_linear_layers():
         assert after.dtype == torch.bfloat16 and torch.equal(after, before.to(torch.bfloat16)), name
 
 
-def test_the_backbone_fuses_its_norms_only_when_every_product_is_fp8(monkeypatch):
-    model = init_random(ViTPose(ViTPoseConfig(dim=384, depth=2, heads=12))).to(torch.bfloat16)
-    swap_linears(model)
-    assert type(model.backbone) is Float8ViT
-    plus = init_random(ViTPose(ViTPoseConfig(dim=384, depth=1, heads=12, num_experts=6, part_features=192)))
-    swap_linears(plus.to(torch.bfloat16))  # its fc2 stays bf16: the blocks run one by one
-    monkeypatch.setattr(float8, "LAYERS", ("attn.qkv", "attn.proj"))
-    fewer = init_random(ViTPose(ViTPoseConfig(dim=384, depth=1, heads=12))).to(torch.bfloat16)
-    swap_linears(fewer)
-    assert type(plus.backbone) is ViT and type(fewer.backbone) is ViT
-
-
-@CPU_SCALED_MM
-def test_the_fused_backbone_is_as_close_to_the_float_model_as_its_blocks_one_by_one():
-    # the same FP8 products; only where the LayerNorm's output is rounded differs (float32 into e4m3 directly,
-    # against bf16 first), which moves single e4m3 codes: the two differ as much as either from the float model
-    model = init_random(ViTPose(ViTPoseConfig(dim=384, depth=3, heads=12)), seed=5).eval().to(torch.bfloat16)
-    x = torch.randn(2, 192, 384, dtype=torch.bfloat16)
-    with torch.inference_mode():
-        want = model.backbone.run_blocks(x).float()
-        swap_linears(model)
-        fused = model.backbone.run_blocks(x).float()
-        one_by_one = ViT.run_blocks(model.backbone, x).float()
-    assert not torch.equal(fused, one_by_one)  # the fused path did run
-    assert sqnr_db(want, fused) > 20 and sqnr_db(want, fused) > sqnr_db(want, one_by_one) - 1
-
-
-def test_norm_activations_add_the_branch_and_quantize_the_norm_of_the_sum():
-    torch.manual_seed(2)
-    norm = nn.LayerNorm(64)
-    nn.init.normal_(norm.weight, 1, 0.3)
-    nn.init.normal_(norm.bias, 0, 0.3)
-    x, branch = torch.randn(3, 5, 64), torch.randn(3, 5, 64)
-    with torch.no_grad():
-        total, values, scale = norm_activations(norm, x, branch)
-        assert torch.equal(total, x + branch) and values.shape == (15, 64) and scale.shape == (15, 1)
-        assert sqnr_db(norm(x + branch).reshape(15, 64), values.float() * scale) > 28  # e4m3's rounding only
-        alone, values, _ = norm_activations(norm, x)
-    assert alone is x
-
-
 def test_the_swap_leaves_a_vitpose_plus_experts_fc2_in_bf16():
     cfg = ViTPoseConfig(dim=384, depth=1, heads=12, num_experts=6, part_features=192)
     model = init_random(ViTPose(cfg)).to(torch.bfloat16)
@@ -253,30 +211,6 @@ def test_the_gpu_row_kernel_quantizes_as_the_reference_does(width, gelu):
     got, want = values.float(), want_values.float()
     assert ((got - want).abs() <= want.abs() / 8 + 2 ** -9).all()
     assert (values.float()[2] == 0).all() and torch.isfinite(scale).all()
-
-
-@pytest.mark.gpu
-@FP8_GPU
-@pytest.mark.parametrize("add", [False, True])
-def test_the_gpu_norm_kernel_adds_and_quantizes_as_the_reference_does(add):
-    torch.manual_seed(7)
-    norm = nn.LayerNorm(768).cuda()
-    nn.init.normal_(norm.weight, 1, 0.3)
-    nn.init.normal_(norm.bias, 0, 0.3)
-    norm.to(torch.bfloat16)
-    x = (torch.randn(1001, 768, device="cuda") * 4).to(torch.bfloat16)
-    x[3] = 0  # an empty row: the LayerNorm's bias alone
-    branch = torch.randn_like(x) if add else None
-    with torch.inference_mode():
-        total, values, scale = norm_activations(norm, x, branch)
-        want_total = x if branch is None else x + branch
-        normed = nn.functional.layer_norm(want_total.float(), (768,), norm.weight.float(), norm.bias.float(), norm.eps)
-        want_values, want_scale = quantize_rows(normed)
-    assert torch.equal(total, want_total)  # the residual stream exactly as torch adds it
-    assert torch.allclose(scale, want_scale, rtol=1e-4)
-    same = (values.view(torch.uint8) == want_values.view(torch.uint8)).float().mean().item()
-    assert same > 0.99, same
-    assert ((values.float() - want_values.float()).abs() <= want_values.float().abs() / 8 + 2 ** -9).all()
 
 
 @pytest.mark.gpu

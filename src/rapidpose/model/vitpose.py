@@ -82,12 +82,8 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x):
-        return self.attend(self.qkv(x))
-
-    def attend(self, qkv):
-        """Attention and the output projection from the tokens' (B, N, 3 * dim) queries, keys and values."""
-        b, n, c = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
-        q, k, v = qkv.reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(q, k, v)  # fused kernel where the device has one
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
@@ -152,16 +148,13 @@ class ViT(nn.Module):
         for block, r in zip(self.blocks, torch.linspace(0, float(rate), len(self.blocks)).tolist()):
             block.drop_path = r
 
-    def run_blocks(self, x, dataset_index: int = 0):
-        for block in self.blocks:
-            x = block(x, dataset_index)
-        return x
-
     def forward(self, x, dataset_index: int = 0):
         x = self.patch_embed(x)
         # The first row was the class token's; ViTPose adds it to every patch instead.
         x = x + self.pos_embed[:, 1:] + self.pos_embed[:, :1]
-        x = self.last_norm(self.run_blocks(x, dataset_index))
+        for block in self.blocks:
+            x = block(x, dataset_index)
+        x = self.last_norm(x)
         return x.transpose(1, 2).reshape(x.shape[0], -1, *self.grid)
 
 

@@ -25,7 +25,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from rapidpose.errors import InputError
-from rapidpose.model.vitpose import ViT
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
@@ -61,32 +60,54 @@ def _next_power_of_2(n: int) -> int:
 
 
 @functools.cache
-def register_triton_rows() -> None:
-    """Registers the custom ops `torch.ops.rapidpose.fp8_rows(x, gelu)` (quantize_rows of x, or of GELU(x) in
-    GELU_FORM), `fp8_norm_rows(x, weight, bias, eps)` (of LayerNorm(x)) and `fp8_add_norm_rows(x, branch,
-    weight, bias, eps)` (x + branch, and the rows of LayerNorm of that sum), each one Triton kernel
-    (float8_kernels). Registered when a layer is made on a GPU, so importing this module needs no Triton
-    (CPUs have none), and called as torch ops, which torch.compile traces whole."""
+def register_triton_rows():
+    """Registers the custom op `torch.ops.rapidpose.fp8_rows(x, gelu)`: quantize_rows of x (or of GELU(x), in
+    GELU_FORM) in one Triton kernel, and returns its launcher `launch(x, gelu_mode, rows)` (gelu_mode 0 none,
+    1 exact, 2 tanh form; rows a program), which benchmarks/fp8_kernels.py compares. Registered when a
+    layer is made on a GPU, so importing this module needs no Triton (CPUs have none), and called as a
+    torch op, which torch.compile traces whole."""
+    import triton
+    import triton.language as tl
     from torch.library import triton_op, wrap_triton
 
-    from rapidpose.runtime.float8_kernels import launch_norm, launch_rows
+    @triton.jit
+    def rows_kernel(x_ptr, values_ptr, scales_ptr, rows, width, stride, BLOCK: tl.constexpr, ROWS: tl.constexpr,
+                    GELU: tl.constexpr, LARGEST: tl.constexpr, SMALLEST: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+        cols = tl.arange(0, BLOCK)
+        inside = (row[:, None] < rows) & (cols[None, :] < width)
+        x = tl.load(x_ptr + row[:, None] * stride + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+        if GELU == 1:  # nn.GELU's exact form
+            x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+        elif GELU == 2:  # its tanh form, as x * sigmoid(2u): one exponential, no erf
+            x = x / (1.0 + tl.exp(-x * (1.5957691216057308 + 0.07135481627260025 * x * x)))
+        elif GELU == 3:  # its tanh form with the GPU's one-instruction tanh (relative error 2^-11)
+            u = x * (0.7978845608028654 + 0.035677408136300125 * x * x)
+            t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [u], dtype=tl.float32, is_pure=True,
+                                          pack=1)
+            x = 0.5 * x * (1.0 + t)
+        inverse = LARGEST / tl.maximum(tl.max(tl.abs(x), axis=1), SMALLEST)
+        values = tl.clamp(x * inverse[:, None], -LARGEST, LARGEST)
+        tl.store(values_ptr + row[:, None] * width + cols[None, :], values.to(values_ptr.dtype.element_ty),
+                 mask=inside)
+        tl.store(scales_ptr + row, 1.0 / inverse, mask=row < rows)
+
+    def launch(x, gelu_mode: int, rows: int, launcher=lambda kernel: kernel):
+        count, width = x.shape
+        values = torch.empty((count, width), dtype=FP8, device=x.device)
+        scales = torch.empty((count, 1), dtype=torch.float32, device=x.device)
+        block = triton.next_power_of_2(width)
+        launcher(rows_kernel)[(triton.cdiv(count, rows),)](
+            x, values, scales, count, width, x.stride(0), BLOCK=block, ROWS=rows, GELU=gelu_mode,
+            LARGEST=FP8_MAX, SMALLEST=TINY, num_warps=8 if block * rows >= 2048 else 4)
+        return values, scales
 
     @triton_op("rapidpose::fp8_rows", mutates_args={})
     def fp8_rows(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
         mode = GELU_KERNEL_MODES[GELU_FORM] if gelu else 0
-        return launch_rows(x, mode, rows_per_program(x.shape[1]), FP8_MAX, TINY, wrap_triton)
+        return launch(x, mode, rows_per_program(x.shape[1]), wrap_triton)
 
-    @triton_op("rapidpose::fp8_norm_rows", mutates_args={})
-    def fp8_norm_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                      eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        _, values, scales = launch_norm(x, None, weight, bias, eps, rows_per_program(x.shape[1]), FP8_MAX, TINY,
-                                        wrap_triton)
-        return values, scales
-
-    @triton_op("rapidpose::fp8_add_norm_rows", mutates_args={})
-    def fp8_add_norm_rows(x: torch.Tensor, branch: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                          eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return launch_norm(x, branch, weight, bias, eps, rows_per_program(x.shape[1]), FP8_MAX, TINY, wrap_triton)
+    return launch
 
 
 def quantize_activations(x, gelu: bool = False, after_norm: bool = False):
@@ -97,26 +118,6 @@ def quantize_activations(x, gelu: bool = False, after_norm: bool = False):
             register_triton_rows()  # once: a layer made on the CPU and moved to a GPU
         return torch.ops.rapidpose.fp8_rows(x.contiguous(), gelu)
     return quantize_rows(F.gelu(x, approximate=GELU_FORM) if gelu else x)
-
-
-def norm_activations(norm: nn.LayerNorm, x, branch=None):
-    """The residual stream x (+ branch) and the quantize_rows of LayerNorm(it), as (stream, values, scales):
-    on GPUs one Triton kernel reads x and the branch once, writes their sum and the e4m3 rows, where
-    torch.compile's version took 0.10 ms a block's norm for a batch of 256 (docs/benchmarks.md)."""
-    width = x.shape[-1]
-    if x.is_cuda:
-        if not torch.compiler.is_compiling():
-            register_triton_rows()
-        flat = x.reshape(-1, width).contiguous()
-        if branch is None:
-            values, scales = torch.ops.rapidpose.fp8_norm_rows(flat, norm.weight, norm.bias, norm.eps)
-            return x, values, scales
-        total, values, scales = torch.ops.rapidpose.fp8_add_norm_rows(
-            flat, branch.reshape(-1, width).contiguous(), norm.weight, norm.bias, norm.eps)
-        return total.reshape(x.shape), values, scales
-    total = x if branch is None else x + branch
-    normed = F.layer_norm(total.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps)
-    return (total, *quantize_rows(normed.reshape(-1, width)))
 
 
 class Float8Linear(nn.Module):
@@ -145,14 +146,10 @@ class Float8Linear(nn.Module):
 
     def forward(self, x):
         values, scale = quantize_activations(x.reshape(-1, self.in_features), self.gelu_first, self.after_norm)
-        # in the input's dtype: a drop-in beside float layers (on GPUs the model is bf16 already: no cast)
-        return self.product(values, scale, x.shape[:-1]).to(x.dtype)
-
-    def product(self, values, scale, leading_shape):
-        """The layer's bf16 output, shaped (*leading_shape, out_features), from its input's e4m3 rows."""
         y = torch._scaled_mm(values, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias,
                              out_dtype=torch.bfloat16, use_fast_accum=self.fast_accumulation)
-        return y.reshape(*leading_shape, self.out_features)
+        # in the input's dtype: a drop-in beside float layers (on GPUs the model is bf16 already: no cast)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
         gelu = ", GELU on its input" if self.gelu_first else ""
@@ -178,30 +175,7 @@ def swap_linears(model) -> list[str]:
             if gelu_first:
                 owner.act = nn.Identity()
             swapped.append(f"backbone.blocks.{i}.{path}")
-    if all(isinstance(block.get_submodule(path), Float8Linear) for block in model.backbone.blocks
-           for path in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")):  # every product in FP8: the norms join in
-        model.backbone.__class__ = Float8ViT
     return swapped
-
-
-class Float8ViT(ViT):
-    """The backbone once every block's products are FP8 (swap_linears sets it as the class of the model's own
-    backbone: the same modules and weights). Each residual add, the LayerNorm after it and the quantization of
-    that norm's output for the next product are one pass (norm_activations), across the blocks' borders too:
-    the stream is read and written once a norm, the normed rows never written in bf16."""
-
-    def run_blocks(self, x, dataset_index: int = 0):
-        leading = x.shape[:-1]
-        x, values, scales = norm_activations(self.blocks[0].norm1, x)
-        for i, block in enumerate(self.blocks):
-            attended = block.attn.attend(block.attn.qkv.product(values, scales, leading))
-            x, values, scales = norm_activations(block.norm2, x, attended)
-            branch = block.mlp.fc2(block.mlp.fc1.product(values, scales, leading))  # fc2 applies the GELU
-            if i + 1 < len(self.blocks):
-                x, values, scales = norm_activations(self.blocks[i + 1].norm1, x, branch)
-            else:
-                x = x + branch
-        return x
 
 
 def check_device(device: str) -> None:
