@@ -1,7 +1,10 @@
 """Where the whole path's time goes on a GPU: torch profiler tables (host time per op, GPU time per
-kernel) for one person in one image and for a batch of images, with given boxes.
+kernel) for one person in one image and for a batch of images, with given boxes; then one call of the
+batch on one time axis: the host's stages (the estimator's timer names: crop = regions, pinned copies,
+uploads and warps queued; network = batches queued; decode) and the GPU's work, with its idle gaps.
 
     python benchmarks/profile_pipeline.py --variant b --images 64 --people 6
+    python benchmarks/profile_pipeline.py --images 32 --precision fp8 --compile
 """
 from __future__ import annotations
 
@@ -10,10 +13,12 @@ import time
 
 import numpy as np
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 from rapidpose.evaluate.speed import random_model, synthetic_boxes
 from rapidpose.topdown.estimator import PoseEstimator
+
+STAGE = "stage:"
 
 
 def report(title, fn, rows):
@@ -34,19 +39,61 @@ def report(title, fn, rows):
     print(table.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=60))
 
 
+def timeline(est, images, boxes, gap_ms: float) -> None:
+    """One profiled call: the host's stages and the GPU's work on one axis, from the call's start."""
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    est.timer = lambda name: record_function(STAGE + name)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with record_function(STAGE + "call"):
+            est.predict(images, boxes)
+        torch.cuda.synchronize()
+    events = prof.events()
+    call = next(e for e in events if e.name == STAGE + "call" and e.device_type == cpu)
+    origin = call.time_range.start
+
+    def ms(us: float) -> str:
+        return f"{(us - origin) / 1e3:7.2f}"
+
+    print(f"## One call on one axis (profiled: {(call.time_range.end - origin) / 1e3:.2f} ms)\n\nhost stages, ms "
+          "from the call's start")
+    stages = [e for e in events if e.name.startswith(STAGE) and e.name != STAGE + "call" and e.device_type == cpu]
+    for e in sorted(stages, key=lambda e: e.time_range.start):
+        print(f"  {e.name[len(STAGE):]:8s} {ms(e.time_range.start)} -> {ms(e.time_range.end)}")
+    gpu = sorted((e.time_range.start, e.time_range.end, e.name) for e in events
+                 if e.device_type == cuda and not e.name.startswith(STAGE))
+    busy = sum(end - begin for begin, end, _ in gpu)
+    print(f"\nGPU: first work at {ms(gpu[0][0]).strip()} ms, the last ends at {ms(max(e for _, e, _ in gpu)).strip()} "
+          f"ms, busy {busy / 1e3:.2f} ms ({len(gpu)} kernels and copies); idle gaps of {gap_ms} ms or more:")
+    end = gpu[0][1]
+    for begin, stop, name in gpu[1:]:
+        if begin - end >= gap_ms * 1e3:
+            print(f"  {ms(end)} -> {ms(begin)} ({(begin - end) / 1e3:.2f} ms), then {name[:60]}")
+        end = max(end, stop)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--variant", default="b")
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--people", type=int, default=6)
     p.add_argument("--rows", type=int, default=15)
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--batch-size", type=int, default=64, help="the network's batch (default 64, the estimator's)")
+    p.add_argument("--gap", type=float, default=0.08, help="GPU idle gaps listed from this many ms (default 0.08)")
     args = p.parse_args()
+    if not torch.cuda.is_available():
+        p.error("this profiles the GPU path: run it on a machine with an NVIDIA GPU")
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (720, 1280, 3), np.uint8) for _ in range(args.images)]
     boxes = [synthetic_boxes(1280, 720, args.people) for _ in images]
-    est = PoseEstimator(random_model(args.variant), device="cuda")
+    est = PoseEstimator(random_model(args.variant), device="cuda", precision=args.precision, compile=args.compile,
+                        batch_size=args.batch_size)
+    print(f"ViTPose-{args.variant.upper()} {est.runtime.precision}{', compiled' if args.compile else ''}, "
+          f"{torch.cuda.get_device_name()}, random weights (speed only)\n")
     report("one person in one image", lambda: est.predict(images[:1], [boxes[0][:1]]), args.rows)
     report(f"{args.images} images, {args.people} people each", lambda: est.predict(images, boxes), args.rows)
+    timeline(est, images, boxes, args.gap)
 
 
 if __name__ == "__main__":
