@@ -147,7 +147,7 @@ def compared(people: People, reference: np.ndarray, heatmaps: np.ndarray, sigmas
             "px_max": round(float(distance.max()), 2)}
 
 
-LAYER_NAMES = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+LAYER_NAMES = {path.rsplit(".", 1)[1]: path for path in float8.LAYERS}  # qkv -> attn.qkv, ...
 
 
 def variants(precisions, fp8_layers, fp8_accumulation):

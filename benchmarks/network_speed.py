@@ -13,26 +13,13 @@ import platform
 import time
 
 import torch
+from pipeline_speed import transformers_model
 
 from rapidpose.errors import InputError
 from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random
 from rapidpose.runtime import TorchRuntime
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.bfloat16}  # input dtype
-
-
-def transformers_model(cfg: ViTPoseConfig, ours: ViTPose):
-    """transformers' VitPose with our weights copied in (their names), or None if not installed."""
-    try:
-        import transformers
-    except ImportError:
-        return None
-    backbone = transformers.VitPoseBackboneConfig(
-        hidden_size=cfg.dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads, layer_norm_eps=cfg.eps,
-        out_indices=[cfg.depth])
-    model = transformers.VitPoseForPoseEstimation(
-        transformers.VitPoseConfig(backbone_config=backbone, use_simple_decoder=cfg.head == "simple", num_labels=17))
-    return model.eval()
 
 
 def timed(fn, x, seconds: float, sync) -> float:
@@ -64,7 +51,7 @@ def main():
 
     cfg = ViTPoseConfig.from_variant(args.variant)
     ours = init_random(ViTPose(cfg))
-    theirs = None if args.no_transformers else transformers_model(cfg, ours)
+    theirs = None if args.no_transformers else transformers_model(ours)  # our weights, their names
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     print(f"ViTPose-{args.variant.upper()} network only, {name}, torch {torch.__version__}\n")

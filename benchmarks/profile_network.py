@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from network_speed import DTYPES, timed, transformers_model
+from network_speed import DTYPES, timed
+from pipeline_speed import transformers_model
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
@@ -37,7 +38,7 @@ def main():
     dtype = DTYPES[args.dtype]
     cfg = ViTPoseConfig.from_variant(args.variant)
     ours = init_random(ViTPose(cfg)).cuda().to(dtype)
-    theirs = transformers_model(cfg, ours).cuda().to(dtype)
+    theirs = transformers_model(ours, "cuda", dtype)
     x = torch.randn(args.batch, 3, 256, 192, device="cuda", dtype=dtype)
     sync = torch.cuda.synchronize
     print(f"## rapidpose ViTPose-{args.variant.upper()} {args.dtype} batch {args.batch}\n")

@@ -449,7 +449,7 @@ def quantize_model(model, calibration, out=None, *, images: int = 64, fmt: str =
 
     int8_name = f"INT8, {_backend_name(out)}"
     runtimes = {"FP32, ONNX Runtime": OnnxRuntime(fp32), int8_name: _runtime(out)}
-    if _has("openvino"):
+    if _importable("openvino"):
         from rapidpose.runtime.openvino_runtime import OpenVinoRuntime
 
         best = OpenVinoRuntime(fp32)  # bf16 where the CPU has it: the fastest non-INT8 path
@@ -505,12 +505,6 @@ def _runtime(path: Path):
 
 def _backend_name(path: Path) -> str:
     return "OpenVINO" if path.suffix == ".xml" else "ONNX Runtime"
-
-
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 def _size_mb(path: Path) -> float:

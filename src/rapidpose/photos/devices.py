@@ -221,7 +221,6 @@ class DeviceWorkers(WorkerGroup):
         worker.chunks.clear()
 
 
-
 class _Worker(WorkerProcess):
     def __init__(self, device: str, settings: WorkerSettings):
         super().__init__("rapidpose.photos.devices:_serve", device, ("start", device, settings))

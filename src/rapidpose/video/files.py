@@ -527,7 +527,6 @@ class FileWorkers(WorkerGroup):
         return [r for r in results if r is not None]
 
 
-
 def _exit(code: int) -> str:
     """'exit code 1', 'exit code -9, SIGKILL'."""
     try:
