@@ -143,6 +143,36 @@ def test_pinned_uploader_round_trips_in_turn():
         assert np.array_equal(got[1].cpu().numpy(), arrays[1])
 
 
+def test_parallel_copy_copies_regions_in_blocks_and_small_arrays_whole(monkeypatch):
+    from rapidpose.topdown import gpu_ops
+
+    monkeypatch.setattr(gpu_ops, "COPY_THREADS", 3)
+    monkeypatch.setattr(gpu_ops, "COPY_BLOCK", 10_000)  # the 90 KB regions go in blocks of about 10 rows
+    rng = np.random.default_rng(0)
+    sources = [rng.integers(0, 255, (120, 400, 3), np.uint8)[10:110, 3:303] for _ in range(3)]
+    sources += [rng.normal(size=(5, 2, 3)), np.zeros((0, 3)), np.array(2.5)]
+    destinations = [np.full(s.shape, 7, s.dtype) for s in sources]
+    gpu_ops.parallel_copy(zip(destinations, sources))
+    assert all(np.array_equal(d, s) for d, s in zip(destinations, sources))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_uploads_behind_queued_work_reach_the_callers_stream_whole():
+    # the copies run on their own stream, beside the matrix products queued before them: what the caller's
+    # stream does next must see the copied values, batch after batch through both pinned buffers
+    upload = PinnedUploader("cuda")
+    busy = torch.randn(4096, 4096, device="cuda")
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        for _ in range(4):
+            busy = busy @ busy / 64
+        images = [rng.integers(0, 255, (720, 1280, 3), np.uint8) for _ in range(3)]
+        got = upload([image[100:600, 200:1100] for image in images])
+        sums = torch.stack([g.sum(dtype=torch.int64) for g in got]).cpu().numpy()
+        assert sums.tolist() == [int(image[100:600, 200:1100].sum(dtype=np.int64)) for image in images]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_page_locked_arrays_go_to_the_gpu_as_they_are():
