@@ -117,10 +117,12 @@ class TorchRuntime:
         if self.precision == "fp16" and not on_gpu:
             raise InputError("fp16 runs on GPUs only: on the CPU use bf16 or fp32")
         fp8 = self.precision == "fp8"
+        fused_head = on_gpu and self.precision != "fp32"  # (fused_head.py: half precision only)
         if fp8:
-            from rapidpose.runtime.float8 import check_device, swap_linears
+            from rapidpose.runtime.float8 import check_device
 
             check_device(self.device)
+        if fp8 or fused_head:
             model = copy.deepcopy(model)  # its layers are replaced: the caller's model keeps its own
         # GPUs run the whole model in half precision (fp8: the blocks' matrix products in FP8, the rest in
         # bf16); CPUs keep fp32 weights under bf16 autocast, which is faster there and keeps LayerNorm and
@@ -131,7 +133,13 @@ class TorchRuntime:
         weights_dtype = self.dtype if on_gpu else torch.float32
         self.model = model.to(self.device, weights_dtype).eval()
         if fp8:
+            from rapidpose.runtime.float8 import swap_linears
+
             swap_linears(self.model)
+        if fused_head:
+            from rapidpose.runtime.fused_head import fuse_classic_heads
+
+            fuse_classic_heads(self.model)
         if on_gpu:
             # the backbone's feature map is a channels-last view of its tokens; heads in that layout
             # let cuDNN skip two NCHW<->NHWC conversions of the 64x48 maps per batch
