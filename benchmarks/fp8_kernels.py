@@ -6,7 +6,8 @@
 - rows: the activations' row quantization (rapidpose.runtime.float8) at widths 768 and 3,072: the Triton
   kernel (a row a program or several; without GELU, with the exact one, with the tanh form), against
   Inductor's compile of the torch ops and the eager torch ops.
-- attention: scaled_dot_product_attention at ViTPose-B's shape, by backend (cuDNN, flash, efficient, math).
+- attention: ViTPose-B's attention from the qkv product to proj's input: scaled_dot_product_attention by
+  backend (cuDNN, flash, efficient) against rapidpose's Triton kernel (runtime/fused_attention.py).
 - profile: the compiled ViTPose-B at batch 256, bf16 against fp8, by CUDA kernel (torch.profiler):
   the kernels that take the most time in a batch.
 
@@ -83,19 +84,29 @@ def rows_part(device: str) -> None:
 def attention_part(device: str) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    q, k, v = (torch.randn(256, 12, 192, 64, device=device, dtype=torch.bfloat16) for _ in range(3))
-    print("\nAttention of ViTPose-B, batch 256 (12 heads, 192 tokens, 64 channels a head), bf16, ms for the 12 "
-          "blocks, by scaled_dot_product_attention's backend\n\n| backend | ms a batch |\n|---|---:|")
-    for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                    SDPBackend.MATH):
-        def run():
-            with sdpa_kernel(backend):
-                F.scaled_dot_product_attention(q, k, v)
-        try:
-            ms = f"{12 * cuda_ms(run):.3f}"
-        except RuntimeError as exc:
-            ms = f"not available ({str(exc).splitlines()[0][:60]})"
-        print(f"| {backend.name} | {ms} |", flush=True)
+    from rapidpose.runtime.fused_attention import attention_reference, register_triton_attention
+
+    launch = register_triton_attention()
+    print("\nAttention of ViTPose-B (12 heads, 192 tokens, 64 channels a head) from the qkv product's rows to "
+          "proj's, ms for the 12 blocks: scaled_dot_product_attention by backend (on the model's permuted "
+          "views), and rapidpose's Triton kernel (runtime/fused_attention.py); largest difference from cuDNN's\n")
+    print("| batch | dtype | cuDNN | flash | efficient | rapidpose kernel | kernel vs cuDNN |\n|---:|---|---:|---:|---:|---:|---:|")
+    for batch in (64, 256):
+        for dtype in (torch.float16, torch.bfloat16):
+            qkv = torch.randn(batch, 192, 3 * 768, device=device, dtype=dtype)
+            row = []
+            for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+                def run():
+                    with sdpa_kernel(backend):
+                        return attention_reference(qkv, 12)
+                try:
+                    row.append(f"{12 * cuda_ms(run):.3f}")
+                except RuntimeError as exc:
+                    row.append(f"not available ({str(exc).splitlines()[0][:40]})")
+            row.append(f"{12 * cuda_ms(lambda: launch(qkv, 12)):.3f}")
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                difference = (launch(qkv, 12).float() - attention_reference(qkv, 12).float()).abs().max().item()
+            print(f"| {batch} | {str(dtype)[6:]} | " + " | ".join(row) + f" | {difference:.1e} |", flush=True)
 
 
 def profile_part(device: str, top: int) -> None:

@@ -19,6 +19,7 @@ benchmarks/fp8_kernels.py, docs/benchmarks.md.
 from __future__ import annotations
 
 import functools
+import importlib.util
 
 import torch
 from torch import nn
@@ -189,6 +190,9 @@ def check_device(device: str) -> None:
     if (major, minor) < (8, 9):
         raise InputError(f"precision 'fp8' needs {NEEDS}; {name} has compute capability {major}.{minor}: "
                          f"use precision fp16 or bf16 on it")
+    if importlib.util.find_spec("triton") is None:
+        raise InputError("precision 'fp8' quantizes activations with Triton kernels and this torch install has no "
+                         "Triton: pip install triton (on Windows triton-windows), or use precision fp16")
     try:  # the same kind of product as the layers', so a build without it is told here, not mid-batch
         Float8Linear(nn.Linear(16, 16).to(device))(torch.ones(16, 16, device=device, dtype=torch.bfloat16))
         torch.cuda.synchronize(device)

@@ -6,6 +6,7 @@ is the same for numpy crops.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 import threading
 
@@ -117,12 +118,13 @@ class TorchRuntime:
         if self.precision == "fp16" and not on_gpu:
             raise InputError("fp16 runs on GPUs only: on the CPU use bf16 or fp32")
         fp8 = self.precision == "fp8"
-        fused_head = on_gpu and self.precision != "fp32"  # (fused_head.py: half precision only)
+        # Triton kernels for attention and the head (half precision only; Windows' CUDA builds have no Triton)
+        fused = on_gpu and self.precision != "fp32" and importlib.util.find_spec("triton") is not None
         if fp8:
             from rapidpose.runtime.float8 import check_device
 
             check_device(self.device)
-        if fp8 or fused_head:
+        if fp8 or fused:
             model = copy.deepcopy(model)  # its layers are replaced: the caller's model keeps its own
         # GPUs run the whole model in half precision (fp8: the blocks' matrix products in FP8, the rest in
         # bf16); CPUs keep fp32 weights under bf16 autocast, which is faster there and keeps LayerNorm and
@@ -136,9 +138,11 @@ class TorchRuntime:
             from rapidpose.runtime.float8 import swap_linears
 
             swap_linears(self.model)
-        if fused_head:
+        if fused:
+            from rapidpose.runtime.fused_attention import fuse_attention
             from rapidpose.runtime.fused_head import fuse_classic_heads
 
+            fuse_attention(self.model)
             fuse_classic_heads(self.model)
         if on_gpu:
             # the backbone's feature map is a channels-last view of its tokens; heads in that layout
