@@ -90,7 +90,8 @@ def attention_part(device: str) -> None:
     print("\nAttention of ViTPose-B (12 heads, 192 tokens, 64 channels a head) from the qkv product's rows to "
           "proj's, ms for the 12 blocks: scaled_dot_product_attention by backend (on the model's permuted "
           "views), and rapidpose's Triton kernel (runtime/fused_attention.py); largest difference from cuDNN's\n")
-    print("| batch | dtype | cuDNN | flash | efficient | rapidpose kernel | kernel vs cuDNN |\n|---:|---|---:|---:|---:|---:|---:|")
+    print("| batch | dtype | cuDNN | flash | efficient | rapidpose kernel | kernel vs cuDNN |\n"
+          "|---:|---|---:|---:|---:|---:|---:|")
     for batch in (64, 256):
         for dtype in (torch.float16, torch.bfloat16):
             qkv = torch.randn(batch, 192, 3 * 768, device=device, dtype=dtype)

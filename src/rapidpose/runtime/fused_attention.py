@@ -40,8 +40,8 @@ def register_triton_attention():
     from torch.library import triton_op, wrap_triton
 
     @triton.jit
-    def kernel(qkv_ptr, out_ptr, tokens, heads, width, scale_log2e, CHANNELS: tl.constexpr, BLOCK_D: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    def kernel(qkv_ptr, out_ptr, tokens, heads, width, CHANNELS: tl.constexpr, SCALE_LOG2E: tl.constexpr,
+               BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         first = tl.program_id(0) * BLOCK_M
         crop = tl.program_id(1) // heads
         head = tl.program_id(1) % heads
@@ -59,7 +59,8 @@ def register_triton_attention():
             key = start + tl.arange(0, BLOCK_N)
             inside = (key[:, None] < tokens) & in_head
             k = tl.load(base + width + key[:, None] * row + channel[None, :], mask=inside, other=0.0)
-            logits = tl.dot(q, tl.trans(k)) * scale_log2e  # in log2 units: exp2 below is the softmax's exp
+            # in log2 units: exp2 below is the softmax's exp (a constexpr: under torch.compile a float argument is fp64)
+            logits = tl.dot(q, tl.trans(k)) * SCALE_LOG2E
             logits = tl.where(key[None, :] < tokens, logits, float("-inf"))
             new_largest = tl.maximum(largest, tl.max(logits, 1))
             p = tl.math.exp2(logits - new_largest[:, None])
@@ -78,7 +79,7 @@ def register_triton_attention():
         channels = width // heads
         out = torch.empty((crops, tokens, width), dtype=qkv.dtype, device=qkv.device)
         launcher(kernel)[(triton.cdiv(tokens, block_queries), crops * heads)](
-            qkv, out, tokens, heads, width, channels ** -0.5 * 1.4426950408889634, CHANNELS=channels,
+            qkv, out, tokens, heads, width, CHANNELS=channels, SCALE_LOG2E=channels ** -0.5 * 1.4426950408889634,
             BLOCK_D=head_block(channels), BLOCK_M=block_queries, BLOCK_N=block_keys, num_warps=warps,
             num_stages=stages)
         return out
