@@ -8,15 +8,18 @@
   Inductor's compile of the torch ops and the eager torch ops.
 - attention: ViTPose-B's attention from the qkv product to proj's input: scaled_dot_product_attention by
   backend (cuDNN, flash, efficient) against rapidpose's Triton kernel (runtime/fused_attention.py).
+- swaps: the compiled runtime (CUDA graphs, batch 256), fp16 and fp8, with each of its Triton swaps
+  (runtime/fused_attention.py, runtime/fused_head.py) left out in turn: what each one saves.
 - profile: the compiled ViTPose-B at batch 256, bf16 against fp8, by CUDA kernel (torch.profiler):
   the kernels that take the most time in a batch.
 
-    python benchmarks/fp8_kernels.py                       # all four, on cuda
+    python benchmarks/fp8_kernels.py                       # all five, on cuda
     python benchmarks/fp8_kernels.py --parts rows profile
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import torch
 from torch.nn import functional as F
@@ -110,6 +113,38 @@ def attention_part(device: str) -> None:
             print(f"| {batch} | {str(dtype)[6:]} | " + " | ".join(row) + f" | {difference:.1e} |", flush=True)
 
 
+def swaps_part(device: str) -> None:
+    """The runtime's two Triton swaps, each left out in turn: the compiled runtime under CUDA graphs at batch 256."""
+    import time
+    from unittest import mock
+
+    from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random
+    from rapidpose.runtime import TorchRuntime
+
+    model = init_random(ViTPose(ViTPoseConfig.from_variant("b"))).eval()
+    left_out = {"none": None, "attention kernel": "rapidpose.runtime.fused_attention.fuse_attention",
+                "head kernel": "rapidpose.runtime.fused_head.fuse_classic_heads"}
+    print("\nViTPose-B, compiled + CUDA graphs, batch 256, with the runtime's Triton swaps each left out in turn "
+          "(median of 3 rounds of 2 s)\n\n| precision | left out | ms a batch | crops/s |\n|---|---|---:|---:|")
+    for precision in ("fp16", "fp8"):
+        for name, target in left_out.items():
+            with mock.patch(target, lambda model: 0) if target else contextlib.nullcontext():
+                runtime = TorchRuntime(model, device, 256, precision, compile=True, cuda_graphs=True)
+            x = torch.randn(256, 3, 256, 192).to(device, runtime.input_dtype)
+            rounds = []
+            for _ in range(4):  # the first: warm-up, capture and compile
+                calls, start = 0, time.perf_counter()
+                while time.perf_counter() - start < 2 or not calls:
+                    runtime.run(x)
+                    calls += 1
+                torch.cuda.synchronize()
+                rounds.append((time.perf_counter() - start) / calls * 1e3)
+            ms = sorted(rounds[1:])[1]
+            print(f"| {precision} | {name} | {ms:.2f} | {256 / ms * 1e3:,.0f} |", flush=True)
+            del runtime
+            torch.cuda.empty_cache()
+
+
 def profile_part(device: str, top: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
@@ -140,8 +175,8 @@ def profile_part(device: str, top: int) -> None:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", nargs="+", default=["gemm", "rows", "attention", "profile"],
-                   choices=["gemm", "rows", "attention", "profile"])
+    p.add_argument("--parts", nargs="+", default=["gemm", "rows", "attention", "swaps", "profile"],
+                   choices=["gemm", "rows", "attention", "swaps", "profile"])
     p.add_argument("--device", default="cuda")
     p.add_argument("--top", type=int, default=12, help="kernels listed in each profile (default 12)")
     args = p.parse_args()
@@ -157,6 +192,8 @@ def main():
         rows_part(args.device)
     if "attention" in args.parts:
         attention_part(args.device)
+    if "swaps" in args.parts:
+        swaps_part(args.device)
     if "profile" in args.parts:
         profile_part(args.device, args.top)
 

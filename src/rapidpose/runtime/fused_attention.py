@@ -1,15 +1,15 @@
 """Attention over ViTPose's short token sequences as one Triton kernel, on GPUs.
 
-ViTPose-B sees 192 tokens (16x12 patches of a 256x192 crop). At that length cuDNN's fused attention
-spends more time setting up than computing (0.166 ms a block for a batch of 256 on an H200), and the
-model's reshape/permute of the qkv product into q, k and v and back adds copies around it. The kernel
-here reads q, k and v straight from the qkv product's (B, N, 3C) rows and writes the (B, N, C) rows that
-proj takes: each program keeps one block of 64 queries of one head, walks the keys and values in blocks
-of 64 with the running-maximum softmax of flash attention (float32 sums, the probabilities rounded to the
-input's dtype before the product with v, as flash attention does), and divides once at the end: 0.115 ms
-a block (benchmarks/fp8_kernels.py --parts attention). Half precision only (in float32 tl.dot would round
-to TF32, where fp32 promises exact numbers). The swap is the torch GPU runtime's (TorchRuntime), on its own
-copy of the model.
+ViTPose-B sees 192 tokens (16x12 patches of a 256x192 crop). At that length scaled_dot_product_attention's
+best backend, cuDNN's, takes 2.0 ms for the 12 blocks of a batch of 256 on an H200 (flash 2.8), from the
+model's permuted views of the qkv product. The kernel here reads q, k and v straight from the qkv product's
+(B, N, 3C) rows and writes the (B, N, C) rows that proj takes: each program keeps one block of 64 queries
+of one head, walks the keys and values in blocks of 64 with the running-maximum softmax of flash attention
+(float32 sums, the probabilities rounded to the input's dtype before the product with v, as flash
+attention does), and divides once at the end: 1.39 ms for the 12 blocks (benchmarks/fp8_kernels.py
+--parts attention), about 0.4 ms less a compiled fp8 batch of 256 in the model (docs/benchmarks.md).
+Half precision only (in float32 tl.dot would round to TF32, where fp32 promises exact numbers). The swap is
+the torch GPU runtime's (TorchRuntime), on its own copy of the model.
 """
 from __future__ import annotations
 
