@@ -84,40 +84,37 @@ def sampling_inverses(matrices, image_hw: np.ndarray) -> np.ndarray:
     return inv
 
 
-def sampled_region(matrices: np.ndarray, output_size, image_hw) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1): the image pixels that bilinear crops through these affines read, clipped
-    to the image (empty when they read none). Only this part of an image needs to go to the GPU."""
-    w_out, h_out = output_size
-    corners = np.array([[0, 0, 1], [w_out - 1, 0, 1], [0, h_out - 1, 1], [w_out - 1, h_out - 1, 1]], np.float64)
-    points = inverse_affines(matrices) @ corners.T  # (N, 2, 4): affine maps send the crop to a parallelogram
-    h, w = image_hw
-    x0, y0 = np.floor(points.min(axis=(0, 2))).astype(np.int64)
-    x1, y1 = np.floor(points.max(axis=(0, 2))).astype(np.int64) + 2  # bilinear reads the next pixel too
-    x0, x1 = int(np.clip(x0, 0, w)), int(np.clip(x1, 0, w))
-    y0, y1 = int(np.clip(y0, 0, h)), int(np.clip(y1, 0, h))
-    return x0, y0, max(x1, x0), max(y1, y0)
-
-
 def crop_regions(images: Sequence[np.ndarray], matrices: np.ndarray, counts: Sequence[int], output_size=INPUT_SIZE):
     """Per image, the view of the part its crops read, and the matrices moved to that part's origin.
 
     Warping the regions with the moved matrices gives the crops of the whole images (up to float32
     rounding of the sampling points), from a fraction of the bytes: one small person in a 1080p
     frame reads a few percent of it. An image whose crops read no pixel becomes one black pixel.
+    The part is the bounding box of the parallelograms the crops' corners map to (bilinear reads the next
+    pixel too), clipped to the image; all crops at once, then a slice an image.
     """
-    views, moved, start = [], np.array(matrices, np.float64).reshape(-1, 2, 3), 0
-    for image, count in zip(images, counts):
-        m = moved[start:start + count]
-        start += count
-        if not count:
-            views.append(image[:0, :0])
+    moved = np.array(matrices, np.float64).reshape(-1, 2, 3)
+    counts = np.asarray(counts, np.int64)
+    w_out, h_out = output_size
+    corners = np.array([[0, 0, 1], [w_out - 1, 0, 1], [0, h_out - 1, 1], [w_out - 1, h_out - 1, 1]], np.float64)
+    points = inverse_affines(moved) @ corners.T  # (N, 2, 4): affine maps send the crop to a parallelogram
+    used = np.flatnonzero(counts)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[used]
+    low = np.floor(np.minimum.reduceat(points.min(axis=2), starts)) if len(used) else np.zeros((0, 2))
+    high = np.floor(np.maximum.reduceat(points.max(axis=2), starts)) + 2 if len(used) else np.zeros((0, 2))
+    views = [image[:0, :0] for image in images]
+    shift = np.zeros((len(images), 2), np.float64)
+    for i, lo, hi in zip(used, low.astype(np.int64), high.astype(np.int64)):
+        h, w = images[i].shape[:2]
+        x0, x1 = min(max(int(lo[0]), 0), w), min(max(int(hi[0]), 0), w)
+        y0, y1 = min(max(int(lo[1]), 0), h), min(max(int(hi[1]), 0), h)
+        if x1 <= x0 or y1 <= y0:
+            views[i] = np.zeros((1, 1) + images[i].shape[2:], images[i].dtype)
             continue
-        x0, y0, x1, y1 = sampled_region(m, output_size, image.shape[:2])
-        if x1 == x0 or y1 == y0:
-            views.append(np.zeros((1, 1) + image.shape[2:], image.dtype))
-            continue
-        views.append(image[y0:y1, x0:x1])
-        m[:, :, 2] += m[:, :, :2] @ np.array([x0, y0], np.float64)  # region pixel p = image pixel p + (x0, y0)
+        views[i] = images[i][y0:y1, x0:x1]
+        shift[i] = x0, y0
+    # region pixel p = image pixel p + (x0, y0)
+    moved[:, :, 2] += np.einsum("nij,nj->ni", moved[:, :, :2], np.repeat(shift, counts, axis=0))
     return views, moved
 
 
