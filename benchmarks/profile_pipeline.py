@@ -1,7 +1,9 @@
 """Where the whole path's time goes on a GPU: torch profiler tables (host time per op, GPU time per
 kernel) for one person in one image and for a batch of images, with given boxes; then one call of the
 batch on one time axis: the host's stages (the estimator's timer names: crop = regions, pinned copies,
-uploads and warps queued; network = batches queued; decode) and the GPU's work, with its idle gaps.
+uploads and warps queued; network = batches queued; decode) and the GPU's work, with its idle gaps;
+last, one call without the profiler (which slows the host): each stage's start and end on the host's
+clock and when the GPU reached them (CUDA events recorded there), and a median of 15 calls.
 
     python benchmarks/profile_pipeline.py --variant b --images 64 --people 6
     python benchmarks/profile_pipeline.py --images 32 --precision fp8 --compile
@@ -9,6 +11,7 @@ uploads and warps queued; network = batches queued; decode) and the GPU's work, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import numpy as np
@@ -16,6 +19,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from rapidpose.evaluate.speed import random_model, synthetic_boxes
+from rapidpose.timing import no_timer
 from rapidpose.topdown.estimator import PoseEstimator
 
 STAGE = "stage:"
@@ -71,6 +75,50 @@ def timeline(est, images, boxes, gap_ms: float) -> None:
         end = max(end, stop)
 
 
+class StageEvents:
+    """The estimator's timer: at each stage's start and end, the host's clock and a CUDA event (the GPU's
+    progress through the queue at that point), without the profiler's overhead."""
+
+    def __init__(self):
+        self.marks = []  # (name, host seconds, event)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        self.mark(name + " >")
+        yield
+        self.mark(name + " <")
+
+    def mark(self, name: str) -> None:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self.marks.append((name, time.perf_counter(), event))
+
+
+def event_timeline(est, images, boxes) -> None:
+    """One call's stages on the host's clock and the GPU's, from the call's start; a GPU time far behind the
+    host's is work the GPU had queued (the host ran ahead), one equal to it an idle GPU that waited."""
+    calls = []
+    for _ in range(15):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        est.predict(images, boxes)
+        torch.cuda.synchronize()
+        calls.append(time.perf_counter() - start)
+    events = StageEvents()
+    est.timer = events
+    torch.cuda.synchronize()
+    events.mark("call >")
+    est.predict(images, boxes)
+    events.mark("call <")
+    torch.cuda.synchronize()
+    est.timer = no_timer
+    _, origin, first = events.marks[0]
+    print(f"\n## One call without the profiler (median of 15 calls: {np.median(calls) * 1e3:.2f} ms)\n\n"
+          "| stage | host, ms from the start | GPU reached it, ms |\n|---|---:|---:|")
+    for name, host, event in events.marks:
+        print(f"| {name} | {(host - origin) * 1e3:.2f} | {first.elapsed_time(event):.2f} |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--variant", default="b")
@@ -94,6 +142,8 @@ def main():
     report("one person in one image", lambda: est.predict(images[:1], [boxes[0][:1]]), args.rows)
     report(f"{args.images} images, {args.people} people each", lambda: est.predict(images, boxes), args.rows)
     timeline(est, images, boxes, args.gap)
+    est.timer = no_timer
+    event_timeline(est, images, boxes)
 
 
 if __name__ == "__main__":
