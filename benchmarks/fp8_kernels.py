@@ -1,8 +1,8 @@
 """The parts of `--precision fp8` on a GPU, one at a time: where the network's time goes.
 
 - gemm: one Linear layer's product at ViTPose-B's shapes for a batch of 256 crops (49,152 token rows),
-  bf16 (no bias) against torch._scaled_mm in FP8 (bias added) (row-scaled with and without fast accumulation, tensor-scaled), in
-  TFLOP/s.
+  bf16 (no bias) against torch._scaled_mm in FP8 (bias added; row-scaled with and without fast accumulation,
+  tensor-scaled) and INT8's bare torch._int_mm (whether int8 would be faster than fp8 here), in TFLOP/s.
 - rows: the activations' row quantization (rapidpose.runtime.float8) at widths 768 and 3,072: the Triton
   kernel (a row a program or several; without GELU, with the exact one, with the tanh form), against
   Inductor's compile of the torch ops and the eager torch ops.
@@ -45,8 +45,9 @@ def cuda_ms(fn, calls: int = 30) -> float:
 
 
 def gemm_part(device: str) -> None:
-    print(f"\nOne layer's product, {ROWS:,} rows (TFLOP/s)\n\n| layer | K -> N | bf16 | FP8 rows, fast accumulation "
-          "| FP8 rows | FP8 tensor-scaled |\n|---|---|---:|---:|---:|---:|")
+    print(f"\nOne layer's product, {ROWS:,} rows (TFLOP/s; INT8: TOPS of the bare product, int32 out, before any "
+          "scale or bias: its ceiling)\n\n| layer | K -> N | bf16 | FP8 rows, fast accumulation | FP8 rows "
+          "| FP8 tensor-scaled | INT8 (`torch._int_mm`) |\n|---|---|---:|---:|---:|---:|---:|")
     for name, (k, n) in SHAPES.items():
         a = torch.randn(ROWS, k, device=device, dtype=torch.bfloat16)
         w = torch.randn(n, k, device=device, dtype=torch.bfloat16)
@@ -59,8 +60,10 @@ def gemm_part(device: str) -> None:
             return lambda: torch._scaled_mm(values, weight.t(), scale_a=scale_a, scale_b=scale_b, bias=bias,
                                             out_dtype=torch.bfloat16, use_fast_accum=fast)
 
+        a8 = torch.randint(-127, 128, (ROWS, k), device=device, dtype=torch.int8)
+        w8 = torch.randint(-127, 128, (n, k), device=device, dtype=torch.int8)
         runs = [lambda: a @ w.t(), fp8(scale, weight_scale.reshape(1, -1), True),
-                fp8(scale, weight_scale.reshape(1, -1), False), fp8(one, one, True)]
+                fp8(scale, weight_scale.reshape(1, -1), False), fp8(one, one, True), lambda: torch._int_mm(a8, w8.t())]
         flops = 2 * ROWS * k * n
         print(f"| {name} | {k:,} -> {n:,} | " + " | ".join(f"{flops / cuda_ms(run) / 1e9:,.0f}" for run in runs) + " |",
               flush=True)
