@@ -150,6 +150,17 @@ def test_fp8_on_a_device_without_fp8_is_a_clear_error(small, monkeypatch):
         float8.check_device("cuda:0")
 
 
+def test_fp8_without_triton_is_refused_with_what_to_do(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else find_spec(name, *a))
+    with pytest.raises(InputError, match=r"no Triton: pip install triton .*or use precision fp16"):
+        float8.check_device("cuda:0")
+
+
 def test_the_command_line_offers_fp8():
     from rapidpose.cli.options import add_network_options
 
