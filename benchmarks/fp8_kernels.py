@@ -118,9 +118,9 @@ def attention_part(device: str) -> None:
 
 def swaps_part(device: str) -> None:
     """The runtime's two Triton swaps, each left out in turn: the compiled runtime under CUDA graphs at batch 256."""
-    import time
     from unittest import mock
 
+    from rapidpose.evaluate.speed import bench_network
     from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random
     from rapidpose.runtime import TorchRuntime
 
@@ -133,17 +133,9 @@ def swaps_part(device: str) -> None:
         for name, target in left_out.items():
             with mock.patch(target, lambda model: 0) if target else contextlib.nullcontext():
                 runtime = TorchRuntime(model, device, 256, precision, compile=True, cuda_graphs=True)
-            x = torch.randn(256, 3, 256, 192).to(device, runtime.input_dtype)
-            rounds = []
-            for _ in range(4):  # the first: warm-up, capture and compile
-                calls, start = 0, time.perf_counter()
-                while time.perf_counter() - start < 2 or not calls:
-                    runtime.run(x)
-                    calls += 1
-                torch.cuda.synchronize()
-                rounds.append((time.perf_counter() - start) / calls * 1e3)
-            ms = sorted(rounds[1:])[1]
-            print(f"| {precision} | {name} | {ms:.2f} | {256 / ms * 1e3:,.0f} |", flush=True)
+            # rapidpose bench's network timer; its warm-up runs compile and capture
+            crops_per_s = sorted(bench_network(runtime, [256], seconds=2)[0][1] for _ in range(3))[1]
+            print(f"| {precision} | {name} | {256 / crops_per_s * 1e3:.2f} | {crops_per_s:,.0f} |", flush=True)
             del runtime
             torch.cuda.empty_cache()
 

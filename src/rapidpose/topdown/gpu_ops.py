@@ -98,11 +98,13 @@ def crop_regions(images: Sequence[np.ndarray], matrices: np.ndarray, counts: Seq
     w_out, h_out = output_size
     corners = np.array([[0, 0, 1], [w_out - 1, 0, 1], [0, h_out - 1, 1], [w_out - 1, h_out - 1, 1]], np.float64)
     points = inverse_affines(moved) @ corners.T  # (N, 2, 4): affine maps send the crop to a parallelogram
-    used = np.flatnonzero(counts)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[used]
-    low = np.floor(np.minimum.reduceat(points.min(axis=2), starts)) if len(used) else np.zeros((0, 2))
-    high = np.floor(np.maximum.reduceat(points.max(axis=2), starts)) + 2 if len(used) else np.zeros((0, 2))
     views = [image[:0, :0] for image in images]
+    used = np.flatnonzero(counts)
+    if not len(used):
+        return views, moved
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[used]
+    low = np.floor(np.minimum.reduceat(points.min(axis=2), starts))
+    high = np.floor(np.maximum.reduceat(points.max(axis=2), starts)) + 2
     shift = np.zeros((len(images), 2), np.float64)
     for i, lo, hi in zip(used, low.astype(np.int64), high.astype(np.int64)):
         h, w = images[i].shape[:2]
