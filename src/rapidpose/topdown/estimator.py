@@ -294,8 +294,10 @@ class PoseEstimator:
     def _crops_on_gpu(self, chunk):
         import torch
 
+        from rapidpose.topdown import crop_kernel
         from rapidpose.topdown.gpu_ops import PinnedUploader, crop_regions, sampling_inverses, warp_crops_with
 
+        dtype = getattr(self.runtime, "input_dtype", torch.float32)
         counts = [len(m) for _, m in chunk]
         matrices = np.concatenate([m for _, m in chunk])
         if self._uploader is None:
@@ -304,12 +306,19 @@ class PoseEstimator:
             regions = [img for img, _ in chunk]
             sizes = np.repeat(np.array([tuple(r.shape[:2]) for r in regions], np.float64), counts, axis=0)
             (inverse,) = self._uploader([sampling_inverses(matrices, sizes)])
-        else:  # only the part of each image that its crops read goes to the GPU
-            views, matrices = crop_regions([img for img, _ in chunk], matrices, counts, self.input_size)
-            sizes = np.repeat(np.array([v.shape[:2] for v in views], np.float64), counts, axis=0)
-            inverse, *regions = self._uploader([sampling_inverses(matrices, sizes)] + views)
-        return warp_crops_with(regions, inverse, counts, self.input_size,
-                               dtype=getattr(self.runtime, "input_dtype", torch.float32))
+            return warp_crops_with(regions, inverse, counts, self.input_size, dtype=dtype)
+        # only the part of each image that its crops read goes to the GPU
+        views, matrices = crop_regions([img for img, _ in chunk], matrices, counts, self.input_size)
+        if crop_kernel.available(self.runtime.device):  # the regions and the crop table in one upload, one launch
+            table_bytes = len(matrices) * crop_kernel.TABLE_COLUMNS * 8
+            offsets, _ = PinnedUploader.layout([table_bytes] + [v.nbytes for v in views])
+            table = crop_kernel.crop_table(matrices, views, counts, offsets[1:])
+            buffer = self._uploader.upload([table] + views)
+            return crop_kernel.warp_crops_packed(buffer, buffer[:table_bytes].view(torch.float64).view(table.shape),
+                                                 self.input_size, dtype=dtype)
+        sizes = np.repeat(np.array([v.shape[:2] for v in views], np.float64), counts, axis=0)
+        inverse, *regions = self._uploader([sampling_inverses(matrices, sizes)] + views)
+        return warp_crops_with(regions, inverse, counts, self.input_size, dtype=dtype)
 
     def _network_on_gpu(self, x):
         from rapidpose.topdown.gpu_ops import flip_back_torch

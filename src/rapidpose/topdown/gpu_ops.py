@@ -346,13 +346,27 @@ class PinnedUploader:
         self._turn = 0
         self._stream = None  # the copies' own CUDA stream, made on first use
 
+    @classmethod
+    def layout(cls, sizes: Sequence[int]) -> tuple[list[int], int]:
+        """Where arrays of these byte sizes lie in one upload (each start aligned to ALIGN), and its size."""
+        offsets, total = [], 0
+        for size in sizes:
+            offsets.append(total)
+            total += -(-size // cls.ALIGN) * cls.ALIGN
+        return offsets, total
+
     def __call__(self, arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """The arrays on the device, each a view of one upload (layout)."""
         if self.device.type != "cuda":
             return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
-        offsets, total = [], 0
-        for a in arrays:
-            offsets.append(total)
-            total += -(-a.nbytes // self.ALIGN) * self.ALIGN
+        on_device = self.upload(arrays)
+        offsets, _ = self.layout([a.nbytes for a in arrays])
+        return [on_device[start:start + a.nbytes].view(_torch_dtype(a.dtype)).view(a.shape)
+                for a, start in zip(arrays, offsets)]
+
+    def upload(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
+        """The arrays' bytes, C-ordered, in one uint8 tensor on the CUDA device, as layout places them."""
+        offsets, total = self.layout([a.nbytes for a in arrays])
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         caller = torch.cuda.current_stream(self.device)
@@ -378,8 +392,7 @@ class PinnedUploader:
             self._done[slot].record(self._stream)
         caller.wait_stream(self._stream)
         on_device.record_stream(caller)  # made on the copies' stream, used on the caller's: not freed early
-        return [on_device[start:start + a.nbytes].view(_torch_dtype(a.dtype)).view(a.shape)
-                for a, start in zip(arrays, offsets)]
+        return on_device
 
 
 _PINNED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> pinned_empty's arrays alive
