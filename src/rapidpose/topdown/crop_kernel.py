@@ -120,5 +120,6 @@ def warp_crops_packed(buffer: torch.Tensor, table: torch.Tensor, output_size=INP
     pixels = w_out * h_out
     kernel[(len(table) * -(-pixels // BLOCK_PIXELS),)](
         buffer, table, out, *mean, *std, pixels, COLUMNS=TABLE_COLUMNS, W_OUT=w_out, ROUND=round_like_cv2,
-        NORMALIZE=normalize, BLOCK=BLOCK_PIXELS)
+        NORMALIZE=normalize, BLOCK=BLOCK_PIXELS,
+        enable_fp_fusion=False)  # normalize_crops rounds its product before the subtraction; an FMA would not
     return out
