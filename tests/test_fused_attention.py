@@ -65,6 +65,17 @@ def test_the_gpu_kernel_equals_scaled_dot_product_attention(dtype, crops, tokens
 
 @pytest.mark.gpu
 @GPU
+def test_the_gpu_kernel_takes_more_programs_than_a_grid_axis_beyond_the_first():
+    """crops x heads past 65,535 (the limit of a CUDA grid's second and third axes)."""
+    torch.manual_seed(0)
+    qkv = torch.randn(5500, 4, 3 * 768, device="cuda", dtype=torch.float16)  # 66,000 crop-heads
+    register_triton_attention()
+    got = torch.ops.rapidpose.attention(qkv, 12)
+    assert (got[-8:].float() - attention_reference(qkv[-8:].float(), 12)).abs().max().item() < 3e-3
+
+
+@pytest.mark.gpu
+@GPU
 @pytest.mark.parametrize("compile", [False, True])
 def test_the_gpu_runtime_fuses_its_own_copy_and_keeps_the_heatmaps(compile):
     model = init_random(ViTPose(ViTPoseConfig(dim=384, depth=2, heads=12))).eval()

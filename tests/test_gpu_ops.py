@@ -9,8 +9,9 @@ from conftest import gaussian_heatmap
 
 from rapidpose.topdown.decode import decode_heatmaps, flip_back
 from rapidpose.topdown.geometry import boxes_to_center_scale, normalize_crops, udp_matrices, warp_crops
-from rapidpose.topdown.gpu_ops import (PinnedUploader, _blurred_neighbourhood, crop_regions, decode_heatmaps_torch,
-                                       flip_back_torch, gaussian_kernel_1d, warp_crops_batch, warp_crops_torch)
+from rapidpose.topdown.gpu_ops import (BatchDecoder, PinnedUploader, _blurred_neighbourhood, crop_regions,
+                                       decode_heatmaps_torch, flip_back_torch, gaussian_kernel_1d, warp_crops_batch,
+                                       warp_crops_torch)
 
 ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 PHOTO = ASSETS / "images" / "coco-mmpose" / "000000000785.jpg"
@@ -232,6 +233,25 @@ def test_decode_equals_numpy_on_subpixel_gaussians(device):
     truth = np.stack([rng.uniform(0, 47, (5, 17)), rng.uniform(0, 63, (5, 17))], axis=-1)
     heatmaps = np.stack([[gaussian_heatmap(64, 48, x, y) for x, y in person] for person in truth])
     check_decode(heatmaps, device)  # measured on CPU: 6e-5 image px at most
+
+
+def test_batches_decoded_as_they_come_equal_one_decode(device):
+    """BatchDecoder (the GPU path's decoding, batch by batch behind the network) gives decode_heatmaps_torch's
+    keypoints and scores for the whole call, whatever the batches (an empty one among them)."""
+    heatmaps = torch.from_numpy(np.concatenate([noisy_heatmaps(4), noisy_heatmaps(5)])).to(device)  # 10 people
+    center, scale = boxes_to_center_scale(np.concatenate([DECODE_BOXES, DECODE_BOXES]))
+    want_kp, want_scores = decode_heatmaps_torch(heatmaps, center, scale)
+    decoder = BatchDecoder(center, scale)
+    for start, stop in [(0, 4), (4, 4), (4, 9), (9, 10)]:
+        decoder.add(start, heatmaps[start:stop].half() if start == 4 else heatmaps[start:stop])
+    kp, scores = decoder.result()
+    assert kp.dtype == np.float32 and kp.shape == want_kp.shape and scores.shape == want_scores.shape
+    half = slice(4, 9)  # that batch came in half precision: its own decode of the rounded maps
+    want_kp[half], want_scores[half] = decode_heatmaps_torch(heatmaps[half].half(), center[half], scale[half])
+    assert np.array_equal(kp, want_kp) and np.array_equal(scores, want_scores)
+    empty = BatchDecoder(np.zeros((0, 2)), np.zeros((0, 2)))
+    empty.add(0, torch.zeros((0, 17, 64, 48), device=device))
+    assert empty.result()[0].shape == (0, 17, 2)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

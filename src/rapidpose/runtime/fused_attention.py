@@ -42,9 +42,11 @@ def register_triton_attention():
     @triton.jit
     def kernel(qkv_ptr, out_ptr, tokens, heads, width, CHANNELS: tl.constexpr, SCALE_LOG2E: tl.constexpr,
                BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        first = tl.program_id(0) * BLOCK_M
-        crop = tl.program_id(1) // heads
-        head = tl.program_id(1) % heads
+        # one grid axis (the others stop at 65,535), a head's query blocks side by side: they share its keys in L2
+        blocks = tl.cdiv(tokens, BLOCK_M)
+        crop = tl.program_id(0) // (heads * blocks)
+        head = tl.program_id(0) // blocks % heads
+        first = tl.program_id(0) % blocks * BLOCK_M
         row = 3 * width  # q, k and v of a token side by side, each `heads` blocks of CHANNELS
         base = qkv_ptr + crop.to(tl.int64) * tokens * row + head * CHANNELS
         query = first + tl.arange(0, BLOCK_M)
@@ -78,7 +80,7 @@ def register_triton_attention():
         crops, tokens, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         channels = width // heads
         out = torch.empty((crops, tokens, width), dtype=qkv.dtype, device=qkv.device)
-        launcher(kernel)[(triton.cdiv(tokens, block_queries), crops * heads)](
+        launcher(kernel)[(crops * heads * triton.cdiv(tokens, block_queries),)](
             qkv, out, tokens, heads, width, CHANNELS=channels, SCALE_LOG2E=channels ** -0.5 * 1.4426950408889634,
             BLOCK_D=head_block(channels), BLOCK_M=block_queries, BLOCK_N=block_keys, num_warps=warps,
             num_stages=stages)

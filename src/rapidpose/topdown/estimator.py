@@ -260,24 +260,32 @@ class PoseEstimator:
     def _run_on_gpu(self, images, per_image_matrices, center, scale, keep_heatmaps: bool):
         """Each image's region that its crops read goes to the GPU once; crops and heatmaps stay
         there until the keypoints. Images go in chunks of about one network batch, and nothing waits
-        for the GPU until the end, so the host prepares the next chunk while the GPU runs this one."""
+        for the GPU until the end, so the host prepares the next chunk while the GPU runs this one, and
+        decodes a chunk (BatchDecoder) while the GPU runs the later ones."""
         import torch
 
-        from rapidpose.topdown.gpu_ops import decode_heatmaps_torch
+        from rapidpose.topdown.gpu_ops import BatchDecoder
 
         used = [(img, m) for img, m in zip(images, per_image_matrices) if len(m)]
-        parts = []
+        decoder, kept, start = BatchDecoder(center, scale), [], 0
         for chunk in self._chunks(used):
             with self.timer("crop"):
                 x = self._crops_on_gpu(chunk)
             with self.timer("network"):
-                parts.append(self._network_on_gpu(x))
-        if not parts:
-            parts = [self.runtime.run(torch.zeros(0, 3, *self.input_size[::-1]))]
-        heatmaps = parts[0] if len(parts) == 1 else torch.cat(parts)
+                maps = self._network_on_gpu(x)
+            with self.timer("decode"):
+                decoder.add(start, maps)
+            start += len(maps)
+            if keep_heatmaps:
+                kept.append(maps)
+        if not start:  # no people: the network still tells the keypoint count and the map size
+            maps = self.runtime.run(torch.zeros(0, 3, *self.input_size[::-1]))
+            decoder.add(0, maps)
+            kept = [maps]
         with self.timer("decode"):
-            keypoints, scores = decode_heatmaps_torch(heatmaps, center, scale)
-            return keypoints, scores, heatmaps.cpu().numpy() if keep_heatmaps else None
+            keypoints, scores = decoder.result()
+            heatmaps = torch.cat(kept).cpu().numpy() if keep_heatmaps else None
+        return keypoints, scores, heatmaps
 
     def _chunks(self, used):
         """Consecutive groups of (image, matrices) with about one network batch of crops each."""
@@ -294,8 +302,10 @@ class PoseEstimator:
     def _crops_on_gpu(self, chunk):
         import torch
 
+        from rapidpose.topdown import crop_kernel
         from rapidpose.topdown.gpu_ops import PinnedUploader, crop_regions, sampling_inverses, warp_crops_with
 
+        dtype = getattr(self.runtime, "input_dtype", torch.float32)
         counts = [len(m) for _, m in chunk]
         matrices = np.concatenate([m for _, m in chunk])
         if self._uploader is None:
@@ -304,12 +314,19 @@ class PoseEstimator:
             regions = [img for img, _ in chunk]
             sizes = np.repeat(np.array([tuple(r.shape[:2]) for r in regions], np.float64), counts, axis=0)
             (inverse,) = self._uploader([sampling_inverses(matrices, sizes)])
-        else:  # only the part of each image that its crops read goes to the GPU
-            views, matrices = crop_regions([img for img, _ in chunk], matrices, counts, self.input_size)
-            sizes = np.repeat(np.array([v.shape[:2] for v in views], np.float64), counts, axis=0)
-            inverse, *regions = self._uploader([sampling_inverses(matrices, sizes)] + views)
-        return warp_crops_with(regions, inverse, counts, self.input_size,
-                               dtype=getattr(self.runtime, "input_dtype", torch.float32))
+            return warp_crops_with(regions, inverse, counts, self.input_size, dtype=dtype)
+        # only the part of each image that its crops read goes to the GPU
+        views, matrices = crop_regions([img for img, _ in chunk], matrices, counts, self.input_size)
+        if crop_kernel.available(self.runtime.device):  # the regions and the crop table in one upload, one launch
+            table_bytes = len(matrices) * crop_kernel.TABLE_COLUMNS * 8
+            offsets, _ = PinnedUploader.layout([table_bytes] + [v.nbytes for v in views])
+            table = crop_kernel.crop_table(matrices, views, counts, offsets[1:])
+            buffer = self._uploader.upload([table] + views)
+            return crop_kernel.warp_crops_packed(buffer, buffer[:table_bytes].view(torch.float64).view(table.shape),
+                                                 self.input_size, dtype=dtype)
+        sizes = np.repeat(np.array([v.shape[:2] for v in views], np.float64), counts, axis=0)
+        inverse, *regions = self._uploader([sampling_inverses(matrices, sizes)] + views)
+        return warp_crops_with(regions, inverse, counts, self.input_size, dtype=dtype)
 
     def _network_on_gpu(self, x):
         from rapidpose.topdown.gpu_ops import flip_back_torch

@@ -33,7 +33,8 @@ from rapidpose.topdown.decode import BLUR_KERNEL, keypoints_from_peaks, log_of_b
 from rapidpose.topdown.geometry import INPUT_SIZE, MEAN, STD
 
 __all__ = ["gaussian_kernel_1d", "warp_crops_torch", "warp_crops_batch", "warp_crops_with", "crop_regions",
-           "sampling_inverses", "i420_to_rgb", "PinnedUploader", "decode_heatmaps_torch", "flip_back_torch"]
+           "sampling_inverses", "i420_to_rgb", "PinnedUploader", "decode_heatmaps_torch", "peaks_on_device",
+           "keypoints_from_peak_rows", "BatchDecoder", "flip_back_torch"]
 
 
 def _float64(device: torch.device) -> torch.dtype:
@@ -346,13 +347,27 @@ class PinnedUploader:
         self._turn = 0
         self._stream = None  # the copies' own CUDA stream, made on first use
 
+    @classmethod
+    def layout(cls, sizes: Sequence[int]) -> tuple[list[int], int]:
+        """Where arrays of these byte sizes lie in one upload (each start aligned to ALIGN), and its size."""
+        offsets, total = [], 0
+        for size in sizes:
+            offsets.append(total)
+            total += -(-size // cls.ALIGN) * cls.ALIGN
+        return offsets, total
+
     def __call__(self, arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """The arrays on the device, each a view of one upload (layout)."""
         if self.device.type != "cuda":
             return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
-        offsets, total = [], 0
-        for a in arrays:
-            offsets.append(total)
-            total += -(-a.nbytes // self.ALIGN) * self.ALIGN
+        on_device = self.upload(arrays)
+        offsets, _ = self.layout([a.nbytes for a in arrays])
+        return [on_device[start:start + a.nbytes].view(_torch_dtype(a.dtype)).view(a.shape)
+                for a, start in zip(arrays, offsets)]
+
+    def upload(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
+        """The arrays' bytes, C-ordered, in one uint8 tensor on the CUDA device, as layout places them."""
+        offsets, total = self.layout([a.nbytes for a in arrays])
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         caller = torch.cuda.current_stream(self.device)
@@ -378,8 +393,7 @@ class PinnedUploader:
             self._done[slot].record(self._stream)
         caller.wait_stream(self._stream)
         on_device.record_stream(caller)  # made on the copies' stream, used on the caller's: not freed early
-        return [on_device[start:start + a.nbytes].view(_torch_dtype(a.dtype)).view(a.shape)
-                for a, start in zip(arrays, offsets)]
+        return on_device
 
 
 _PINNED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> pinned_empty's arrays alive
@@ -471,24 +485,86 @@ def decode_heatmaps_torch(heatmaps: torch.Tensor, center, scale,
     """(N, K, H, W) heatmaps on any device -> image keypoints (N, K, 2) and scores (N, K), float32 numpy.
 
     decode.decode_heatmaps with the heavy part on the heatmaps' device: argmax and the blurred 3x3
-    patch around each peak. Those come back in one small copy; the DARK step and the UDP inverse
-    (decode.keypoints_from_peaks) run on the host in float64, a few vectorised numpy operations
+    patch around each peak (peaks_on_device). Those come back in one small copy; the DARK step and the
+    UDP inverse (keypoints_from_peak_rows) run on the host in float64, a few vectorised numpy operations
     where the device would need dozens of tiny kernel launches.
     """
-    heatmaps = heatmaps.to(torch.float32)
     n, k, h, w = heatmaps.shape
     if n == 0 or k == 0:
         return np.zeros((n, k, 2), np.float32), np.zeros((n, k), np.float32)
+    return keypoints_from_peak_rows(peaks_on_device(heatmaps, kernel).cpu().numpy(), (n, k, h, w), center, scale)
+
+
+def peaks_on_device(heatmaps: torch.Tensor, kernel: int = BLUR_KERNEL) -> torch.Tensor:
+    """(N, K, H, W) heatmaps, N and K not 0 -> (N * K, 11) float32 rows on their device: each map's maximum,
+    its index (exact in float32 for maps under 2^24 pixels) and the 9 values of the blurred 3x3 patch around it."""
+    heatmaps = heatmaps.to(torch.float32)
+    n, k, h, w = heatmaps.shape
     scores, idx = heatmaps.reshape(n * k, h * w).max(dim=1)
     ix, iy = idx % w, torch.div(idx, w, rounding_mode="floor")
     patch = _blurred_neighbourhood(heatmaps.reshape(n * k, h, w), ix, iy, kernel)
-    # one transfer: score, peak index (exact in float32 for maps under 2^24 pixels), 9 patch values
-    packed = torch.cat([scores[:, None], idx[:, None].to(torch.float32), patch.reshape(-1, 9)], dim=1).cpu().numpy()
-    scores = packed[:, 0].reshape(n, k)
-    flat = packed[:, 1].astype(np.int64)
+    return torch.cat([scores[:, None], idx[:, None].to(torch.float32), patch.reshape(-1, 9)], dim=1)
+
+
+def keypoints_from_peak_rows(rows: np.ndarray, shape, center, scale) -> tuple[np.ndarray, np.ndarray]:
+    """peaks_on_device's rows (a numpy copy) of heatmaps of this (N, K, H, W) shape -> image keypoints
+    (N, K, 2) and scores (N, K), float32: the DARK step and the UDP inverse, in float64 on the host."""
+    n, k, h, w = shape
+    scores = rows[:, 0].reshape(n, k)
+    flat = rows[:, 1].astype(np.int64)
     coords = np.stack([flat % w, flat // w], axis=-1).astype(np.float32).reshape(n, k, 2)
-    log_patch = log_of_blurred(packed[:, 2:].reshape(-1, 3, 3))
+    log_patch = log_of_blurred(rows[:, 2:].reshape(-1, 3, 3))
     return keypoints_from_peaks(coords, scores, log_patch, center, scale, (w, h)), scores
+
+
+class BatchDecoder:
+    """Decodes network batches as they are queued, so that the host decodes one while the GPU runs the next.
+
+    add(start, heatmaps) queues a batch's peaks_on_device behind its network and a copy of them into
+    page-locked host memory; the host decodes a batch once its copy has landed (decoding what has landed at
+    every add, the rest in result). Only keypoints and scores outlive a batch: the heatmaps of a call are
+    not kept on the device together. On other devices a batch is decoded at once.
+    """
+
+    def __init__(self, center, scale, kernel: int = BLUR_KERNEL):
+        self.center, self.scale, self.kernel = np.asarray(center), np.asarray(scale), kernel
+        self.keypoints = self.scores = None
+        self._pending = []  # (start, shape, host rows, CUDA event), oldest first
+
+    def add(self, start: int, heatmaps: torch.Tensor) -> None:
+        n, k, h, w = heatmaps.shape
+        if self.keypoints is None:  # the first batch tells the keypoint count
+            total = len(self.center)
+            self.keypoints, self.scores = np.zeros((total, k, 2), np.float32), np.zeros((total, k), np.float32)
+        if n == 0 or k == 0:
+            return
+        rows = peaks_on_device(heatmaps, self.kernel)
+        if not rows.is_cuda:
+            self._decode(start, heatmaps.shape, rows.numpy())
+            return
+        host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+        host.copy_(rows, non_blocking=True)
+        landed = torch.cuda.Event()
+        landed.record()
+        self._pending.append((start, heatmaps.shape, host, landed))
+        while self._pending and self._pending[0][3].query():
+            self._finish_oldest()
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """Keypoints (N, K, 2) and scores (N, K) of every batch added (None before the first)."""
+        while self._pending:
+            self._finish_oldest()
+        return self.keypoints, self.scores
+
+    def _finish_oldest(self) -> None:
+        start, shape, host, landed = self._pending.pop(0)
+        landed.synchronize()
+        self._decode(start, shape, host.numpy())
+
+    def _decode(self, start: int, shape, rows: np.ndarray) -> None:
+        stop = start + shape[0]
+        self.keypoints[start:stop], self.scores[start:stop] = keypoints_from_peak_rows(
+            rows, shape, self.center[start:stop], self.scale[start:stop])
 
 
 @torch.no_grad()
