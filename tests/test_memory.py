@@ -91,13 +91,18 @@ def _images_and_boxes():
     return images, boxes
 
 
+@pytest.mark.parametrize("path", ["cpu", "gpu"], ids=["cpu-path", "gpu-path-driven-on-the-cpu"])
 @pytest.mark.parametrize("flip_test", [False, True], ids=["plain", "flip"])
-def test_chunks_give_the_one_batch_result(tiny_checkpoint, flip_test, monkeypatch):
+def test_chunks_give_the_one_batch_result(tiny_checkpoint, flip_test, path, monkeypatch):
+    """Chunks of exactly one batch, an image's people split across two where they fall on a boundary (on
+    the GPU path too: a chunk one crop over the batch would cost a second, nearly empty network run)."""
     images, boxes = _images_and_boxes()
     whole = PoseEstimator(tiny_checkpoint, backend="torch", precision="fp32", flip_test=flip_test, batch_size=64)
+    whole.on_gpu = path == "gpu"
     want = whole.predict(images, boxes, return_heatmaps=True)
 
     chunked = PoseEstimator(tiny_checkpoint, backend="torch", precision="fp32", flip_test=flip_test, batch_size=3)
+    chunked.on_gpu = path == "gpu"
     batches = []
     forward = chunked.runtime.model.forward
     monkeypatch.setattr(chunked.runtime.model, "forward",
@@ -109,19 +114,30 @@ def test_chunks_give_the_one_batch_result(tiny_checkpoint, flip_test, monkeypatc
     assert batches == ([3, 3, 3, 3, 3, 3, 3, 1] if flip_test else [3, 3, 3, 2])
     assert set(chunked.timer.seconds) >= {"crop", "network", "decode"}
     assert [len(p) for p in got] == [len(p) for p in want] == [4, 2, 0, 1, 4]
+    # the GPU path's torch warp (no Triton here) samples at float32 points taken from the region a chunk
+    # uploads, and an image split across two chunks uploads two smaller regions: a rare crop value one
+    # level apart, which random weights spread thinly over the heatmaps
+    heatmap_tolerance = 1e-5 if path == "cpu" else 1e-3
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g.boxes, w.boxes)
         assert g.keypoints.shape == w.keypoints.shape and g.heatmaps.shape == w.heatmaps.shape
         scale = max(np.abs(w.heatmaps).max(initial=0), 1)
-        np.testing.assert_allclose(g.heatmaps, w.heatmaps, rtol=0, atol=1e-5 * scale)
-        np.testing.assert_allclose(g.keypoint_scores, w.keypoint_scores, rtol=0, atol=1e-5)
-        np.testing.assert_allclose(g.keypoints, w.keypoints, rtol=0, atol=1e-3)
+        np.testing.assert_allclose(g.heatmaps, w.heatmaps, rtol=0, atol=heatmap_tolerance * scale)
+        np.testing.assert_allclose(g.keypoint_scores, w.keypoint_scores, rtol=0, atol=heatmap_tolerance)
+    assert_keypoints_agree(got, want, path)
 
     # without heatmaps: the same keypoints, and no heatmaps kept
     lean = chunked.predict(images, boxes)
     assert all(p.heatmaps is None for p in lean)
-    for g, w in zip(lean, want):
-        np.testing.assert_allclose(g.keypoints, w.keypoints, rtol=0, atol=1e-3)
+    assert_keypoints_agree(lean, want, path)
+
+
+def assert_keypoints_agree(got, want, path):
+    d = np.concatenate([np.linalg.norm(g.keypoints - w.keypoints, axis=-1).ravel() for g, w in zip(got, want)])
+    if path == "cpu":
+        assert d.max() <= 1e-3
+    else:  # near-ties of random weights' flat heatmaps aside
+        assert np.median(d) < 1e-3 and np.percentile(d, 90) < 0.05
 
 
 class CountingTimer(StageTimer):

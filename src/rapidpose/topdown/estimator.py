@@ -258,46 +258,32 @@ class PoseEstimator:
         return keypoints, scores, heatmaps
 
     def _run_on_gpu(self, images, per_image_matrices, center, scale, keep_heatmaps: bool):
-        """Each image's region that its crops read goes to the GPU once; crops and heatmaps stay
-        there until the keypoints. Images go in chunks of about one network batch, and nothing waits
-        for the GPU until the end, so the host prepares the next chunk while the GPU runs this one, and
-        decodes a chunk (BatchDecoder) while the GPU runs the later ones."""
+        """Each image's region that its crops read goes to the GPU once a chunk; crops and heatmaps stay
+        there until the keypoints. People go in chunks of exactly one network batch (an image's people may
+        fill two: a chunk one crop over the batch would cost a second, nearly empty network run), and
+        nothing waits for the GPU until the end, so the host prepares the next chunk while the GPU runs
+        this one, and decodes a chunk (BatchDecoder) while the GPU runs the later ones."""
         import torch
 
         from rapidpose.topdown.gpu_ops import BatchDecoder
 
-        used = [(img, m) for img, m in zip(images, per_image_matrices) if len(m)]
-        decoder, kept, start = BatchDecoder(center, scale), [], 0
-        for chunk in self._chunks(used):
-            with self.timer("crop"):
-                x = self._crops_on_gpu(chunk)
-            with self.timer("network"):
-                maps = self._network_on_gpu(x)
+        decoder, kept, total = BatchDecoder(center, scale), [], len(center)
+        for start, chunk in _crop_chunks(images, per_image_matrices, self.runtime.batch_size, total):
+            if not chunk:  # no people: the network still tells the keypoint count and the map size
+                maps = self.runtime.run(torch.zeros(0, 3, *self.input_size[::-1]))
+            else:
+                with self.timer("crop"):
+                    x = self._crops_on_gpu(chunk)
+                with self.timer("network"):
+                    maps = self._network_on_gpu(x)
             with self.timer("decode"):
                 decoder.add(start, maps)
-            start += len(maps)
             if keep_heatmaps:
                 kept.append(maps)
-        if not start:  # no people: the network still tells the keypoint count and the map size
-            maps = self.runtime.run(torch.zeros(0, 3, *self.input_size[::-1]))
-            decoder.add(0, maps)
-            kept = [maps]
         with self.timer("decode"):
             keypoints, scores = decoder.result()
             heatmaps = torch.cat(kept).cpu().numpy() if keep_heatmaps else None
         return keypoints, scores, heatmaps
-
-    def _chunks(self, used):
-        """Consecutive groups of (image, matrices) with about one network batch of crops each."""
-        chunk, crops = [], 0
-        for item in used:
-            chunk.append(item)
-            crops += len(item[1])
-            if crops >= self.runtime.batch_size:
-                yield chunk
-                chunk, crops = [], 0
-        if chunk:
-            yield chunk
 
     def _crops_on_gpu(self, chunk):
         import torch
