@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from rapidpose.topdown.geometry import (boxes_to_center_scale, clean_boxes, heatmap_to_image, normalize_crops,
+from rapidpose.topdown.geometry import (boxes_to_center_scale, heatmap_to_image, normalize_crops, usable_boxes,
                                         udp_matrices, warp_crops)
 
 
@@ -66,5 +66,8 @@ def test_normalisation_and_bad_boxes():
     x = normalize_crops(np.full((2, 256, 192, 3), 255, np.uint8))
     assert x.shape == (2, 3, 256, 192) and np.allclose(x[0, :, 0, 0], (1 - np.array([0.485, 0.456, 0.406]))
                                                        / np.array([0.229, 0.224, 0.225]), atol=1e-6)
-    boxes, ok = clean_boxes([[0, 0, 10, 10], [5, 5, 5, 9], [np.nan, 0, 1, 1], [3, 3, 1, 1]])
-    assert ok.tolist() == [True, False, False, False]
+    boxes = np.array([[0, 0, 10, 10], [5, 5, 5, 9], [np.nan, 0, 1, 1], [3, 3, 1, 1], [50, 5, 60, 9], [-9, 0, 0, 9]],
+                     np.float32)
+    formed, keep = usable_boxes(boxes, np.full((len(boxes), 2), [40, 30]))
+    assert formed.tolist() == [True, False, False, False, True, True]
+    assert keep.tolist() == [True, False, False, False, False, False]  # the last two lie beside the 40 x 30 image

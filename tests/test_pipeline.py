@@ -138,13 +138,18 @@ def test_no_boxes_means_detector_or_whole_image(tiny_checkpoint):
 def test_bad_boxes_and_images_are_skipped_not_fatal(estimator, caplog):
     caplog.set_level(logging.WARNING, "rapidpose")
     boxes = [np.array([[0, 0, 0, 10, 1], [np.nan, 0, 5, 5, 1], [2000, 2000, 2100, 2100, 1], [-50, -50, 100, 200, 0.7]]),
-             np.array([[0, 0, 10, 10]])]
-    results = estimator.predict([rgb(), 42], boxes)  # (a string is a file path now: tests/test_interop.py)
+             np.array([[0, 0, 10, 10]]), np.array([[0, 0, 10], [5, 5, 20]]),
+             np.array([[280, 44, 499, 391], [20, 30, 10, 40]]), np.array([[280, 44, 499, 391]], np.float32)]
+    results = estimator.predict([rgb(), 42, rgb(), rgb(), rgb()], boxes)  # (a string is a file path: tests/test_interop.py)
     assert len(results[0]) == 1 and results[0].box_scores[0] == pytest.approx(0.7)
-    assert len(results[1]) == 0
+    assert [len(r) for r in results[1:]] == [0, 0, 1, 1]
     text = caplog.text
     assert "box 0" in text and "box 1" in text and "outside the image" in text and "image 1 is a int" in text
     assert "image 0: box 2 [2000.0, 2000.0, 2100.0, 2100.0] lies outside the image" in text
+    assert "image 2: its boxes must be an (N, 4) array of x1, y1, x2, y2 (or (N, 5) with scores); got (2, 3)" in text
+    assert "image 3: box 1 [20.0, 30.0, 10.0, 40.0] is empty or not finite" in text  # its own index, not the call's
+    boxes[4][0, 0] = 0  # results keep their own copy of the boxes
+    assert results[4].boxes[0, 0] == 280
 
 
 def test_box_warnings_name_the_file(estimator, caplog, tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from rapidpose.errors import InputError
 
 PIXEL_STD = 200.0  # the official code measures scales in units of 200 px
 INPUT_SIZE = (192, 256)  # network input (width, height)
@@ -15,16 +14,12 @@ MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def clean_boxes(boxes) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes as (N, 4) float32 xyxy, and a mask of the usable ones (finite, positive area)."""
-    boxes = np.asarray(boxes, dtype=np.float32)
-    if boxes.size == 0:
-        return np.zeros((0, 4), np.float32), np.zeros(0, bool)
-    if boxes.ndim != 2 or boxes.shape[1] < 4:
-        raise InputError(f"boxes must be an (N, 4) array of x1, y1, x2, y2; got shape {boxes.shape}")
-    boxes = boxes[:, :4]
-    ok = np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return boxes, ok
+def usable_boxes(boxes: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For (N, 4) float32 xyxy boxes on images of (N, 2) sizes (width, height): which are well formed (finite,
+    positive area), and which of those also overlap their image (the ones to keep)."""
+    formed = np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    overlap = (boxes[:, 2] > 0) & (boxes[:, 3] > 0) & (boxes[:, 0] < sizes[:, 0]) & (boxes[:, 1] < sizes[:, 1])
+    return formed, formed & overlap
 
 
 def boxes_to_center_scale(boxes, input_size=INPUT_SIZE, padding: float = 1.25):
