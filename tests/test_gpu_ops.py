@@ -1,4 +1,5 @@
 """Torch crop warp and decoding give the numbers of the numpy/cv2 versions, on CPU and on CUDA."""
+import warnings
 from pathlib import Path
 
 import cv2
@@ -144,16 +145,19 @@ def test_pinned_uploader_round_trips_in_turn():
         assert np.array_equal(got[1].cpu().numpy(), arrays[1])
 
 
-def test_parallel_copy_copies_regions_in_blocks_and_small_arrays_whole(monkeypatch):
+def test_copy_arrays_copies_regions_flipped_read_only_and_empty_arrays():
     from rapidpose.topdown import gpu_ops
 
-    monkeypatch.setattr(gpu_ops, "COPY_THREADS", 3)
-    monkeypatch.setattr(gpu_ops, "COPY_BLOCK", 10_000)  # the 90 KB regions go in blocks of about 10 rows
     rng = np.random.default_rng(0)
-    sources = [rng.integers(0, 255, (120, 400, 3), np.uint8)[10:110, 3:303] for _ in range(3)]
-    sources += [rng.normal(size=(5, 2, 3)), np.zeros((0, 3)), np.array(2.5)]
+    sources = [rng.integers(0, 255, (120, 400, 3), np.uint8)[10:110, 3:303] for _ in range(3)]  # image regions
+    flipped = rng.integers(0, 255, (20, 30, 3), np.uint8)[:, :, ::-1]  # a BGR view
+    read_only = rng.integers(0, 255, (20, 30, 3), np.uint8)
+    read_only.flags.writeable = False
+    sources += [flipped, read_only, rng.normal(size=(5, 2, 3)), np.zeros((0, 3)), np.array(2.5)]
     destinations = [np.full(s.shape, 7, s.dtype) for s in sources]
-    gpu_ops.parallel_copy(zip(destinations, sources))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning from torch about the read-only array
+        gpu_ops.copy_arrays(zip(destinations, sources))
     assert all(np.array_equal(d, s) for d, s in zip(destinations, sources))
 
 

@@ -20,9 +20,7 @@ Everything is batched over people and keypoints; there is no Python loop over ei
 from __future__ import annotations
 
 import functools
-import os
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -300,31 +298,17 @@ def _launch(kernel, yuv, rgb, width, height):
     kernel[grid](yuv, rgb, width, height, _Y_GAIN, _V_TO_R, _U_TO_G, _V_TO_G, _U_TO_B, BLOCK=_I420_BLOCK)
 
 
-COPY_THREADS = min(8, os.cpu_count() or 1)  # host threads filling the pinned buffers
-COPY_BLOCK = 1 << 20  # bytes a thread copies at a time
-
-
-@functools.cache
-def _copy_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="rapidpose-upload")
-
-
-def parallel_copy(pairs) -> None:
-    """np.copyto(destination, source) for each pair, large sources in blocks of rows, on COPY_THREADS threads
-    (numpy lets go of the GIL while it copies). One thread copies an image region into pinned memory at a
-    few GB/s; the first network batch of a call waits for it (H200 host: 7 of a 23 ms call)."""
-    jobs = []
+def copy_arrays(pairs) -> None:
+    """np.copyto(destination, source) for each pair, through torch's copy: it splits a large copy over its
+    intra-op threads with the GIL let go. A call's first network batch waits for its regions to reach the
+    pinned buffer: on the H200 host a chunk's 10.5 MB took 0.24 ms so, against 0.69 on 8 Python threads and
+    1.09 on one (a one-off, docs/benchmarks.md). Flipped and read-only sources go through numpy (torch takes
+    no negative strides, and warns of read-only arrays)."""
     for destination, source in pairs:
-        if source.ndim == 0 or source.nbytes <= COPY_BLOCK:
-            jobs.append((destination, source))
-            continue
-        rows = max(1, len(source) * COPY_BLOCK // source.nbytes)
-        jobs += [(destination[i:i + rows], source[i:i + rows]) for i in range(0, len(source), rows)]
-    if COPY_THREADS < 2 or len(jobs) < 4:  # a frame or two: threads would cost more than they save
-        for destination, source in jobs:
+        if source.flags.writeable and min(source.strides, default=0) >= 0:
+            torch.from_numpy(destination).copy_(torch.from_numpy(source))
+        else:
             np.copyto(destination, source)
-        return
-    list(_copy_pool().map(lambda job: np.copyto(*job), jobs))
 
 
 class PinnedUploader:
@@ -385,7 +369,7 @@ class PinnedUploader:
                 self._buffers[slot] = torch.empty(max(total, 1 << 20), dtype=torch.uint8, pin_memory=True)
             staging = self._buffers[slot].numpy()
             # copyto walks strided views (an image's region) straight into the pinned buffer
-            parallel_copy((staging[start:start + a.nbytes].view(a.dtype).reshape(a.shape), a)
+            copy_arrays((staging[start:start + a.nbytes].view(a.dtype).reshape(a.shape), a)
                           for a, start in zip(arrays, offsets))
             with torch.cuda.stream(self._stream):
                 on_device = self._buffers[slot][:total].to(self.device, non_blocking=True)
