@@ -149,9 +149,11 @@ def test_copy_arrays_copies_regions_flipped_read_only_and_empty_arrays():
     from rapidpose.topdown import gpu_ops
 
     rng = np.random.default_rng(0)
-    sources = [rng.integers(0, 255, (120, 400, 3), np.uint8)[10:110, 3:303] for _ in range(3)]  # image regions
-    flipped = rng.integers(0, 255, (20, 30, 3), np.uint8)[:, :, ::-1]  # a BGR view
-    read_only = rng.integers(0, 255, (20, 30, 3), np.uint8)
+    # image regions, one of them over THREADED_COPY_BYTES (torch's copy), the others numpy's
+    sources = [rng.integers(0, 255, (h, 800, 3), np.uint8)[10:h - 10, 3:703] for h in (120, 560, 60)]
+    assert sources[1].nbytes > gpu_ops.THREADED_COPY_BYTES > sources[0].nbytes
+    flipped = rng.integers(0, 255, (520, 700, 3), np.uint8)[:, :, ::-1]  # a BGR view, large
+    read_only = rng.integers(0, 255, (520, 700, 3), np.uint8)
     read_only.flags.writeable = False
     sources += [flipped, read_only, rng.normal(size=(5, 2, 3)), np.zeros((0, 3)), np.array(2.5)]
     destinations = [np.full(s.shape, 7, s.dtype) for s in sources]
