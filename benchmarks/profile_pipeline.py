@@ -3,7 +3,9 @@ kernel) for one person in one image and for a batch of images, with given boxes;
 batch on one time axis: the host's stages (the estimator's timer names: crop = regions, pinned copies,
 uploads and warps queued; network = batches queued; decode) and the GPU's work, with its idle gaps;
 last, one call without the profiler (which slows the host): each stage's start and end on the host's
-clock and when the GPU reached them (CUDA events recorded there), and a median of 15 calls.
+clock and when the GPU reached them (CUDA events recorded there), with the parts of crop and decode
+indented under them (the regions, their upload, the crop kernel; the peaks queued, a batch's keypoints on
+the host), and a median of 15 calls.
 
     python benchmarks/profile_pipeline.py --variant b --images 64 --people 6
     python benchmarks/profile_pipeline.py --images 32 --precision fp8 --compile
@@ -12,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import time
+from unittest import mock
 
 import numpy as np
 import torch
@@ -20,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from rapidpose.evaluate.speed import random_model, synthetic_boxes
 from rapidpose.timing import no_timer
+from rapidpose.topdown import crop_kernel, gpu_ops
 from rapidpose.topdown.estimator import PoseEstimator
 
 STAGE = "stage:"
@@ -93,6 +98,21 @@ class StageEvents:
         event.record()
         self.marks.append((name, time.perf_counter(), event))
 
+    def marked(self, function, label: str):
+        """`function` with a mark at its start and end, shown indented under the estimator's stages."""
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            with self("  " + label):
+                return function(*args, **kwargs)
+        return wrapper
+
+
+# the parts of the GPU path's stages (crop: the regions, their upload, the crop kernel; decode: the peaks queued,
+# a batch's keypoints on the host once landed), marked in the call without the profiler
+INNER_STAGES = [(gpu_ops, "crop_regions", "regions"), (gpu_ops.PinnedUploader, "upload", "upload"),
+                (crop_kernel, "warp_crops_packed", "crop kernel"), (gpu_ops, "peaks_on_device", "peaks"),
+                (gpu_ops, "keypoints_from_peak_rows", "keypoints on the host")]
+
 
 def event_timeline(est, images, boxes) -> None:
     """One call's stages on the host's clock and the GPU's, from the call's start; a GPU time far behind the
@@ -107,9 +127,12 @@ def event_timeline(est, images, boxes) -> None:
     events = StageEvents()
     est.timer = events
     torch.cuda.synchronize()
-    events.mark("call >")
-    est.predict(images, boxes)
-    events.mark("call <")
+    with contextlib.ExitStack() as parts:
+        for owner, name, label in INNER_STAGES:  # marks inside the estimator's stages too
+            parts.enter_context(mock.patch.object(owner, name, events.marked(getattr(owner, name), label)))
+        events.mark("call >")
+        est.predict(images, boxes)
+        events.mark("call <")
     torch.cuda.synchronize()
     est.timer = no_timer
     _, origin, first = events.marks[0]
