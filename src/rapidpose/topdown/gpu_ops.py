@@ -372,9 +372,9 @@ class PinnedUploader:
             if self._buffers[slot] is None or self._buffers[slot].numel() < total:
                 self._buffers[slot] = torch.empty(max(total, 1 << 20), dtype=torch.uint8, pin_memory=True)
             staging = self._buffers[slot].numpy()
-            # copyto walks strided views (an image's region) straight into the pinned buffer
+            # strided views (an image's region) go straight into the pinned buffer
             copy_arrays((staging[start:start + a.nbytes].view(a.dtype).reshape(a.shape), a)
-                          for a, start in zip(arrays, offsets))
+                        for a, start in zip(arrays, offsets))
             with torch.cuda.stream(self._stream):
                 on_device = self._buffers[slot][:total].to(self.device, non_blocking=True)
             self._done[slot] = torch.cuda.Event()
