@@ -305,7 +305,7 @@ def copy_arrays(pairs) -> None:
     """np.copyto(destination, source) for each pair, through torch's copy: it splits a large copy over its
     intra-op threads with the GIL let go. A call's first network batch waits for its regions to reach the
     pinned buffer: on the H200 host a chunk's 10.5 MB took 0.24 ms so, against 0.69 on 8 Python threads and
-    1.09 on one (a one-off, docs/benchmarks.md). Small sources (one person's region) go through numpy, which
+    1.09 on one (docs/benchmarks.md; benchmarks/pinned_copy.py). Small sources (one person's region) go through numpy, which
     wakes no threads, and so do flipped and read-only ones (torch takes no negative strides, and warns of
     read-only arrays)."""
     for destination, source in pairs:
