@@ -6,15 +6,20 @@
 - rows: the activations' row quantization (rapidpose.runtime.float8) at widths 768 and 3,072: the Triton
   kernel (a row a program or several; without GELU, with the exact one, with the tanh form), against
   Inductor's compile of the torch ops and the eager torch ops.
+- norm: the blocks' residual add + LayerNorm + row quantization (rapidpose.runtime.fused_norm) at width 768,
+  for a batch of 256 and of 64 crops: the Triton kernel (at several rows a program; with the add and without, as
+  the first block's) against Inductor's compile of the same torch ops, in ms and TB/s.
 - attention: ViTPose-B's attention from the qkv product to proj's input: scaled_dot_product_attention by
   backend (cuDNN, flash, efficient) against rapidpose's Triton kernel (runtime/fused_attention.py).
 - swaps: the compiled runtime (CUDA graphs, batch 256), fp16 and fp8, with each of its Triton swaps
-  (runtime/fused_attention.py, runtime/fused_head.py) left out in turn: what each one saves.
+  (runtime/fused_attention.py, runtime/fused_head.py; fp8 also runtime/fused_norm.py) left out in turn: what
+  each one saves.
 - profile: the compiled ViTPose-B at batch 256, bf16 against fp8, by CUDA kernel (torch.profiler):
   the kernels that take the most time in a batch.
 
-    python benchmarks/fp8_kernels.py                       # all five, on cuda
+    python benchmarks/fp8_kernels.py                       # all six, on cuda
     python benchmarks/fp8_kernels.py --parts rows profile
+    python benchmarks/fp8_kernels.py --parts norm swaps    # the add + norm kernel, alone and in the model
 """
 from __future__ import annotations
 
@@ -87,6 +92,39 @@ def rows_part(device: str) -> None:
         print(f"| {width:,} | " + " | ".join(f"{cuda_ms(run):.3f}" for run in runs) + " |", flush=True)
 
 
+def norm_part(device: str) -> None:
+    from rapidpose.runtime.fused_norm import add_norm_reference, register_triton_norm
+
+    launch = register_triton_norm()
+    width, eps = 768, 1e-6
+    many = rows_per_program(width)
+    choices = sorted({1, 2, many, 8})
+    print(f"\nResidual add + LayerNorm + row quantization at width {width} (ms, and TB/s of the bytes it must move: "
+          f"x and y read and x + y written in bf16, the e4m3 values and a float32 scale a row; without the add, "
+          f"as the first block's: x read, values and scales written); the op uses {many} rows a program. Last "
+          f"column: the kernel's e4m3 codes equal to the compiled ops'\n")
+    print("| rows | add | " + " | ".join(f"kernel, {r} rows a program" for r in choices)
+          + " | compiled torch | kernel vs compiled, codes equal |\n|---:|---|" + "---:|" * (len(choices) + 2))
+    compiled = torch.compile(add_norm_reference, dynamic=False)
+    for rows in (ROWS, ROWS // 4):  # a batch of 256 crops of ViTPose-B, of 64
+        x = torch.randn(rows, width, device=device, dtype=torch.bfloat16)
+        y = torch.randn(rows, width, device=device, dtype=torch.bfloat16)
+        weight = 1 + 0.1 * torch.randn(width, device=device, dtype=torch.bfloat16)
+        bias = 0.02 * torch.randn(width, device=device, dtype=torch.bfloat16)
+        for add in (True, False):
+            other = y if add else None
+            moved = rows * width * (7 if add else 3) + rows * 4
+            runs = [lambda r=r: launch(x, other, weight, bias, eps, r) for r in choices]
+            runs.append(lambda: compiled(x, other, weight, bias, eps))
+            cells = []
+            for run in runs:
+                ms = cuda_ms(run)
+                cells.append(f"{ms:.3f} ({moved / ms / 1e9:.2f})")
+            same = (launch(x, other, weight, bias, eps)[-2].view(torch.uint8)
+                    == compiled(x, other, weight, bias, eps)[1].view(torch.uint8)).float().mean().item()
+            print(f"| {rows:,} | {'yes' if add else 'no'} | " + " | ".join(cells) + f" | {same:.4f} |", flush=True)
+
+
 def attention_part(device: str) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -117,7 +155,7 @@ def attention_part(device: str) -> None:
 
 
 def swaps_part(device: str) -> None:
-    """The runtime's two Triton swaps, each left out in turn: the compiled runtime under CUDA graphs at batch 256."""
+    """The runtime's Triton swaps, each left out in turn: the compiled runtime under CUDA graphs at batch 256."""
     from unittest import mock
 
     from rapidpose.evaluate.speed import bench_network
@@ -126,11 +164,14 @@ def swaps_part(device: str) -> None:
 
     model = init_random(ViTPose(ViTPoseConfig.from_variant("b"))).eval()
     left_out = {"none": None, "attention kernel": "rapidpose.runtime.fused_attention.fuse_attention",
-                "head kernel": "rapidpose.runtime.fused_head.fuse_classic_heads"}
+                "head kernel": "rapidpose.runtime.fused_head.fuse_classic_heads",
+                "add + norm kernel": "rapidpose.runtime.fused_norm.fuse_norms"}  # fp8 only
     print("\nViTPose-B, compiled + CUDA graphs, batch 256, with the runtime's Triton swaps each left out in turn "
           "(median of 3 rounds of 2 s)\n\n| precision | left out | ms a batch | crops/s |\n|---|---|---:|---:|")
     for precision in ("fp16", "fp8"):
         for name, target in left_out.items():
+            if precision != "fp8" and name == "add + norm kernel":
+                continue  # an fp8 swap: the fp16 runtime never makes it
             with mock.patch(target, lambda model: 0) if target else contextlib.nullcontext():
                 runtime = TorchRuntime(model, device, 256, precision, compile=True, cuda_graphs=True)
             # rapidpose bench's network timer; its warm-up runs compile and capture
@@ -170,8 +211,8 @@ def profile_part(device: str, top: int) -> None:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", nargs="+", default=["gemm", "rows", "attention", "swaps", "profile"],
-                   choices=["gemm", "rows", "attention", "swaps", "profile"])
+    parts = ["gemm", "rows", "norm", "attention", "swaps", "profile"]
+    p.add_argument("--parts", nargs="+", default=parts, choices=parts)
     p.add_argument("--device", default="cuda")
     p.add_argument("--top", type=int, default=12, help="kernels listed in each profile (default 12)")
     args = p.parse_args()
@@ -185,6 +226,8 @@ def main():
         gemm_part(args.device)
     if "rows" in args.parts:
         rows_part(args.device)
+    if "norm" in args.parts:
+        norm_part(args.device)
     if "attention" in args.parts:
         attention_part(args.device)
     if "swaps" in args.parts:

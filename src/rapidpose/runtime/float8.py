@@ -13,8 +13,9 @@ is never written in bf16. That GELU is the tanh form, computed with the GPU's on
 5e-4 of the exact erf form, far below e4m3's own steps (1/16 of a value), and 2.3x cheaper (0.13 against
 0.30 ms for a batch of 256 on an H200, where reading and writing the row alone take 0.11). Under
 torch.compile (--compile) the inputs of qkv and fc1 are left to Inductor, which fuses their quantization
-with the LayerNorm before them; it would make fc2's a two-pass loop over the row (0.84 ms). Figures:
-benchmarks/fp8_kernels.py, docs/benchmarks.md.
+with the LayerNorm before them; it would make fc2's a two-pass loop over the row (0.84 ms). On GPUs with Triton
+the torch runtime hands qkv and fc1 rows quantized by fused_norm's kernel instead (residual add, LayerNorm and
+quantization in one; Float8Linear.quantized). Figures: benchmarks/fp8_kernels.py, docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -147,10 +148,15 @@ class Float8Linear(nn.Module):
 
     def forward(self, x):
         values, scale = quantize_activations(x.reshape(-1, self.in_features), self.gelu_first, self.after_norm)
+        # in the input's dtype: a drop-in beside float layers (on GPUs the model is bf16 already: no cast)
+        return self.quantized(values, scale, x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def quantized(self, values, scale, dtype=torch.bfloat16):
+        """The product of input rows already quantized (e4m3 values (M, in), float32 scales (M, 1), as
+        quantize_rows gives them): (M, out) in dtype. fused_norm's backbone hands it a LayerNorm's rows."""
         y = torch._scaled_mm(values, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias,
                              out_dtype=torch.bfloat16, use_fast_accum=self.fast_accumulation)
-        # in the input's dtype: a drop-in beside float layers (on GPUs the model is bf16 already: no cast)
-        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return y.to(dtype)
 
     def extra_repr(self) -> str:
         gelu = ", GELU on its input" if self.gelu_first else ""

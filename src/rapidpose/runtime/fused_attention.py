@@ -112,7 +112,10 @@ class FusedAttention(nn.Module):
             register_triton_attention()
 
     def forward(self, x):
-        qkv = self.qkv(x)
+        return self.attend(self.qkv(x))
+
+    def attend(self, qkv):
+        """The rest of the block's attention branch from the qkv product (B, N, 3C): proj of the attention."""
         if qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16):
             if not torch.compiler.is_compiling():
                 register_triton_attention()  # once: a model swapped on the CPU and moved to a GPU

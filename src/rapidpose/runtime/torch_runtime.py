@@ -144,6 +144,10 @@ class TorchRuntime:
 
             fuse_attention(self.model)
             fuse_classic_heads(self.model)
+        if fp8 and fused:  # the blocks' residual adds + norms + their FP8 quantization, one Triton kernel each
+            from rapidpose.runtime.fused_norm import fuse_norms
+
+            fuse_norms(self.model)
         if on_gpu:
             # the backbone's feature map is a channels-last view of its tokens; heads in that layout
             # let cuDNN skip two NCHW<->NHWC conversions of the 64x48 maps per batch

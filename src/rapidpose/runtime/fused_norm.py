@@ -1,0 +1,181 @@
+"""The ViT blocks' residual add + LayerNorm + FP8 row quantization as one Triton kernel, for `--precision fp8`.
+
+With FP8 layers (float8.py) the input of qkv and of fc1 is a LayerNorm's output quantized per row, and the
+LayerNorm's input is a residual sum: read x and the branch's output y, write x + y (the next residual), the
+e4m3 rows and a float32 scale a row. Under torch.compile Inductor fuses these into one kernel a norm (24 for
+ViTPose-B); in an H200 profile of a compiled fp8 batch of 256 they took about 2.55 of its 15.18 ms of kernels,
+~0.106 ms each for ~264 MB (M = 49,152 rows x 768): about 2.5 TB/s where the H200 streams ~4. The kernel here
+keeps several whole rows a program in registers and touches each byte once. What it saves in the model is not
+measured yet: benchmarks/fp8_kernels.py --parts norm swaps.
+
+The add after a block's MLP belongs with the NEXT block's norm1, so the swap is the backbone's whole forward
+(FusedNormViT, made by the torch GPU runtime on its own copy of the model): per block, (x, v, s) = x + the last
+MLP's output with norm1 quantized (no add for the first block); qkv from (v, s); attention and proj as before;
+(x, v, s) = x + the attention's output with norm2 quantized; fc1 from (v, s); fc2 as before (its GELU and
+quantization in float8's row kernel). The last norm stays bf16, as before.
+
+Numerics, per row: s = x + y rounded to the rows' dtype (as torch stores it); LayerNorm of s in float32 (mean,
+biased variance, rsqrt(var + eps), times weight plus bias) rounded to the rows' dtype, as the model's bf16
+LayerNorm writes it; then float8's row kernel on that row (its inverse scale in float32). Off GPUs the swapped
+forward runs the unswapped model's torch ops, in the same order, so it gives the same numbers.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from rapidpose.model.vitpose import Attention, Block, Mlp, ViT
+from rapidpose.runtime.float8 import FP8, FP8_MAX, TINY, Float8Linear, quantize_rows, rows_per_program
+from rapidpose.runtime.fused_attention import FusedAttention, attention_reference
+
+
+@functools.cache
+def register_triton_norm():
+    """Registers `torch.ops.rapidpose.add_norm_fp8(x, y, weight, bias, eps) -> (x + y, values, scales)` and
+    `torch.ops.rapidpose.norm_fp8(x, weight, bias, eps) -> (values, scales)` (the first block's, no add), for
+    (M, C) rows: e4m3 values (M, C) and float32 scales (M, 1) of the LayerNorm's output, one Triton kernel each.
+    Returns the launcher `launch(x, y, weight, bias, eps, rows, warps, values_dtype, launcher)` (y None: no add;
+    rows a program, default float8.rows_per_program; values_dtype float32 keeps the values before the e4m3
+    cast), which benchmarks/fp8_kernels.py times. Registered when the backbone is swapped on a GPU, so importing
+    this module needs no Triton."""
+    import triton
+    import triton.language as tl
+    from torch.library import triton_op, wrap_triton
+
+    @triton.jit
+    def kernel(x_ptr, y_ptr, weight_ptr, bias_ptr, sum_ptr, values_ptr, scales_ptr, rows, width, EPS: tl.constexpr,
+               BLOCK: tl.constexpr, ROWS: tl.constexpr, ADD: tl.constexpr, LARGEST: tl.constexpr,
+               SMALLEST: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+        cols = tl.arange(0, BLOCK)
+        inside = (row[:, None] < rows) & (cols[None, :] < width)
+        offsets = row[:, None] * width + cols[None, :]
+        x = tl.load(x_ptr + offsets, mask=inside, other=0.0)
+        if ADD:  # rounded to the rows' dtype, as torch stores x + y: the next block adds to that
+            x = (x.to(tl.float32) + tl.load(y_ptr + offsets, mask=inside, other=0.0).to(tl.float32)).to(
+                x_ptr.dtype.element_ty)
+            tl.store(sum_ptr + offsets, x, mask=inside)
+        x = x.to(tl.float32)
+        mean = tl.sum(x, axis=1) / width
+        centered = tl.where(inside, x - mean[:, None], 0.0)
+        rstd = tl.math.rsqrt(tl.sum(centered * centered, axis=1) / width + EPS)  # torch's: biased variance
+        weight = tl.load(weight_ptr + cols, mask=cols < width, other=0.0).to(tl.float32)
+        bias = tl.load(bias_ptr + cols, mask=cols < width, other=0.0).to(tl.float32)
+        # rounded to the rows' dtype: the model's bf16 LayerNorm output, which the row quantization takes
+        h = (centered * rstd[:, None] * weight[None, :] + bias[None, :]).to(x_ptr.dtype.element_ty).to(tl.float32)
+        h = tl.where(inside, h, 0.0)
+        # float8's rows_kernel from here on
+        inverse = LARGEST / tl.maximum(tl.max(tl.abs(h), axis=1), SMALLEST)
+        values = tl.clamp(h * inverse[:, None], -LARGEST, LARGEST)
+        tl.store(values_ptr + offsets, values.to(values_ptr.dtype.element_ty), mask=inside)
+        tl.store(scales_ptr + row, 1.0 / inverse, mask=row < rows)
+
+    def launch(x, y, weight, bias, eps: float, rows: int | None = None, warps: int | None = None,
+               values_dtype=FP8, launcher=lambda kernel: kernel):
+        count, width = x.shape
+        rows = rows or rows_per_program(width)
+        values = torch.empty((count, width), dtype=values_dtype, device=x.device)
+        scales = torch.empty((count, 1), dtype=torch.float32, device=x.device)
+        total = None if y is None else torch.empty_like(x)
+        block = triton.next_power_of_2(width)
+        # without the add, y and the sum are never touched: `values` stands in for both (no input looks written)
+        launcher(kernel)[(triton.cdiv(count, rows),)](
+            x, values if y is None else y, weight, bias, values if y is None else total, values, scales, count,
+            width, EPS=eps, BLOCK=block, ROWS=rows, ADD=y is not None, LARGEST=FP8_MAX, SMALLEST=TINY,
+            num_warps=warps or (8 if block * rows >= 2048 else 4))
+        return (values, scales) if y is None else (total, values, scales)
+
+    @triton_op("rapidpose::add_norm_fp8", mutates_args={})
+    def add_norm_fp8(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return launch(x, y, weight, bias, eps, launcher=wrap_triton)
+
+    @triton_op("rapidpose::norm_fp8", mutates_args={})
+    def norm_fp8(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return launch(x, None, weight, bias, eps, launcher=wrap_triton)
+
+    return launch
+
+
+def add_norm_reference(x, y, weight, bias, eps: float):
+    """What the unswapped model computes, in torch ops: (x + y, *quantize_rows(LayerNorm(x + y))); y None:
+    (x, *quantize_rows(LayerNorm(x)))."""
+    total = x if y is None else x + y
+    return (total, *quantize_rows(F.layer_norm(total, (x.shape[-1],), weight, bias, eps)))
+
+
+def add_norm(x, y, norm: nn.LayerNorm):
+    """(x + y, e4m3 values, scales) of norm(x + y) for (M, C) rows (y None: x itself, no add): the ops on GPUs,
+    add_norm_reference elsewhere."""
+    if not x.is_cuda:
+        return add_norm_reference(x, y, norm.weight, norm.bias, norm.eps)
+    if not torch.compiler.is_compiling():
+        register_triton_norm()  # once: a model swapped on the CPU and moved to a GPU
+    if y is None:
+        return (x, *torch.ops.rapidpose.norm_fp8(x.contiguous(), norm.weight, norm.bias, norm.eps))
+    return torch.ops.rapidpose.add_norm_fp8(x.contiguous(), y.contiguous(), norm.weight, norm.bias, norm.eps)
+
+
+def qualifies(backbone) -> bool:
+    """Whether FusedNormViT can run this backbone: a plain ViT (not swapped yet) whose blocks' qkv and fc1 are
+    Float8Linear (float8.swap_linears: fp8, widths multiples of 16), with affine LayerNorms and MLPs without
+    experts (ViTPose++'s fc2 is joined with an expert's and stays on the existing path)."""
+    if type(backbone) is not ViT or not len(backbone.blocks):
+        return False
+    for block in backbone.blocks:
+        if type(block) is not Block or type(block.attn) not in (Attention, FusedAttention):
+            return False
+        if type(block.mlp) is not Mlp or hasattr(block.mlp, "experts"):
+            return False
+        if not (isinstance(block.attn.qkv, Float8Linear) and isinstance(block.mlp.fc1, Float8Linear)):
+            return False
+        if any(norm.weight is None or norm.bias is None for norm in (block.norm1, block.norm2)):
+            return False
+    return True
+
+
+class FusedNormViT(nn.Module):
+    """The ViT backbone (the same modules, so the same state_dict) with each block's residual adds, norms and
+    the row quantization of qkv's and fc1's inputs as add_norm; for inference (no stochastic depth)."""
+
+    def __init__(self, vit: ViT):
+        super().__init__()
+        self.grid = vit.grid
+        self.patch_embed, self.pos_embed, self.blocks, self.last_norm = (vit.patch_embed, vit.pos_embed, vit.blocks,
+                                                                         vit.last_norm)
+        if vit.pos_embed.is_cuda:
+            register_triton_norm()
+
+    def forward(self, x, dataset_index: int = 0):  # dataset_index picks an expert: none here (see qualifies)
+        x = self.patch_embed(x)
+        x = x + self.pos_embed[:, 1:] + self.pos_embed[:, :1]  # as ViT.forward
+        crops, tokens, width = x.shape
+        x = x.reshape(-1, width)  # (M, C) token rows from here on
+        pending = None  # the last MLP's output: added to x with the next norm
+        for block in self.blocks:
+            x, values, scales = add_norm(x, pending, block.norm1)
+            qkv = block.attn.qkv.quantized(values, scales, x.dtype).reshape(crops, tokens, -1)
+            if isinstance(block.attn, FusedAttention):
+                out = block.attn.attend(qkv)
+            else:  # Attention's own computation, from its qkv product
+                out = block.attn.proj(attention_reference(qkv, block.attn.heads))
+            x, values, scales = add_norm(x, out.reshape(-1, width), block.norm2)
+            mlp = block.mlp
+            pending = mlp.fc2(mlp.act(mlp.fc1.quantized(values, scales, x.dtype)))  # act: fc2's own GELU if swapped
+        x = self.last_norm(x + pending).reshape(crops, tokens, width)
+        return x.transpose(1, 2).reshape(crops, -1, *self.grid)
+
+
+def fuse_norms(model) -> int:
+    """The ViTPose's backbone becomes a FusedNormViT, in place, where it qualifies (after float8.swap_linears;
+    fused_attention's swap before it or not); returns the blocks now running through add_norm (0: left as it
+    was). For a runtime's own copy on its device and dtype: the modules are shared, not duplicated."""
+    backbone = getattr(model, "backbone", None)
+    if not qualifies(backbone):
+        return 0
+    model.backbone = FusedNormViT(backbone)
+    return len(backbone.blocks)
