@@ -149,7 +149,7 @@ def test_copy_arrays_copies_regions_flipped_read_only_and_empty_arrays():
     from rapidpose.topdown import gpu_ops
 
     rng = np.random.default_rng(0)
-    # image regions, one of them over THREADED_COPY_BYTES (torch's copy), the others numpy's
+    # image regions over THREADED_COPY_BYTES in all (torch's copy for each), flipped and read-only ones numpy's
     sources = [rng.integers(0, 255, (h, 800, 3), np.uint8)[10:h - 10, 3:703] for h in (120, 560, 60)]
     assert sources[1].nbytes > gpu_ops.THREADED_COPY_BYTES > sources[0].nbytes
     flipped = rng.integers(0, 255, (520, 700, 3), np.uint8)[:, :, ::-1]  # a BGR view, large

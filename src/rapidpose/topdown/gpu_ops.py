@@ -298,18 +298,20 @@ def _launch(kernel, yuv, rgb, width, height):
     kernel[grid](yuv, rgb, width, height, _Y_GAIN, _V_TO_R, _U_TO_G, _V_TO_G, _U_TO_B, BLOCK=_I420_BLOCK)
 
 
-THREADED_COPY_BYTES = 1 << 20  # smaller copies take longer to split over threads than to do on one
+THREADED_COPY_BYTES = 1 << 20  # smaller uploads take longer to split over threads than to do on one
 
 
 def copy_arrays(pairs) -> None:
-    """np.copyto(destination, source) for each pair, through torch's copy: it splits a large copy over its
-    intra-op threads with the GIL let go. A call's first network batch waits for its regions to reach the
-    pinned buffer: on the H200 host a chunk's 10.5 MB took 0.24 ms so, against 0.69 on 8 Python threads and
-    1.09 on one (docs/benchmarks.md; benchmarks/pinned_copy.py). Small sources (one person's region) go through numpy, which
-    wakes no threads, and so do flipped and read-only ones (torch takes no negative strides, and warns of
-    read-only arrays)."""
+    """np.copyto(destination, source) for each pair. Where the pairs hold 1 MB or more in all (a chunk's
+    image regions, ~200 KB each for a 720p photo's people), through torch's copy, which splits each copy over
+    its intra-op threads with the GIL let go: a call's first network batch waits for these regions to reach
+    the pinned buffer (benchmarks/pinned_copy.py, docs/benchmarks.md). Smaller uploads (one person's region)
+    go through numpy, which wakes no threads, and so do flipped and read-only sources (torch takes no
+    negative strides, and warns of read-only arrays)."""
+    pairs = list(pairs)
+    threaded = sum(source.nbytes for _, source in pairs) >= THREADED_COPY_BYTES
     for destination, source in pairs:
-        if source.nbytes >= THREADED_COPY_BYTES and source.flags.writeable and min(source.strides) >= 0:
+        if threaded and source.flags.writeable and min(source.strides) >= 0:
             torch.from_numpy(destination).copy_(torch.from_numpy(source))
         else:
             np.copyto(destination, source)
