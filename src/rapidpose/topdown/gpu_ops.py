@@ -311,7 +311,7 @@ def copy_arrays(pairs) -> None:
     pairs = list(pairs)
     threaded = sum(source.nbytes for _, source in pairs) >= THREADED_COPY_BYTES
     for destination, source in pairs:
-        if threaded and source.flags.writeable and min(source.strides) >= 0:
+        if threaded and source.flags.writeable and min(source.strides, default=0) >= 0:
             torch.from_numpy(destination).copy_(torch.from_numpy(source))
         else:
             np.copyto(destination, source)
