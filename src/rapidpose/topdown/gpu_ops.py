@@ -20,6 +20,7 @@ Everything is batched over people and keypoints; there is no Python loop over ei
 from __future__ import annotations
 
 import functools
+import os
 import weakref
 from typing import Sequence
 
@@ -299,22 +300,45 @@ def _launch(kernel, yuv, rgb, width, height):
 
 
 THREADED_COPY_BYTES = 1 << 20  # smaller uploads take longer to split over threads than to do on one
+COPY_PIECE_BYTES = 1 << 18  # the pieces the copy threads share: small enough to balance ~1 MB regions
+COPY_THREADS = min(8, os.cpu_count() or 1)
+
+
+@functools.cache
+def _copy_pool():
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="rapidpose-copy")
+
+
+def _pieces(destination: np.ndarray, source: np.ndarray):
+    """(destination, source) in bands of rows of about COPY_PIECE_BYTES."""
+    if source.ndim == 0 or source.nbytes <= COPY_PIECE_BYTES:
+        return [(destination, source)]
+    step = max(1, len(source) * COPY_PIECE_BYTES // source.nbytes)
+    return [(destination[i:i + step], source[i:i + step]) for i in range(0, len(source), step)]
+
+
+def _copy_each(pairs) -> None:
+    for destination, source in pairs:
+        np.copyto(destination, source)
 
 
 def copy_arrays(pairs) -> None:
     """np.copyto(destination, source) for each pair. Where the pairs hold 1 MB or more in all (a chunk's
-    image regions, ~200 KB each for a 720p photo's people), through torch's copy, which splits each copy over
-    its intra-op threads with the GIL let go: a call's first network batch waits for these regions to reach
-    the pinned buffer (benchmarks/pinned_copy.py, docs/benchmarks.md). Smaller uploads (one person's region)
-    go through numpy, which wakes no threads, and so do flipped and read-only sources (torch takes no
-    negative strides, and warns of read-only arrays)."""
+    image regions, ~1 MB an image of a 720p photo's people), in bands of rows shared by up to 8 Python threads
+    (numpy lets the GIL go while it copies): a call's first network batch waits for these regions to reach
+    the pinned buffer. Not torch's copy, which is twice as fast on an idle host but waits on its OpenMP
+    threads: with every core busy (decoding processes, compile workers) one chunk took 88 ms against 1.0 on
+    these threads and 1.5 on one (benchmarks/pinned_copy.py, docs/benchmarks.md). Smaller uploads (one
+    person's region) are copied on the calling thread, which wakes no others."""
     pairs = list(pairs)
-    threaded = sum(source.nbytes for _, source in pairs) >= THREADED_COPY_BYTES
-    for destination, source in pairs:
-        if threaded and source.flags.writeable and min(source.strides, default=0) >= 0:
-            torch.from_numpy(destination).copy_(torch.from_numpy(source))
-        else:
-            np.copyto(destination, source)
+    if sum(source.nbytes for _, source in pairs) < THREADED_COPY_BYTES:
+        return _copy_each(pairs)
+    pieces = [piece for pair in pairs for piece in _pieces(*pair)]
+    shares = [pieces[i::COPY_THREADS] for i in range(COPY_THREADS)]
+    for done in [_copy_pool().submit(_copy_each, share) for share in shares if share]:
+        done.result()
 
 
 class PinnedUploader:
