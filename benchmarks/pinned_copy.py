@@ -1,5 +1,5 @@
 """The GPU path's host copy of a chunk's image regions into a page-locked buffer, before their upload: the
-uploader's copy (gpu_ops.copy_arrays: bands of rows on up to 8 Python threads where the chunk holds 1 MB or
+uploader's copy (gpu_ops.copy_arrays: the regions shared by up to 8 Python threads where the chunk holds 1 MB or
 more) against numpy's copyto on one thread, and torch's copy (its OpenMP intra-op threads) of each region.
 A call's first network batch waits for this copy. Synthetic 720p images with `--people` boxes each,
 `--images` of them a chunk (a network batch of 64 people is about 11 images of 6); the copies take the

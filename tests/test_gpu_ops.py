@@ -149,7 +149,7 @@ def test_copy_arrays_copies_regions_flipped_read_only_and_empty_arrays():
     from rapidpose.topdown import gpu_ops
 
     rng = np.random.default_rng(0)
-    # image regions over THREADED_COPY_BYTES in all (in bands of rows on the copy threads), with flipped, read-only,
+    # image regions over THREADED_COPY_BYTES in all (on the copy threads), with flipped, read-only,
     # float and empty arrays and a 0-d one among them
     sources = [rng.integers(0, 255, (h, 800, 3), np.uint8)[10:h - 10, 3:703] for h in (120, 560, 60)]
     assert sources[1].nbytes > gpu_ops.THREADED_COPY_BYTES > sources[0].nbytes
@@ -157,7 +157,7 @@ def test_copy_arrays_copies_regions_flipped_read_only_and_empty_arrays():
     read_only = rng.integers(0, 255, (520, 700, 3), np.uint8)
     read_only.flags.writeable = False
     sources += [flipped, read_only, rng.normal(size=(5, 2, 3)), np.zeros((0, 3)), np.array(2.5)]
-    # the whole list on the copy threads (each region in bands of rows, 547 rows not a multiple of a band);
+    # the whole list on the copy threads;
     # a list under THREADED_COPY_BYTES in all on the calling thread
     for chosen in (sources, [sources[0], sources[5], sources[-1]]):
         destinations = [np.full(s.shape, 7, s.dtype) for s in chosen]

@@ -300,7 +300,6 @@ def _launch(kernel, yuv, rgb, width, height):
 
 
 THREADED_COPY_BYTES = 1 << 20  # smaller uploads take longer to split over threads than to do on one
-COPY_PIECE_BYTES = 1 << 18  # the pieces the copy threads share: small enough to balance ~1 MB regions
 COPY_THREADS = min(8, os.cpu_count() or 1)
 
 
@@ -311,14 +310,6 @@ def _copy_pool():
     return ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="rapidpose-copy")
 
 
-def _pieces(destination: np.ndarray, source: np.ndarray):
-    """(destination, source) in bands of rows of about COPY_PIECE_BYTES."""
-    if source.ndim == 0 or source.nbytes <= COPY_PIECE_BYTES:
-        return [(destination, source)]
-    step = max(1, len(source) * COPY_PIECE_BYTES // source.nbytes)
-    return [(destination[i:i + step], source[i:i + step]) for i in range(0, len(source), step)]
-
-
 def _copy_each(pairs) -> None:
     for destination, source in pairs:
         np.copyto(destination, source)
@@ -326,17 +317,17 @@ def _copy_each(pairs) -> None:
 
 def copy_arrays(pairs) -> None:
     """np.copyto(destination, source) for each pair. Where the pairs hold 1 MB or more in all (a chunk's
-    image regions, ~1 MB an image of a 720p photo's people), in bands of rows shared by up to 8 Python threads
-    (numpy lets the GIL go while it copies): a call's first network batch waits for these regions to reach
-    the pinned buffer. Not torch's copy, which is twice as fast on an idle host but waits on its OpenMP
-    threads: with every core busy (decoding processes, compile workers) one chunk took 88 ms against 1.0 on
-    these threads and 1.5 on one (benchmarks/pinned_copy.py, docs/benchmarks.md). Smaller uploads (one
-    person's region) are copied on the calling thread, which wakes no others."""
+    image regions, ~1 MB an image of a 720p photo's people), shared by up to 8 Python threads (numpy lets the
+    GIL go while it copies): a call's first network batch waits for these regions to reach the pinned buffer.
+    On the H200 host a chunk of 10.5 MB took 0.61 ms so against 1.4 on one thread, and 0.64 with every core
+    busy. Not torch's copy, which takes 0.27 ms on an idle host but waits on its OpenMP threads: with every
+    core busy (decoding processes, compile workers) it took 88 ms. Bands of rows smaller than an image's
+    region only added hand-offs between threads (benchmarks/pinned_copy.py, docs/benchmarks.md). Smaller
+    uploads (one person's region) are copied on the calling thread, which wakes no others."""
     pairs = list(pairs)
     if sum(source.nbytes for _, source in pairs) < THREADED_COPY_BYTES:
         return _copy_each(pairs)
-    pieces = [piece for pair in pairs for piece in _pieces(*pair)]
-    shares = [pieces[i::COPY_THREADS] for i in range(COPY_THREADS)]
+    shares = [pairs[i::COPY_THREADS] for i in range(COPY_THREADS)]
     for done in [_copy_pool().submit(_copy_each, share) for share in shares if share]:
         done.result()
 
