@@ -8,6 +8,31 @@ RTMDET = ASSETS / "detectors" / "rtmdet-nano-person.onnx"
 YOLOX = ASSETS / "detectors" / "yolox-nano.onnx"
 
 
+def _scaled_mm_on_cpu() -> bool:
+    """Whether this torch build runs torch._scaled_mm on the CPU (2.13 does); if not, the CPU tests emulate it."""
+    import torch
+    from torch import nn
+
+    from rapidpose.runtime.float8 import Float8Linear
+
+    try:
+        Float8Linear(nn.Linear(16, 16))(torch.ones(16, 16, dtype=torch.bfloat16))
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+def _fp8_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+
+
+SCALED_MM_ON_CPU = _scaled_mm_on_cpu()
+CPU_SCALED_MM = pytest.mark.skipif(not SCALED_MM_ON_CPU, reason="this torch build has no torch._scaled_mm on the CPU")
+FP8_GPU = pytest.mark.skipif(not _fp8_gpu(), reason="needs a GPU with FP8 tensor cores (compute capability 8.9 or more)")
+
+
 def run_cli(*argv) -> tuple[int, str]:
     """`rapidpose` with these arguments in this process: its exit code and what it said on stderr."""
     import contextlib

@@ -8,28 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import CPU_SCALED_MM, FP8_GPU, SCALED_MM_ON_CPU
 from rapidpose import InputError
 from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random
 from rapidpose.runtime import TorchRuntime, make_runtime
 from rapidpose.runtime import float8
 from rapidpose.runtime.float8 import FP8_MAX, GELU_FORM, LAYERS, Float8Linear, quantize_activations, quantize_rows, swap_linears
 from rapidpose.skeletons import COCO
-
-FP8_GPU = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
-                             reason="needs a GPU with FP8 tensor cores (compute capability 8.9 or more)")
-
-
-def _scaled_mm_on_cpu() -> bool:
-    """Whether this torch build runs torch._scaled_mm on the CPU (2.13 does); if not, the CPU tests emulate it."""
-    try:
-        Float8Linear(nn.Linear(16, 16))(torch.ones(16, 16, dtype=torch.bfloat16))
-    except (RuntimeError, NotImplementedError):
-        return False
-    return True
-
-
-SCALED_MM_ON_CPU = _scaled_mm_on_cpu()
-CPU_SCALED_MM = pytest.mark.skipif(not SCALED_MM_ON_CPU, reason="this torch build has no torch._scaled_mm on the CPU")
 
 
 def emulated(layer: Float8Linear, x):

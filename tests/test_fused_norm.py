@@ -10,26 +10,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from conftest import CPU_SCALED_MM, FP8_GPU
 from rapidpose.model.vitpose import ViT, ViTPose, ViTPoseConfig, init_random
 from rapidpose.runtime import TorchRuntime
-from rapidpose.runtime.float8 import Float8Linear, quantize_rows, rows_per_program, swap_linears
+from rapidpose.runtime.float8 import quantize_rows, rows_per_program, swap_linears
 from rapidpose.runtime.fused_attention import fuse_attention
 from rapidpose.runtime.fused_norm import FusedNormViT, add_norm_reference, fuse_norms, register_triton_norm
-
-FP8_GPU = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
-                             reason="needs a GPU with FP8 tensor cores (compute capability 8.9 or more)")
-
-
-def _scaled_mm_on_cpu() -> bool:
-    try:
-        Float8Linear(nn.Linear(16, 16))(torch.ones(16, 16, dtype=torch.bfloat16))
-    except (RuntimeError, NotImplementedError):
-        return False
-    return True
-
-
-CPU_SCALED_MM = pytest.mark.skipif(not _scaled_mm_on_cpu(),
-                                   reason="this torch build has no torch._scaled_mm on the CPU")
 
 
 def fp8_model(dtype=torch.bfloat16, attention=True, **cfg):
