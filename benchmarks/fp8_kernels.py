@@ -11,15 +11,16 @@
   the first block's) against Inductor's compile of the same torch ops, in ms and TB/s.
 - attention: ViTPose-B's attention from the qkv product to proj's input: scaled_dot_product_attention by
   backend (cuDNN, flash, efficient) against rapidpose's Triton kernel (runtime/fused_attention.py).
-- swaps: the compiled runtime (CUDA graphs, batch 256), fp16 and fp8, with each of its Triton swaps
+- swaps: the compiled runtime (CUDA graphs, batch 256 or --batch), fp16 and fp8, with each of its Triton swaps
   (runtime/fused_attention.py, runtime/fused_head.py; fp8 also runtime/fused_norm.py) left out in turn: what
   each one saves.
-- profile: the compiled ViTPose-B at batch 256, bf16 against fp8, by CUDA kernel (torch.profiler):
+- profile: the compiled ViTPose-B at batch 256 (or --batch), bf16 against fp8, by CUDA kernel (torch.profiler):
   the kernels that take the most time in a batch.
 
     python benchmarks/fp8_kernels.py                       # all six, on cuda
     python benchmarks/fp8_kernels.py --parts rows profile
     python benchmarks/fp8_kernels.py --parts norm swaps    # the add + norm kernel, alone and in the model
+    python benchmarks/fp8_kernels.py --parts profile --batch 64
 """
 from __future__ import annotations
 
@@ -154,8 +155,8 @@ def attention_part(device: str) -> None:
             print(f"| {batch} | {str(dtype)[6:]} | " + " | ".join(row) + f" | {difference:.1e} |", flush=True)
 
 
-def swaps_part(device: str) -> None:
-    """The runtime's Triton swaps, each left out in turn: the compiled runtime under CUDA graphs at batch 256."""
+def swaps_part(device: str, batch: int) -> None:
+    """The runtime's Triton swaps, each left out in turn: the compiled runtime under CUDA graphs."""
     from unittest import mock
 
     from rapidpose.evaluate.speed import bench_network
@@ -166,22 +167,22 @@ def swaps_part(device: str) -> None:
     left_out = {"none": None, "attention kernel": "rapidpose.runtime.fused_attention.fuse_attention",
                 "head kernel": "rapidpose.runtime.fused_head.fuse_classic_heads",
                 "add + norm kernel": "rapidpose.runtime.fused_norm.fuse_norms"}  # fp8 only
-    print("\nViTPose-B, compiled + CUDA graphs, batch 256, with the runtime's Triton swaps each left out in turn "
+    print(f"\nViTPose-B, compiled + CUDA graphs, batch {batch}, with the runtime's Triton swaps each left out in turn "
           "(median of 3 rounds of 2 s)\n\n| precision | left out | ms a batch | crops/s |\n|---|---|---:|---:|")
     for precision in ("fp16", "fp8"):
         for name, target in left_out.items():
             if precision != "fp8" and name == "add + norm kernel":
                 continue  # an fp8 swap: the fp16 runtime never makes it
             with mock.patch(target, lambda model: 0) if target else contextlib.nullcontext():
-                runtime = TorchRuntime(model, device, 256, precision, compile=True, cuda_graphs=True)
+                runtime = TorchRuntime(model, device, batch, precision, compile=True, cuda_graphs=True)
             # rapidpose bench's network timer; its warm-up runs compile and capture
-            crops_per_s = sorted(bench_network(runtime, [256], seconds=2)[0][1] for _ in range(3))[1]
-            print(f"| {precision} | {name} | {256 / crops_per_s * 1e3:.2f} | {crops_per_s:,.0f} |", flush=True)
+            crops_per_s = sorted(bench_network(runtime, [batch], seconds=2)[0][1] for _ in range(3))[1]
+            print(f"| {precision} | {name} | {batch / crops_per_s * 1e3:.2f} | {crops_per_s:,.0f} |", flush=True)
             del runtime
             torch.cuda.empty_cache()
 
 
-def profile_part(device: str, top: int) -> None:
+def profile_part(device: str, top: int, batch: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random
@@ -189,8 +190,8 @@ def profile_part(device: str, top: int) -> None:
 
     model = init_random(ViTPose(ViTPoseConfig.from_variant("b"))).eval()
     for precision in ("bf16", "fp8"):
-        runtime = TorchRuntime(model, device, 256, precision, compile=True, cuda_graphs=False)
-        x = torch.randn(256, 3, 256, 192).to(device, runtime.input_dtype)
+        runtime = TorchRuntime(model, device, batch, precision, compile=True, cuda_graphs=False)
+        x = torch.randn(batch, 3, 256, 192).to(device, runtime.input_dtype)
         with torch.inference_mode():
             for _ in range(3):
                 runtime.forward(x)
@@ -201,7 +202,7 @@ def profile_part(device: str, top: int) -> None:
                 torch.cuda.synchronize()
         kernels = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
         total = sum(e.device_time_total for e in kernels) / 5 / 1e3
-        print(f"\nViTPose-B {precision}, compiled, batch 256: {total:.2f} ms of kernels a batch\n\n"
+        print(f"\nViTPose-B {precision}, compiled, batch {batch}: {total:.2f} ms of kernels a batch\n\n"
               "| ms a batch | calls a batch | kernel |\n|---:|---:|---|")
         for e in kernels[:top]:
             print(f"| {e.device_time_total / 5 / 1e3:.3f} | {e.count // 5} | `{e.key[:100]}` |")
@@ -215,6 +216,7 @@ def main():
     p.add_argument("--parts", nargs="+", default=parts, choices=parts)
     p.add_argument("--device", default="cuda")
     p.add_argument("--top", type=int, default=12, help="kernels listed in each profile (default 12)")
+    p.add_argument("--batch", type=int, default=256, help="crops a batch in swaps and profile (default 256)")
     args = p.parse_args()
     if not args.device.startswith("cuda") or not torch.cuda.is_available():
         p.error("these are GPU kernels: run on a machine with an NVIDIA GPU (--device cuda)")
@@ -231,9 +233,9 @@ def main():
     if "attention" in args.parts:
         attention_part(args.device)
     if "swaps" in args.parts:
-        swaps_part(args.device)
+        swaps_part(args.device, args.batch)
     if "profile" in args.parts:
-        profile_part(args.device, args.top)
+        profile_part(args.device, args.top, args.batch)
 
 
 if __name__ == "__main__":
