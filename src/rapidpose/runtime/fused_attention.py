@@ -40,7 +40,7 @@ def register_triton_attention():
     from torch.library import triton_op, wrap_triton
 
     @triton.jit
-    def kernel(qkv_ptr, out_ptr, tokens, heads, width, CHANNELS: tl.constexpr, SCALE_LOG2E: tl.constexpr,
+    def attention_kernel(qkv_ptr, out_ptr, tokens, heads, width, CHANNELS: tl.constexpr, SCALE_LOG2E: tl.constexpr,
                BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         # one grid axis (the others stop at 65,535), a head's query blocks side by side: they share its keys in L2
         blocks = tl.cdiv(tokens, BLOCK_M)
@@ -80,7 +80,7 @@ def register_triton_attention():
         crops, tokens, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         channels = width // heads
         out = torch.empty((crops, tokens, width), dtype=qkv.dtype, device=qkv.device)
-        launcher(kernel)[(crops * heads * triton.cdiv(tokens, block_queries),)](
+        launcher(attention_kernel)[(crops * heads * triton.cdiv(tokens, block_queries),)](
             qkv, out, tokens, heads, width, CHANNELS=channels, SCALE_LOG2E=channels ** -0.5 * 1.4426950408889634,
             BLOCK_D=head_block(channels), BLOCK_M=block_queries, BLOCK_N=block_keys, num_warps=warps,
             num_stages=stages)

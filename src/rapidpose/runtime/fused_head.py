@@ -38,7 +38,7 @@ def register_triton_head():
     from torch.library import triton_op, wrap_triton
 
     @triton.jit
-    def kernel(x_ptr, scale_ptr, shift_ptr, weight_ptr, bias_ptr, out_ptr, pixels, keypoints,
+    def head_kernel(x_ptr, scale_ptr, shift_ptr, weight_ptr, bias_ptr, out_ptr, pixels, keypoints,
                CHANNELS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
         pixel = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
         column = tl.arange(0, BLOCK_K)
@@ -60,7 +60,7 @@ def register_triton_head():
         keypoints = bias.shape[0]
         out = torch.empty((n, h, w, keypoints), dtype=x.dtype, device=x.device)
         pixels = n * h * w
-        launcher(kernel)[(triton.cdiv(pixels, BLOCK_PIXELS),)](
+        launcher(head_kernel)[(triton.cdiv(pixels, BLOCK_PIXELS),)](
             x, scale, shift, weight, bias, out, pixels, keypoints, CHANNELS=channels, BLOCK_P=BLOCK_PIXELS,
             BLOCK_C=BLOCK_CHANNELS, BLOCK_K=weight.shape[1], num_warps=4)
         return out

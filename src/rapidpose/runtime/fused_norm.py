@@ -46,7 +46,7 @@ def register_triton_norm():
     from torch.library import triton_op, wrap_triton
 
     @triton.jit
-    def kernel(x_ptr, y_ptr, weight_ptr, bias_ptr, sum_ptr, values_ptr, scales_ptr, rows, width, EPS: tl.constexpr,
+    def add_norm_kernel(x_ptr, y_ptr, weight_ptr, bias_ptr, sum_ptr, values_ptr, scales_ptr, rows, width, EPS: tl.constexpr,
                BLOCK: tl.constexpr, ROWS: tl.constexpr, ADD: tl.constexpr, LARGEST: tl.constexpr,
                SMALLEST: tl.constexpr):
         row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
@@ -82,7 +82,7 @@ def register_triton_norm():
         total = None if y is None else torch.empty_like(x)
         block = triton.next_power_of_2(width)
         # without the add, y and the sum are never touched: `values` stands in for both (no input looks written)
-        launcher(kernel)[(triton.cdiv(count, rows),)](
+        launcher(add_norm_kernel)[(triton.cdiv(count, rows),)](
             x, values if y is None else y, weight, bias, values if y is None else total, values, scales, count,
             width, EPS=eps, BLOCK=block, ROWS=rows, ADD=y is not None, LARGEST=FP8_MAX, SMALLEST=TINY,
             num_warps=warps or (8 if block * rows >= 2048 else 4))

@@ -67,7 +67,7 @@ if triton is not None:
         return value
 
     @triton.jit
-    def kernel(buffer_ptr, table_ptr, out_ptr, mean0, mean1, mean2, std0, std1, std2, pixels,
+    def packed_crops_kernel(buffer_ptr, table_ptr, out_ptr, mean0, mean1, mean2, std0, std1, std2, pixels,
                COLUMNS: tl.constexpr, W_OUT: tl.constexpr, ROUND: tl.constexpr, NORMALIZE: tl.constexpr,
                BLOCK: tl.constexpr):
         blocks = tl.cdiv(pixels, BLOCK)  # one grid axis (the others stop at 65,535 crops)
@@ -118,7 +118,7 @@ def warp_crops_packed(buffer: torch.Tensor, table: torch.Tensor, output_size=INP
     mean = np.asarray(mean if normalize else (0, 0, 0), np.float32).ravel().tolist()
     std = np.asarray(std if normalize else (1, 1, 1), np.float32).ravel().tolist()
     pixels = w_out * h_out
-    kernel[(len(table) * -(-pixels // BLOCK_PIXELS),)](
+    packed_crops_kernel[(len(table) * -(-pixels // BLOCK_PIXELS),)](
         buffer, table, out, *mean, *std, pixels, COLUMNS=TABLE_COLUMNS, W_OUT=w_out, ROUND=round_like_cv2,
         NORMALIZE=normalize, BLOCK=BLOCK_PIXELS,
         enable_fp_fusion=False)  # normalize_crops rounds its product before the subtraction; an FMA would not

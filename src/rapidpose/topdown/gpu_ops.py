@@ -272,7 +272,7 @@ def _i420_kernel():
         return None
 
     @triton.jit
-    def kernel(src, dst, width, height, y_gain: tl.constexpr, v_to_r: tl.constexpr, u_to_g: tl.constexpr,
+    def i420_kernel(src, dst, width, height, y_gain: tl.constexpr, v_to_r: tl.constexpr, u_to_g: tl.constexpr,
                v_to_g: tl.constexpr, u_to_b: tl.constexpr, BLOCK: tl.constexpr):
         pixel = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         b = tl.program_id(1).to(tl.int64)
@@ -291,7 +291,7 @@ def _i420_kernel():
                  mask=inside)
         tl.store(out + 2 * area, tl.minimum(tl.maximum((y + u_to_b * u) >> 20, 0), 255).to(tl.float32), mask=inside)
 
-    return functools.partial(_launch, kernel)
+    return functools.partial(_launch, i420_kernel)
 
 
 def _launch(kernel, yuv, rgb, width, height):
