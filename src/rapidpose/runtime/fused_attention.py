@@ -40,8 +40,9 @@ def register_triton_attention():
     from torch.library import triton_op, wrap_triton
 
     @triton.jit
-    def attention_kernel(qkv_ptr, out_ptr, tokens, heads, width, CHANNELS: tl.constexpr, SCALE_LOG2E: tl.constexpr,
-               BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    def attention_kernel(qkv_ptr, out_ptr, tokens, heads, width, CHANNELS: tl.constexpr,
+                         SCALE_LOG2E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr):
         # one grid axis (the others stop at 65,535), a head's query blocks side by side: they share its keys in L2
         blocks = tl.cdiv(tokens, BLOCK_M)
         crop = tl.program_id(0) // (heads * blocks)

@@ -39,7 +39,7 @@ def register_triton_head():
 
     @triton.jit
     def head_kernel(x_ptr, scale_ptr, shift_ptr, weight_ptr, bias_ptr, out_ptr, pixels, keypoints,
-               CHANNELS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
+                    CHANNELS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
         pixel = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
         column = tl.arange(0, BLOCK_K)
         inside = pixel[:, None] < pixels

@@ -46,9 +46,9 @@ def register_triton_norm():
     from torch.library import triton_op, wrap_triton
 
     @triton.jit
-    def add_norm_kernel(x_ptr, y_ptr, weight_ptr, bias_ptr, sum_ptr, values_ptr, scales_ptr, rows, width, EPS: tl.constexpr,
-               BLOCK: tl.constexpr, ROWS: tl.constexpr, ADD: tl.constexpr, LARGEST: tl.constexpr,
-               SMALLEST: tl.constexpr):
+    def add_norm_kernel(x_ptr, y_ptr, weight_ptr, bias_ptr, sum_ptr, values_ptr, scales_ptr, rows, width,
+                        EPS: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr, ADD: tl.constexpr,
+                        LARGEST: tl.constexpr, SMALLEST: tl.constexpr):
         row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
         cols = tl.arange(0, BLOCK)
         inside = (row[:, None] < rows) & (cols[None, :] < width)

@@ -68,8 +68,8 @@ if triton is not None:
 
     @triton.jit
     def packed_crops_kernel(buffer_ptr, table_ptr, out_ptr, mean0, mean1, mean2, std0, std1, std2, pixels,
-               COLUMNS: tl.constexpr, W_OUT: tl.constexpr, ROUND: tl.constexpr, NORMALIZE: tl.constexpr,
-               BLOCK: tl.constexpr):
+                            COLUMNS: tl.constexpr, W_OUT: tl.constexpr, ROUND: tl.constexpr,
+                            NORMALIZE: tl.constexpr, BLOCK: tl.constexpr):
         blocks = tl.cdiv(pixels, BLOCK)  # one grid axis (the others stop at 65,535 crops)
         crop = (tl.program_id(0) // blocks).to(tl.int64)
         pixel = tl.program_id(0) % blocks * BLOCK + tl.arange(0, BLOCK)

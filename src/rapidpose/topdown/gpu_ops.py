@@ -273,7 +273,7 @@ def _i420_kernel():
 
     @triton.jit
     def i420_kernel(src, dst, width, height, y_gain: tl.constexpr, v_to_r: tl.constexpr, u_to_g: tl.constexpr,
-               v_to_g: tl.constexpr, u_to_b: tl.constexpr, BLOCK: tl.constexpr):
+                    v_to_g: tl.constexpr, u_to_b: tl.constexpr, BLOCK: tl.constexpr):
         pixel = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         b = tl.program_id(1).to(tl.int64)
         area = width * height
