@@ -2,6 +2,9 @@
 run, and (on an FP8 GPU) agreement with fp32 under CUDA graphs and torch.compile."""
 import argparse
 import copy
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -259,3 +262,48 @@ def test_an_fp8_layer_answers_in_its_inputs_dtype_beside_float_layers(monkeypatc
         got = model.backbone.blocks[0](x)
     assert type(model.backbone.blocks[0].mlp.fc2) is nn.Linear and isinstance(model.backbone.blocks[0].mlp.act, nn.GELU)
     assert got.dtype == torch.float32 and cosine(got, want) > 0.999
+
+
+def test_fp8_asks_for_no_cublaslt_workspace_unless_the_user_set_one(monkeypatch):
+    monkeypatch.delenv(float8.WORKSPACE_VARIABLE, raising=False)
+    float8.prefer_memset_free_products()
+    assert os.environ[float8.WORKSPACE_VARIABLE] == "0"
+    monkeypatch.setenv(float8.WORKSPACE_VARIABLE, "4096")
+    float8.prefer_memset_free_products()
+    assert os.environ[float8.WORKSPACE_VARIABLE] == "4096"
+
+
+MEMSETS_A_PRODUCT = """
+import torch
+from torch.profiler import ProfilerActivity, profile
+from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random
+from rapidpose.runtime import TorchRuntime
+from rapidpose.runtime.float8 import Float8Linear
+runtime = TorchRuntime(init_random(ViTPose(ViTPoseConfig(dim=768, depth=1, heads=12))).eval(), device="cuda",
+                       precision="fp8", cuda_graphs=False)
+fc1 = next(m for m in runtime.model.modules() if isinstance(m, Float8Linear) and m.out_features == 3072)
+rows = torch.randn(64 * 192, 768, device="cuda").to(torch.float8_e4m3fn)  # a batch of 64's rows
+scales = torch.ones(len(rows), 1, device="cuda")
+fc1.quantized(rows, scales)  # warm-up
+torch.cuda.synchronize()
+with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    for _ in range(4):
+        fc1.quantized(rows, scales)
+    torch.cuda.synchronize()
+print(sum(e.name == "cudaMemsetAsync" for e in prof.events()) / 4)
+"""
+
+
+@pytest.mark.gpu
+@FP8_GPU
+@pytest.mark.parametrize("workspace, memsets", [(None, 0.0), ("1024", 1.0)])
+def test_fp8_products_clear_no_workspace_unless_the_user_gives_one(workspace, memsets):
+    # a fresh process: torch reads the workspace size at its first cuBLASLt product. With torch's default
+    # (1 MiB, what a user's 1024 restores) cuBLASLt clears its workspace before fc1's product at this shape
+    env = {k: v for k, v in os.environ.items() if k != float8.WORKSPACE_VARIABLE}
+    if workspace is not None:
+        env[float8.WORKSPACE_VARIABLE] = workspace
+    out = subprocess.run([sys.executable, "-c", MEMSETS_A_PRODUCT], env=env, capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.split()[-1]) == memsets

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 
 import torch
 from torch import nn
@@ -183,6 +184,20 @@ def swap_linears(model) -> list[str]:
                 owner.act = nn.Identity()
             swapped.append(f"backbone.blocks.{i}.{path}")
     return swapped
+
+
+WORKSPACE_VARIABLE = "CUBLASLT_WORKSPACE_SIZE"  # torch's cuBLASLt workspace, KiB (default 1,024)
+
+
+def prefer_memset_free_products() -> None:
+    """Asks torch for no cuBLASLt workspace, unless the user set one (WORKSPACE_VARIABLE).
+
+    Given a workspace, cuBLASLt picks FP8 kernels that clear it before each product: one memset a product,
+    48 a ViTPose-B forward, each a node of its CUDA graph. Without one it picks statically scheduled kernels
+    of the same tiles that run as fast and clear nothing: on an H200 ViTPose-B's fp8 batch of 64 takes 4.07
+    instead of 4.17 ms (network_speed.py, docs/benchmarks.md). torch reads the size once, at its first
+    cuBLASLt product in the process: call this before any (a process that already ran one keeps its own)."""
+    os.environ.setdefault(WORKSPACE_VARIABLE, "0")
 
 
 def check_device(device: str) -> None:

@@ -121,8 +121,10 @@ class TorchRuntime:
         # Triton kernels for attention and the head (half precision only; Windows' CUDA builds have no Triton)
         fused = on_gpu and self.precision != "fp32" and importlib.util.find_spec("triton") is not None
         if fp8:
-            from rapidpose.runtime.float8 import check_device
+            from rapidpose.runtime.float8 import check_device, prefer_memset_free_products
 
+            if on_gpu:
+                prefer_memset_free_products()  # before check_device's product, the process's first perhaps
             check_device(self.device)
         if fp8 or fused:
             model = copy.deepcopy(model)  # its layers are replaced: the caller's model keeps its own
