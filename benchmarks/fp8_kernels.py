@@ -3,9 +3,9 @@
 - gemm: one Linear layer's product at ViTPose-B's shapes for a batch of 256 crops (49,152 token rows),
   bf16 (no bias) against torch._scaled_mm in FP8 (bias added; row-scaled with and without fast accumulation,
   tensor-scaled) and INT8's bare torch._int_mm (whether int8 would be faster than fp8 here), in TFLOP/s.
-- rows: the activations' row quantization (rapidpose.runtime.float8) at widths 768 and 3,072: the Triton
-  kernel (a row a program or several; without GELU, with the exact one, with the tanh form), against
-  Inductor's compile of the torch ops and the eager torch ops.
+- rows: the activations' row quantization (rapidpose.runtime.float8) at widths 768 and 3,072, for a batch of
+  256 crops and of 64: the Triton kernel (a row a program or several; without GELU, with the exact one, with
+  the tanh form), against Inductor's compile of the torch ops and the eager torch ops.
 - norm: the blocks' residual add + LayerNorm + row quantization (rapidpose.runtime.fused_norm) at width 768,
   for a batch of 256 and of 64 crops: the Triton kernel (at several rows a program; with the add and without, as
   the first block's) against Inductor's compile of the same torch ops, in ms and TB/s.
@@ -37,11 +37,29 @@ SHAPES = {"qkv": (768, 2304), "proj": (768, 768), "fc1": (768, 3072), "fc2": (30
 
 
 def cuda_ms(fn, calls: int = 30) -> float:
-    """Mean milliseconds per call on the GPU after a warm-up, timed with CUDA events."""
+    """Mean milliseconds per call on the GPU after a warm-up: `calls` calls captured in one CUDA graph and
+    replayed, so the host's launches are not timed (a Triton launch from Python takes tens of microseconds,
+    more than a batch of 64's row kernel runs); where fn cannot be captured, timed call by call with CUDA
+    events."""
     for _ in range(5):
         fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+        graph.replay()
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(3):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / (3 * calls)
+    except RuntimeError:
+        torch.cuda.synchronize()
     start.record()
     for _ in range(calls):
         fn()
@@ -78,19 +96,20 @@ def gemm_part(device: str) -> None:
 def rows_part(device: str) -> None:
     launch = register_triton_rows()
     many = {width: rows_per_program(width) for width in (768, 3072)}
-    print(f"\nRow quantization of {ROWS:,} rows (ms); the kernel with a row a program, and with the rows a "
-          f"program the op uses ({many[768]} at width 768, {many[3072]} at 3,072)\n\n"
-          "| width | kernel, a row | kernel | + exact GELU, a row | + exact GELU | + tanh GELU, exp form "
+    print(f"\nRow quantization (ms) of a batch of 256's rows ({ROWS:,}) and of 64's; the kernel with a row a "
+          f"program, and with the rows a program the op uses ({many[768]} at width 768, {many[3072]} at 3,072)\n\n"
+          "| rows | width | kernel, a row | kernel | + exact GELU, a row | + exact GELU | + tanh GELU, exp form "
           "| + tanh GELU, tanh.approx (the op's) | compiled torch + exact GELU | eager torch |\n"
-          "|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     compiled = torch.compile(lambda x: quantize_rows(F.gelu(x)))
-    for width in (768, 3072):
-        x = torch.randn(ROWS, width, device=device, dtype=torch.bfloat16)
-        runs = [lambda: launch(x, 0, 1), lambda: launch(x, 0, many[width]), lambda: launch(x, 1, 1),
-                lambda: launch(x, 1, many[width]), lambda: launch(x, 2, many[width]),
-                lambda: launch(x, 3, many[width]), lambda: compiled(x),
-                lambda: quantize_rows(x)]
-        print(f"| {width:,} | " + " | ".join(f"{cuda_ms(run):.3f}" for run in runs) + " |", flush=True)
+    for rows in (ROWS, ROWS // 4):
+        for width in (768, 3072):
+            x = torch.randn(rows, width, device=device, dtype=torch.bfloat16)
+            runs = [lambda: launch(x, 0, 1), lambda: launch(x, 0, many[width]), lambda: launch(x, 1, 1),
+                    lambda: launch(x, 1, many[width]), lambda: launch(x, 2, many[width]),
+                    lambda: launch(x, 3, many[width]), lambda: compiled(x),
+                    lambda: quantize_rows(x)]
+            print(f"| {rows:,} | {width:,} | " + " | ".join(f"{cuda_ms(run):.3f}" for run in runs) + " |", flush=True)
 
 
 def norm_part(device: str) -> None:
@@ -220,8 +239,9 @@ def main():
     args = p.parse_args()
     if not args.device.startswith("cuda") or not torch.cuda.is_available():
         p.error("these are GPU kernels: run on a machine with an NVIDIA GPU (--device cuda)")
-    from rapidpose.runtime.float8 import check_device
+    from rapidpose.runtime.float8 import check_device, prefer_memset_free_products
 
+    prefer_memset_free_products()  # the products as the runtime runs them
     check_device(args.device)  # FP8 tensor cores, or a clear message
     print(f"{torch.cuda.get_device_name(args.device)}, torch {torch.__version__}")
     if "gemm" in args.parts:

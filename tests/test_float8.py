@@ -298,7 +298,7 @@ print(sum(e.name == "cudaMemsetAsync" for e in prof.events()) / 4)
 @FP8_GPU
 @pytest.mark.parametrize("workspace, memsets", [(None, 0.0), ("1024", 1.0)])
 def test_fp8_products_clear_no_workspace_unless_the_user_gives_one(workspace, memsets):
-    # a fresh process: torch reads the workspace size at its first cuBLASLt product. With torch's default
+    # a fresh process (recent torch reads the workspace size once, at its first cuBLASLt product). With torch's default
     # (1 MiB, what a user's 1024 restores) cuBLASLt clears its workspace before fc1's product at this shape
     env = {k: v for k, v in os.environ.items() if k != float8.WORKSPACE_VARIABLE}
     if workspace is not None:

@@ -195,8 +195,9 @@ def prefer_memset_free_products() -> None:
     Given a workspace, cuBLASLt picks FP8 kernels that clear it before each product: one memset a product,
     48 a ViTPose-B forward, each a node of its CUDA graph. Without one it picks statically scheduled kernels
     of the same tiles that run as fast and clear nothing: on an H200 ViTPose-B's fp8 batch of 64 takes 4.07
-    instead of 4.17 ms (network_speed.py, docs/benchmarks.md). torch reads the size once, at its first
-    cuBLASLt product in the process: call this before any (a process that already ran one keeps its own)."""
+    instead of 4.17 ms (network_speed.py, docs/benchmarks.md). torch 2.11 reads the variable at every product;
+    later versions once, at the first: call this before any (torch 2.13's torch.backends.cuda.
+    cublaslt_workspace_size would set it later too, but no GPU here has run it)."""
     os.environ.setdefault(WORKSPACE_VARIABLE, "0")
 
 
