@@ -294,16 +294,23 @@ print(sum(e.name == "cudaMemsetAsync" for e in prof.events()) / 4)
 """
 
 
-@pytest.mark.gpu
-@FP8_GPU
-@pytest.mark.parametrize("workspace, memsets", [(None, 0.0), ("1024", 1.0)])
-def test_fp8_products_clear_no_workspace_unless_the_user_gives_one(workspace, memsets):
-    # a fresh process (recent torch reads the workspace size once, at its first cuBLASLt product). With torch's default
-    # (1 MiB, what a user's 1024 restores) cuBLASLt clears its workspace before fc1's product at this shape
+def memsets_a_product(workspace: str | None) -> float:
+    """cudaMemsetAsync calls a product of fc1's shape in a fresh process (recent torch reads the workspace size
+    once, at its first cuBLASLt product), with CUBLASLT_WORKSPACE_SIZE unset or set to `workspace`."""
     env = {k: v for k, v in os.environ.items() if k != float8.WORKSPACE_VARIABLE}
     if workspace is not None:
         env[float8.WORKSPACE_VARIABLE] = workspace
-    out = subprocess.run([sys.executable, "-c", MEMSETS_A_PRODUCT], env=env, capture_output=True, text=True, timeout=300,
-                         check=False)
+    out = subprocess.run([sys.executable, "-c", MEMSETS_A_PRODUCT], env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert float(out.stdout.split()[-1]) == memsets
+    return float(out.stdout.split()[-1])
+
+
+@pytest.mark.gpu
+@FP8_GPU
+def test_fp8_products_clear_no_workspace_unless_the_user_gives_one():
+    with_workspace = memsets_a_product("1024")  # torch's default size, given by the user: kept
+    if with_workspace == 0:
+        pytest.skip("cuBLASLt clears no workspace before this product on this GPU even with one: nothing to remove")
+    assert with_workspace == 1.0  # the H200's: one memset a product
+    assert memsets_a_product(None) == 0.0  # the runtime's choice: no workspace, no memset
