@@ -197,7 +197,8 @@ def prefer_memset_free_products() -> None:
     of the same tiles that run as fast and clear nothing: on an H200 ViTPose-B's fp8 batch of 64 takes 4.07
     instead of 4.17 ms (network_speed.py, docs/benchmarks.md). torch 2.11 reads the variable at every product;
     later versions once, at the first: call this before any (torch 2.13's torch.backends.cuda.
-    cublaslt_workspace_size would set it later too, but no GPU here has run it)."""
+    cublaslt_workspace_size would set it later too, but no GPU here has run it). It is the process's: its
+    other cuBLASLt products (an fp16 runtime's) run without a workspace too."""
     os.environ.setdefault(WORKSPACE_VARIABLE, "0")
 
 
