@@ -1,3 +1,6 @@
+import os
+import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +25,24 @@ def _scaled_mm_on_cpu() -> bool:
     return True
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _fp8_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+
+
+TRITON_PLATFORM = sys.platform == "linux" and platform.machine() == "x86_64"  # where Triton ships (a test dependency)
+# Without a GPU, Triton runs kernels only by its interpreter (numpy, on CPU tensors): chosen before triton.language
+# is first imported, so that its own jit functions (tl.max, tl.sum) run there too (test_triton_interpreted.py)
+INTERPRETED_TRITON = TRITON_PLATFORM and not _cuda_available()
+if INTERPRETED_TRITON:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 SCALED_MM_ON_CPU = _scaled_mm_on_cpu()

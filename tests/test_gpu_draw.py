@@ -1,15 +1,13 @@
 """Poses drawn into batches of I420 frames where they are (gpu_draw): the cv2 pictures, on the GPU by a
 Triton kernel to within cv2's anti-aliasing (checked without a GPU by Triton's interpreter), on the CPU
 exactly."""
-import platform
-import sys
 
 import av
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import ASSETS, assert_drawn_like
+from conftest import ASSETS, TRITON_PLATFORM, assert_drawn_like
 
 from rapidpose.draw.cpu import draw_poses_i420
 from rapidpose.draw.gpu import draw_poses_i420_batch
@@ -21,7 +19,6 @@ from rapidpose.video.sources import i420_planes
 TWO_PEOPLE = ASSETS / "video" / "two-people-1080p.mp4"
 BASKETBALL = ASSETS / "video" / "basketball-426x240.mp4"
 CUDA = torch.cuda.is_available()
-TRITON_PLATFORM = sys.platform == "linux" and platform.machine() == "x86_64"
 
 
 def frames_of(path, n):

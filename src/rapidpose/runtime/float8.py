@@ -65,9 +65,9 @@ def _next_power_of_2(n: int) -> int:
 @functools.cache
 def register_triton_rows():
     """Registers the custom op `torch.ops.rapidpose.fp8_rows(x, gelu)`: quantize_rows of x (or of GELU(x), in
-    GELU_FORM) in one Triton kernel, and returns its launcher `launch(x, gelu_mode, rows)` (gelu_mode 0 none,
-    1 exact, 2 tanh form by exp, 3 tanh form by tanh.approx; rows a program), which benchmarks/fp8_kernels.py
-    compares. Registered when a layer is made on a GPU, so importing this module needs no Triton (CPUs have
+    GELU_FORM) in one Triton kernel, and returns its launcher `launch(x, gelu_mode, rows, launcher,
+    values_dtype)` (gelu_mode 0 none, 1 exact, 2 tanh form by exp, 3 tanh form by tanh.approx; rows a program;
+    values_dtype float32 keeps the values before the e4m3 cast), which benchmarks/fp8_kernels.py compares. Registered when a layer is made on a GPU, so importing this module needs no Triton (CPUs have
     none), and called as a torch op, which torch.compile traces whole."""
     import triton
     import triton.language as tl
@@ -95,9 +95,9 @@ def register_triton_rows():
                  mask=inside)
         tl.store(scales_ptr + row, 1.0 / inverse, mask=row < rows)
 
-    def launch(x, gelu_mode: int, rows: int, launcher=lambda kernel: kernel):
+    def launch(x, gelu_mode: int, rows: int, launcher=lambda kernel: kernel, values_dtype=FP8):
         count, width = x.shape
-        values = torch.empty((count, width), dtype=FP8, device=x.device)
+        values = torch.empty((count, width), dtype=values_dtype, device=x.device)
         scales = torch.empty((count, 1), dtype=torch.float32, device=x.device)
         block = triton.next_power_of_2(width)
         launcher(rows_kernel)[(triton.cdiv(count, rows),)](
