@@ -1,8 +1,10 @@
 """A chunk's crops in one Triton kernel (topdown/crop_kernel.py): the crop table, the upload's layout, and on
-GPUs the crops of cv2 and of the torch warp from regions packed in one buffer."""
+GPUs (or by Triton's interpreter without one) the crops of cv2 and of the torch warp from regions packed in one
+buffer."""
 import numpy as np
 import pytest
 import torch
+from conftest import INTERPRETED_TRITON
 from test_gpu_ops import BOXES, LEVEL, cv2_warp_is_float_bilinear, photo  # noqa: F401 (photo: a fixture)
 
 from rapidpose.topdown import crop_kernel
@@ -43,25 +45,28 @@ def test_no_kernel_off_the_gpu():
     assert not crop_kernel.available("cpu")
 
 
-def packed_on_gpu(views, moved, counts):
+def packed_on_gpu(views, moved, counts, device="cuda"):
     offsets, total = PinnedUploader.layout([v.nbytes for v in views])
     buffer = np.zeros(total, np.uint8)
     for view, start in zip(views, offsets):
         buffer[start:start + view.nbytes] = np.ascontiguousarray(view).ravel()
     table = crop_kernel.crop_table(moved, views, counts, offsets)
-    return torch.from_numpy(buffer).cuda(), torch.from_numpy(table).cuda()
+    return torch.from_numpy(buffer).to(device), torch.from_numpy(table).to(device)
 
 
-@pytest.mark.gpu
-@GPU
-@pytest.mark.parametrize("mean", ["default", None])
-def test_the_kernel_gives_the_torch_warps_and_cv2s_crops(photo, mean):
+@pytest.mark.parametrize("device, mean", [
+    pytest.param("cuda", "default", marks=[pytest.mark.gpu, GPU]),
+    pytest.param("cuda", None, marks=[pytest.mark.gpu, GPU]),
+    # CPU-only runs: the kernel by Triton's interpreter (12 crops in about 16 s), on CPU tensors
+    pytest.param("cpu", "default", marks=pytest.mark.skipif(not INTERPRETED_TRITON, reason="GPU runs: compiled above")),
+])
+def test_the_kernel_gives_the_torch_warps_and_cv2s_crops(photo, device, mean):
     images, matrices, counts, views, moved = chunk(photo)
-    assert crop_kernel.available("cuda")
+    assert crop_kernel.available("cuda") or device == "cpu"
     options = {} if mean else {"mean": None}
-    got = crop_kernel.warp_crops_packed(*packed_on_gpu(views, moved, counts), **options).cpu().numpy()
-    torch_warp = warp_crops_batch([torch.from_numpy(np.ascontiguousarray(v)).cuda() for v in views], moved, counts,
-                                  **options).cpu().numpy()
+    got = crop_kernel.warp_crops_packed(*packed_on_gpu(views, moved, counts, device), **options).cpu().numpy()
+    torch_warp = warp_crops_batch([torch.from_numpy(np.ascontiguousarray(v)).to(device) for v in views], moved,
+                                  counts, **options).cpu().numpy()
     step = LEVEL if mean else 1.0  # one 0..255 level
     differ = np.abs(got - torch_warp) > 1e-6 * step
     assert np.abs(got - torch_warp).max() <= step * 1.0001 and differ.mean() < 1e-3  # a tie rounded the other way

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import ASSETS, RTMDET, assert_drawn_like
+from conftest import ASSETS, INTERPRETED_TRITON, RTMDET, assert_drawn_like
 
 from rapidpose import PoseEstimator
 from rapidpose.detect import load_detector
@@ -106,6 +106,17 @@ def test_i420_to_rgb_gives_cv2s_bytes(device):
         got = i420_to_rgb(torch.from_numpy(batch).to(device)).permute(0, 2, 3, 1).cpu().numpy()
         for frame, rgb in zip(batch, got, strict=True):
             np.testing.assert_array_equal(rgb, cv2.cvtColor(frame, cv2.COLOR_YUV2RGB_I420))
+
+
+@pytest.mark.skipif(not INTERPRETED_TRITON, reason="with a GPU the test above runs the kernel compiled")
+def test_the_i420_kernel_by_triton_s_interpreter_gives_cv2s_bytes():
+    from rapidpose.topdown.gpu_ops import _i420_kernel
+
+    batch = np.random.default_rng(1).integers(0, 256, (2, 30, 26), np.uint8)  # 20x26: chroma width odd
+    rgb = torch.empty((2, 3, 20, 26), dtype=torch.float32)
+    _i420_kernel()(torch.from_numpy(batch), rgb, 26, 20)  # 520 pixels: one program, partly inside
+    for frame, got in zip(batch, rgb.permute(0, 2, 3, 1).numpy(), strict=True):
+        np.testing.assert_array_equal(got, cv2.cvtColor(frame, cv2.COLOR_YUV2RGB_I420))
 
 
 def test_the_device_path_tracks_like_the_host_path(tiny_checkpoint):
