@@ -67,8 +67,9 @@ def register_triton_rows():
     """Registers the custom op `torch.ops.rapidpose.fp8_rows(x, gelu)`: quantize_rows of x (or of GELU(x), in
     GELU_FORM) in one Triton kernel, and returns its launcher `launch(x, gelu_mode, rows, launcher,
     values_dtype)` (gelu_mode 0 none, 1 exact, 2 tanh form by exp, 3 tanh form by tanh.approx; rows a program;
-    values_dtype float32 keeps the values before the e4m3 cast), which benchmarks/fp8_kernels.py compares. Registered when a layer is made on a GPU, so importing this module needs no Triton (CPUs have
-    none), and called as a torch op, which torch.compile traces whole."""
+    values_dtype float32 keeps the values before the e4m3 cast), which benchmarks/fp8_kernels.py compares.
+    Registered when a layer is made on a GPU, so importing this module needs no Triton (CPUs have none), and
+    called as a torch op, which torch.compile traces whole."""
     import triton
     import triton.language as tl
     from torch.library import triton_op, wrap_triton
