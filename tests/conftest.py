@@ -34,7 +34,7 @@ def _cuda_available() -> bool:
 def _fp8_gpu() -> bool:
     import torch
 
-    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+    return _cuda_available() and torch.cuda.get_device_capability() >= (8, 9)
 
 
 TRITON_PLATFORM = sys.platform == "linux" and platform.machine() == "x86_64"  # where Triton ships (a test dependency)

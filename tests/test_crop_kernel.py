@@ -45,7 +45,7 @@ def test_no_kernel_off_the_gpu():
     assert not crop_kernel.available("cpu")
 
 
-def packed_on_gpu(views, moved, counts, device="cuda"):
+def packed_on(views, moved, counts, device="cuda"):
     offsets, total = PinnedUploader.layout([v.nbytes for v in views])
     buffer = np.zeros(total, np.uint8)
     for view, start in zip(views, offsets):
@@ -64,7 +64,7 @@ def test_the_kernel_gives_the_torch_warps_and_cv2s_crops(photo, device, mean):
     images, matrices, counts, views, moved = chunk(photo)
     assert crop_kernel.available("cuda") or device == "cpu"
     options = {} if mean else {"mean": None}
-    got = crop_kernel.warp_crops_packed(*packed_on_gpu(views, moved, counts, device), **options).cpu().numpy()
+    got = crop_kernel.warp_crops_packed(*packed_on(views, moved, counts, device), **options).cpu().numpy()
     torch_warp = warp_crops_batch([torch.from_numpy(np.ascontiguousarray(v)).to(device) for v in views], moved,
                                   counts, **options).cpu().numpy()
     step = LEVEL if mean else 1.0  # one 0..255 level
@@ -83,7 +83,7 @@ def test_the_kernel_gives_the_torch_warps_and_cv2s_crops(photo, device, mean):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_crops_are_the_float32_ones_rounded(photo, dtype):
     _, _, counts, views, moved = chunk(photo)
-    buffer, table = packed_on_gpu(views, moved, counts)
+    buffer, table = packed_on(views, moved, counts)
     single = crop_kernel.warp_crops_packed(buffer, table)
     assert torch.equal(crop_kernel.warp_crops_packed(buffer, table, dtype=dtype), single.to(dtype))
 

@@ -102,7 +102,6 @@ if triton is not None:
         tl.store(out + 2 * pixels, third.to(dtype), mask=inside)
 
 
-
 @torch.no_grad()
 def warp_crops_packed(buffer: torch.Tensor, table: torch.Tensor, output_size=INPUT_SIZE, mean=MEAN, std=STD,
                       round_like_cv2: bool = True, dtype=torch.float32) -> torch.Tensor:
