@@ -11,9 +11,9 @@
   the first block's) against Inductor's compile of the same torch ops, in ms and TB/s.
 - attention: ViTPose-B's attention from the qkv product to proj's input: scaled_dot_product_attention by
   backend (cuDNN, flash, efficient) against rapidpose's Triton kernel (runtime/fused_attention.py).
-- swaps: the compiled runtime (CUDA graphs, batch 256 or --batch), fp16 and fp8, with each of its Triton swaps
-  (runtime/fused_attention.py, runtime/fused_head.py; fp8 also runtime/fused_norm.py) left out in turn: what
-  each one saves.
+- swaps: the compiled runtime (CUDA graphs, batch 256 or --batch), fp16 and fp8, with each of its swaps
+  (runtime/fused_attention.py, runtime/fused_head.py; fp16 also runtime/fused_gelu.py, fp8 runtime/fused_norm.py)
+  left out in turn: what each one saves.
 - profile: the compiled ViTPose-B at batch 256 (or --batch), bf16 against fp8, by CUDA kernel (torch.profiler):
   the kernels that take the most time in a batch.
 
@@ -175,7 +175,7 @@ def attention_part(device: str) -> None:
 
 
 def swaps_part(device: str, batch: int) -> None:
-    """The runtime's Triton swaps, each left out in turn: the compiled runtime under CUDA graphs."""
+    """The runtime's swaps, each left out in turn: the compiled runtime under CUDA graphs."""
     from unittest import mock
 
     from rapidpose.evaluate.speed import bench_network
@@ -185,13 +185,14 @@ def swaps_part(device: str, batch: int) -> None:
     model = init_random(ViTPose(ViTPoseConfig.from_variant("b"))).eval()
     left_out = {"none": None, "attention kernel": "rapidpose.runtime.fused_attention.fuse_attention",
                 "head kernel": "rapidpose.runtime.fused_head.fuse_classic_heads",
-                "add + norm kernel": "rapidpose.runtime.fused_norm.fuse_norms"}  # fp8 only
-    print(f"\nViTPose-B, compiled + CUDA graphs, batch {batch}, with the runtime's Triton swaps each left out in turn "
+                "add + norm kernel": "rapidpose.runtime.fused_norm.fuse_norms",  # fp8 only
+                "GELU epilogue": "rapidpose.runtime.fused_gelu.fuse_mlp_gelu"}  # fp16 only
+    print(f"\nViTPose-B, compiled + CUDA graphs, batch {batch}, with the runtime's swaps each left out in turn "
           "(median of 3 rounds of 2 s)\n\n| precision | left out | ms a batch | crops/s |\n|---|---|---:|---:|")
     for precision in ("fp16", "fp8"):
         for name, target in left_out.items():
-            if precision != "fp8" and name == "add + norm kernel":
-                continue  # an fp8 swap: the fp16 runtime never makes it
+            if (precision, name) in (("fp16", "add + norm kernel"), ("fp8", "GELU epilogue")):
+                continue  # a swap the runtime of this precision never makes
             with mock.patch(target, lambda model: 0) if target else contextlib.nullcontext():
                 runtime = TorchRuntime(model, device, batch, precision, compile=True, cuda_graphs=True)
             # rapidpose bench's network timer; its warm-up runs compile and capture

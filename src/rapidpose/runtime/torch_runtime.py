@@ -126,7 +126,9 @@ class TorchRuntime:
             if on_gpu:
                 prefer_memset_free_products()  # before check_device's product, the process's first perhaps
             check_device(self.device)
-        if fp8 or fused:
+        # fc1 + GELU as one product with cuBLASLt's GELU epilogue (fp8 takes the GELU into fc2's quantization)
+        gelu_epilogue = on_gpu and self.precision in ("fp16", "bf16")
+        if fp8 or fused or gelu_epilogue:
             model = copy.deepcopy(model)  # its layers are replaced: the caller's model keeps its own
         # GPUs run the whole model in half precision (fp8: the blocks' matrix products in FP8, the rest in
         # bf16); CPUs keep fp32 weights under bf16 autocast, which is faster there and keeps LayerNorm and
@@ -146,6 +148,10 @@ class TorchRuntime:
 
             fuse_attention(self.model)
             fuse_classic_heads(self.model)
+        if gelu_epilogue:
+            from rapidpose.runtime.fused_gelu import fuse_mlp_gelu
+
+            fuse_mlp_gelu(self.model)
         if fp8 and fused:  # the blocks' residual adds + norms + their FP8 quantization, one Triton kernel each
             from rapidpose.runtime.fused_norm import fuse_norms
 
