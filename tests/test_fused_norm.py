@@ -1,6 +1,7 @@
-"""The blocks' residual add + LayerNorm + FP8 row quantization as one Triton kernel (runtime/fused_norm.py): which
-backbones the swap takes, the swapped backbone's forward off the GPU (the same torch ops, the same numbers), and
-on an FP8 GPU the kernel against torch's ops and the fp8 runtime (eager and compiled) with and without the swap."""
+"""The blocks' residual add + LayerNorm (+ FP8 row quantization) as one Triton kernel (runtime/fused_norm.py): which
+backbones the swap takes and how, the swapped backbone's forward off the GPU (the same torch ops, the same
+numbers), and on GPUs the kernels against torch's ops and the fp16/bf16/fp8 runtimes (eager and compiled) with and
+without the swap."""
 import copy
 from unittest import mock
 
@@ -15,7 +16,12 @@ from rapidpose.model.vitpose import ViT, ViTPose, ViTPoseConfig, init_random
 from rapidpose.runtime import TorchRuntime
 from rapidpose.runtime.float8 import quantize_rows, rows_per_program, swap_linears
 from rapidpose.runtime.fused_attention import fuse_attention
-from rapidpose.runtime.fused_norm import FusedNormViT, add_norm_reference, fuse_norms, register_triton_norm
+from rapidpose.runtime.fused_gelu import fuse_mlp_gelu
+from rapidpose.runtime.fused_norm import (FusedNormViT, add_norm_reference, fuse_norms, register_triton_norm,
+                                          swap_kind)
+
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def fp8_model(dtype=torch.bfloat16, attention=True, **cfg):
@@ -31,19 +37,52 @@ def cosine(a, b) -> float:
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-def test_the_swap_takes_fp8_vit_backbones_only():
+def half_model(dtype=torch.bfloat16, attention=True, gelu=True, **cfg):
+    model = init_random(ViTPose(ViTPoseConfig(**{"dim": 384, "depth": 2, "heads": 12, **cfg})), seed=4).to(dtype)
+    if attention:
+        fuse_attention(model)
+    if gelu:
+        fuse_mlp_gelu(model)
+    return model
+
+
+def test_the_swap_takes_fp8_and_half_vit_backbones():
     model = fp8_model()
     keys = model.state_dict().keys()
-    assert fuse_norms(model) == 2 and isinstance(model.backbone, FusedNormViT)
+    assert swap_kind(model.backbone) == "fp8"
+    assert fuse_norms(model) == 2 and isinstance(model.backbone, FusedNormViT) and model.backbone.fp8
     assert model.state_dict().keys() == keys  # the same modules: checkpoints still load
     assert fuse_norms(model) == 0  # already swapped
     assert fuse_norms(fp8_model(attention=False)) == 2  # the model's own Attention is computed as it does
-    plain = init_random(ViTPose(ViTPoseConfig(dim=384, depth=2, heads=12))).to(torch.bfloat16)
-    assert fuse_norms(plain) == 0 and type(plain.backbone) is ViT  # no FP8 layers: nothing to hand rows to
-    # ViTPose++: fc2 is joined with an expert's and stays bf16, the MLP takes the dataset index
+    plain = half_model()
+    assert swap_kind(plain.backbone) == "half"  # no FP8 layers: the norms alone, in the model's dtype
+    assert fuse_norms(plain) == 2 and not plain.backbone.fp8
+    # ViTPose++: fc2 is joined with an expert's and stays bf16, so its FP8 blocks stay as they are; the half
+    # blocks take the dataset index to their MLP
     assert fuse_norms(fp8_model(num_experts=2, part_features=96, associate_keypoints=(21,))) == 0
-    # widths _scaled_mm cannot take (not multiples of 16): swap_linears leaves the layers bf16
-    assert fuse_norms(fp8_model(dim=360, heads=12)) == 0
+    assert fuse_norms(half_model(num_experts=2, part_features=96, associate_keypoints=(21,))) == 2
+    # widths _scaled_mm cannot take (not multiples of 16): swap_linears leaves the layers bf16, the half kind
+    assert swap_kind(fp8_model(dim=360, heads=12).backbone) == "half"
+    mixed = fp8_model()
+    mixed.backbone.blocks[1].mlp.fc1 = nn.Linear(384, 1536).to(torch.bfloat16)  # one block half, one FP8
+    assert swap_kind(mixed.backbone) is None and fuse_norms(mixed) == 0
+    no_bias = half_model()
+    no_bias.backbone.last_norm = nn.LayerNorm(384, elementwise_affine=False)
+    assert fuse_norms(no_bias) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("attention, gelu", [(True, True), (False, False)])
+@pytest.mark.parametrize("experts", [1, 2])
+def test_the_half_swap_off_the_gpu_gives_the_same_numbers(dtype, attention, gelu, experts):
+    cfg = {"num_experts": 2, "part_features": 96, "associate_keypoints": (21,)} if experts > 1 else {}
+    model = half_model(dtype, attention, gelu, **cfg).eval()
+    swapped = copy.deepcopy(model)
+    assert fuse_norms(swapped) == 2
+    x = torch.randn(3, 3, 256, 192).to(dtype)
+    with torch.inference_mode():
+        for dataset in range(experts):
+            assert torch.equal(swapped(x, dataset), model(x, dataset))
 
 
 @CPU_SCALED_MM
@@ -115,6 +154,58 @@ def test_the_gpu_kernel_against_torchs_ops(width, add):
     assert torch.allclose(scales, exact_scales, rtol=1e-2)
     exact = (values.view(torch.uint8) == exact_values.view(torch.uint8)).float().mean().item()
     assert exact > 0.99, exact
+
+
+@pytest.mark.gpu
+@GPU
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("width", [384, 768, 1280])  # ViTPose-S, B, H
+def test_the_gpu_half_kernel_against_torchs_ops(dtype, width):
+    torch.manual_seed(width)
+    count = 1001
+    x = (torch.randn(count, width, device="cuda") * 3).to(dtype)
+    y = torch.randn(count, width, device="cuda").to(dtype)
+    x[1] *= 100  # an outlier row
+    y[2] = -x[2]  # a row summing to 0: its norm is the bias alone
+    norm = init_random(nn.LayerNorm(width, eps=1e-6)).to("cuda", dtype)
+    register_triton_norm()
+    with torch.inference_mode():
+        total, h = torch.ops.rapidpose.add_norm_half(x, y, norm.weight, norm.bias, norm.eps)
+        want = norm(x + y)
+    assert torch.equal(total, x + y)  # both round the float32 sum
+    assert h.dtype == dtype and h.shape == (count, width)
+    # float32 LayerNorms of the same rows, rounded: a step of the dtype apart at most
+    step = 2 ** -7 if dtype == torch.bfloat16 else 2 ** -10
+    assert ((h.float() - want.float()).abs() <= step * want.float().abs() + 1e-3).all()
+    assert (h == want).float().mean().item() > 0.95
+
+
+@pytest.mark.gpu
+@GPU
+@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_the_half_runtime_swaps_its_own_copy_and_keeps_the_heatmaps(compile, precision):
+    model = init_random(ViTPose(ViTPoseConfig(dim=384, depth=2, heads=12)), seed=5).eval()
+    x = np.random.default_rng(0).normal(size=(5, 3, 256, 192)).astype(np.float32)
+    with mock.patch("rapidpose.runtime.fused_norm.fuse_norms", lambda model: 0):
+        unswapped = TorchRuntime(model, device="cuda", precision=precision, compile=compile)
+    runtime = TorchRuntime(model, device="cuda", precision=precision, compile=compile)
+    assert type(unswapped.model.backbone) is ViT and isinstance(runtime.model.backbone, FusedNormViT)
+    assert not runtime.model.backbone.fp8 and type(model.backbone) is ViT  # the caller's model is its own
+    want, got = unswapped(x), runtime(x)
+    assert cosine(got, want) > 0.9999 and np.abs(got - want).max() < 2e-2 * np.abs(want).max()
+
+
+@pytest.mark.gpu
+@GPU
+def test_the_swapped_half_backbone_compiles_whole():
+    model = half_model(torch.float16).to("cuda").eval()
+    fuse_norms(model)
+    x = torch.randn(2, 3, 256, 192, device="cuda", dtype=torch.float16)
+    with torch.inference_mode():
+        eager = model.backbone(x)
+        compiled = torch.compile(model.backbone, fullgraph=True, dynamic=False)(x)  # the ops traced, no break
+    assert cosine(compiled.float().cpu(), eager.float().cpu()) > 0.9999
 
 
 @pytest.mark.gpu

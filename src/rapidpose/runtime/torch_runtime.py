@@ -152,7 +152,7 @@ class TorchRuntime:
             from rapidpose.runtime.fused_gelu import fuse_mlp_gelu
 
             fuse_mlp_gelu(self.model)
-        if fp8 and fused:  # the blocks' residual adds + norms + their FP8 quantization, one Triton kernel each
+        if fused:  # the blocks' residual adds + norms (+ their FP8 quantization), one Triton kernel each
             from rapidpose.runtime.fused_norm import fuse_norms
 
             fuse_norms(self.model)
