@@ -135,7 +135,8 @@ def add_norm(x, y, norm: nn.LayerNorm):
 
 
 def add_layer_norm(x, y, norm: nn.LayerNorm):
-    """(x + y, norm(x + y)) for (M, C) rows in half precision: the op on GPUs, the model's torch ops elsewhere."""
+    """(x + y, norm(x + y)) for (M, C) rows, both in the rows' dtype (half precision: the fp16/bf16 blocks' norms,
+    and every model's last norm): the op on GPUs, the model's torch ops elsewhere."""
     if not x.is_cuda:
         total = x + y
         return total, norm(total)
