@@ -90,3 +90,22 @@ def test_the_head_kernel_equals_the_norm_relu_and_pointwise_convolution():
     with torch.no_grad():
         want = conv.float()(F.relu(norm(x.float()))).permute(0, 2, 3, 1)
     assert (got.float() - want).abs().max().item() < 2e-2 * want.abs().max().item()
+
+
+@pytest.mark.parametrize("add", [True, False])
+def test_the_add_norm_kernel_in_half_precision_writes_the_models_norm(add):
+    x, y = rows_with_edges(37, 96, seed=7), rows_with_edges(37, 96, seed=8)
+    norm = nn.LayerNorm(96, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.2, 0.2)
+    norm = norm.half()
+    got = register_triton_norm()(x, y if add else None, norm.weight, norm.bias, norm.eps, quantize=False)
+    total, h = got if add else (x, *got)
+    want_total = x + y if add else x
+    with torch.no_grad():
+        want = norm(want_total)
+    assert torch.equal(total, want_total) and h.dtype == torch.float16 and h.shape == (37, 96)
+    # two float32 LayerNorms rounded to fp16: neighbours at most, mostly the same number
+    assert torch.allclose(h.float(), want.float(), rtol=2 ** -10, atol=1e-3)
+    assert (h == want).float().mean().item() > 0.95
