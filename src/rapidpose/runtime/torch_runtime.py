@@ -207,14 +207,14 @@ class TorchRuntime:
         with torch.inference_mode():
             for start in range(0, len(crops), self.batch_size):
                 x = crops[start:start + self.batch_size].to(self.device, self.input_dtype, non_blocking=True)
-                outs.append(self._forward(x).to(torch.float32, memory_format=torch.contiguous_format))
+                # a CUDA graph hands back its own output buffer, which its next replay overwrites: copy it out
+                # (the float32 conversion is that copy, one kernel)
+                outs.append(self._forward(x).to(torch.float32, memory_format=torch.contiguous_format,
+                                                copy=self.cuda_graphs))
             if not outs:
                 w, h = self.cfg.heatmap_size
                 return torch.zeros(0, self.num_keypoints, h, w, device=self.device)
-            if len(outs) > 1:
-                return torch.cat(outs)
-            # a CUDA graph hands back its own output buffer, which its next replay overwrites
-            return outs[0].clone() if self.cuda_graphs else outs[0]
+            return torch.cat(outs) if len(outs) > 1 else outs[0]
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         return self.run(self.torch.from_numpy(np.ascontiguousarray(crops))).cpu().numpy()
