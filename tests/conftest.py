@@ -47,6 +47,7 @@ if INTERPRETED_TRITON:
 
 SCALED_MM_ON_CPU = _scaled_mm_on_cpu()
 CPU_SCALED_MM = pytest.mark.skipif(not SCALED_MM_ON_CPU, reason="this torch build has no torch._scaled_mm on the CPU")
+GPU = pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU")
 FP8_GPU = pytest.mark.skipif(not _fp8_gpu(), reason="needs a GPU with FP8 tensor cores (compute capability 8.9 or more)")
 
 

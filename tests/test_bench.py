@@ -5,7 +5,7 @@ import json
 import cv2
 import pytest
 import torch
-from conftest import ASSETS
+from conftest import ASSETS, GPU
 
 from rapidpose.cli import main
 from rapidpose.cli.bench import add_bench_parser
@@ -59,7 +59,7 @@ def test_bad_bench_requests_get_clear_errors(flags, message, capsys):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@GPU
 def test_bench_on_a_gpu_names_it_and_reports_its_memory(tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "--model", "random-s", "--device", "cuda", "--synthetic", "4", "--images", "4",

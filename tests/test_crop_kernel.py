@@ -4,14 +4,12 @@ buffer."""
 import numpy as np
 import pytest
 import torch
-from conftest import INTERPRETED_TRITON
+from conftest import GPU, INTERPRETED_TRITON
 from test_gpu_ops import BOXES, LEVEL, cv2_warp_is_float_bilinear, photo  # noqa: F401 (photo: a fixture)
 
 from rapidpose.topdown import crop_kernel
 from rapidpose.topdown.geometry import boxes_to_center_scale, normalize_crops, udp_matrices, warp_crops
 from rapidpose.topdown.gpu_ops import PinnedUploader, crop_regions, inverse_affines, warp_crops_batch
-
-GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def chunk(photo):

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import ASSETS, RTMDET, YOLOX
+from conftest import ASSETS, GPU, RTMDET, YOLOX
 from onnx import TensorProto, helper
 
 from rapidpose.detect import load_batched_detector, load_detector
@@ -210,7 +210,6 @@ def test_constant_slices_run_as_onnxruntime_runs_them(tmp_path):
         np.testing.assert_array_equal(g.numpy(), w)
 
 
-
 def test_a_failed_graph_capture_is_said_and_that_shape_runs_without_one(monkeypatch, caplog):
     from rapidpose.runtime import torch_runtime
 
@@ -225,7 +224,7 @@ def test_a_failed_graph_capture_is_said_and_that_shape_runs_without_one(monkeypa
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@GPU
 def test_graphs_captured_from_two_threads_at_once_all_work(onnx_detectors, tiny_checkpoint):
     """The video path captures its detector's graphs and its network's from two threads, each when a
     batch size first comes (a new file of another size, more people): captures must not break each

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import GPU
 from rapidpose.model.vitpose import Attention, ViTPose, ViTPoseConfig, init_random
 from rapidpose.runtime import TorchRuntime
 from rapidpose.runtime.fused_attention import (FusedAttention, attention_reference, fuse_attention, head_block,
                                                  register_triton_attention)
-
-GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def test_head_blocks_are_powers_of_two_from_16():

@@ -9,11 +9,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from conftest import GPU
 from rapidpose.model.vitpose import Mlp, ViTPose, ViTPoseConfig, init_random
 from rapidpose.runtime import TorchRuntime
 from rapidpose.runtime.fused_gelu import LinearGELU, fuse_mlp_gelu
-
-GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def test_the_swap_reaches_every_mlp_and_keeps_weights_and_output():

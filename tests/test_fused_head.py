@@ -7,11 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import GPU
 from rapidpose.model.vitpose import ClassicHead, ViTPose, ViTPoseConfig, init_random
 from rapidpose.runtime import TorchRuntime
 from rapidpose.runtime.fused_head import NormReluPointwise, fuse_classic_heads, keypoint_block
-
-GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def trained_like(norm: nn.BatchNorm2d, seed: int = 0) -> nn.BatchNorm2d:

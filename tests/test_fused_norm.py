@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from conftest import CPU_SCALED_MM, FP8_GPU
+from conftest import CPU_SCALED_MM, FP8_GPU, GPU
 from rapidpose.model.vitpose import ViT, ViTPose, ViTPoseConfig, init_random
 from rapidpose.runtime import TorchRuntime
 from rapidpose.runtime.float8 import quantize_rows, rows_per_program, swap_linears
@@ -19,9 +19,6 @@ from rapidpose.runtime.fused_attention import fuse_attention
 from rapidpose.runtime.fused_gelu import fuse_mlp_gelu
 from rapidpose.runtime.fused_norm import (FusedNormViT, add_norm_reference, fuse_norms, register_triton_norm,
                                           swap_kind)
-
-
-GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def fp8_model(dtype=torch.bfloat16, attention=True, **cfg):

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import gaussian_heatmap
+from conftest import GPU, gaussian_heatmap
 
 from rapidpose.topdown.decode import decode_heatmaps, flip_back
 from rapidpose.topdown.geometry import boxes_to_center_scale, normalize_crops, udp_matrices, warp_crops
@@ -134,7 +134,7 @@ def test_crops_reading_no_pixel_are_black():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@GPU
 def test_pinned_uploader_round_trips_in_turn():
     upload = PinnedUploader("cuda")
     rng = np.random.default_rng(0)
@@ -168,7 +168,7 @@ def test_copy_arrays_copies_regions_flipped_read_only_and_empty_arrays():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@GPU
 def test_uploads_behind_queued_work_reach_the_callers_stream_whole():
     # the copies run on their own stream, beside the matrix products queued before them: what the caller's
     # stream does next must see the copied values, batch after batch through both pinned buffers
@@ -185,7 +185,7 @@ def test_uploads_behind_queued_work_reach_the_callers_stream_whole():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@GPU
 def test_page_locked_arrays_go_to_the_gpu_as_they_are():
     from rapidpose.topdown.gpu_ops import pinned_empty
 

@@ -3,7 +3,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import ASSETS, RTMDET
+from conftest import ASSETS, GPU, RTMDET
 
 import rapidpose.io as io_module
 from rapidpose.errors import InputError
@@ -136,7 +136,7 @@ torch = pytest.importorskip("torch")
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@GPU
 @pytest.mark.parametrize("decoder", ["cpu", "gpu"])
 def test_on_the_gpu_the_pipeline_finds_the_people_the_cpu_finds(tiny_checkpoint, inputs, decoder):
     """Batched detection (and with decoder gpu nvImageCodec's pixels) on the GPU against the CPU's ONNX

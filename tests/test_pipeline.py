@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import ASSETS, RTMDET
+from conftest import ASSETS, GPU, RTMDET
 
 from rapidpose import PoseEstimator, Poses, load_model
 
@@ -261,7 +261,7 @@ def test_device_path_gives_the_cpu_path_result(tiny_checkpoint):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@GPU
 def test_cuda_gives_the_cpu_result(tiny_checkpoint):
     boxes = np.array([[280, 44, 499, 391], [10, 10, 200, 300]])
     cpu = PoseEstimator(tiny_checkpoint, backend="torch", precision="fp32", flip_test=True).predict([rgb()], [boxes], return_heatmaps=True)[0]

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import GPU
 from rapidpose import InputError
 from rapidpose.model.vitpose import ViTPose, ViTPoseConfig, init_random
 from rapidpose.runtime import TorchRuntime, make_runtime
 from rapidpose.runtime.torch_runtime import cpu_has_bf16, resolve_precision
 from rapidpose.skeletons import COCO
-
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +125,7 @@ def test_a_backend_that_cannot_run_an_exported_model_is_refused(tmp_path, name, 
 
 
 @pytest.mark.gpu
-@CUDA
+@GPU
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_cuda_graphs_equal_eager_and_precisions_agree(model, precision):
     ref = TorchRuntime(model, precision="fp32", cuda_graphs=False)(crops(5))  # the fp32 CPU reference

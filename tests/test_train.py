@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import ASSETS
+from conftest import ASSETS, GPU
 
 from rapidpose.cli import main
 from rapidpose.model.vitpose import ViTPose, ViTPoseConfig
@@ -190,7 +190,7 @@ def test_bad_training_input_gets_a_clear_message_and_unreadable_images_are_skipp
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@GPU
 def test_on_the_gpu_crops_are_the_cpus_and_bf16_steps_learn(tmp_path):
     from rapidpose.io import read_image
     from rapidpose.train.data import load_keypoint_set
