@@ -118,7 +118,8 @@ class TorchRuntime:
         if self.precision == "fp16" and not on_gpu:
             raise InputError("fp16 runs on GPUs only: on the CPU use bf16 or fp32")
         fp8 = self.precision == "fp8"
-        # Triton kernels for attention and the head (half precision only; Windows' CUDA builds have no Triton)
+        # Triton kernels for attention, the blocks' add + norm and the head (half precision only; Windows' CUDA
+        # builds have no Triton)
         fused = on_gpu and self.precision != "fp32" and importlib.util.find_spec("triton") is not None
         if fp8:
             from rapidpose.runtime.float8 import check_device, prefer_memset_free_products
